@@ -1,0 +1,33 @@
+# Everything from nothing: `make demo` and `make test` create the virtual environment on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU wheel on this machine; set TORCH_SPEC=torch (or a CUDA build) elsewhere.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/gpt2reg components
+	$(BIN)/gpt2reg build --pos rope -o models/gpt2-rope --force
+
+test: install
+	$(BIN)/ruff check gpt2reg tests
+	$(BIN)/python -m pytest -q -n 2
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) models exports/*.onnx exports/*.onnx.data

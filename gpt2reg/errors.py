@@ -1,0 +1,28 @@
+"""Errors a user can act on: the CLI prints their message as one line, never a traceback."""
+
+
+class Gpt2regError(Exception):
+    """Base class for every error caused by input the user can correct."""
+
+
+class ConfigError(Gpt2regError, ValueError):
+    """An impossible or inconsistent model configuration."""
+
+
+class UnknownComponentError(Gpt2regError, KeyError):
+    """A component name that no loaded plugin registered."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class CheckpointError(Gpt2regError):
+    """A checkpoint that cannot be read, or does not fit its config."""
+
+
+class PluginError(Gpt2regError):
+    """A plugin that failed to import or to register its components."""
+
+
+class InputError(Gpt2regError, ValueError):
+    """Input a command or function cannot use as given (too long, empty, out of range)."""

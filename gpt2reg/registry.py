@@ -1,0 +1,94 @@
+"""Components by kind, filled by plugins through the hooks in ``hookspecs``; lookups by name."""
+
+from __future__ import annotations
+
+import importlib
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .errors import UnknownComponentError
+
+# kind -> (hook that fills it, words used in messages)
+KINDS: dict[str, tuple[str, str]] = {
+    "pos": ("register_positional_encodings", "positional encoding"),
+    "act": ("register_activations", "activation"),
+    "norm": ("register_norms", "norm"),
+}
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+@dataclass
+class Component:
+    """One registered component: a name, what builds it, and the plugin it came from."""
+
+    kind: str
+    name: str
+    target: str | Callable[..., Any]
+    description: str = ""
+    plugin: str = ""
+    override: bool = False
+    _loaded: Callable[..., Any] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def target_path(self) -> str:
+        if isinstance(self.target, str):
+            return self.target
+        return f"{self.target.__module__}:{self.target.__qualname__}"
+
+    def load(self) -> Callable[..., Any]:
+        """The class or factory, importing its module on first use."""
+        if self._loaded is None:
+            if isinstance(self.target, str):
+                module_name, _, attr = self.target.partition(":")
+                obj: Any = importlib.import_module(module_name)
+                for part in attr.split("."):
+                    obj = getattr(obj, part)
+                self._loaded = obj
+            else:
+                self._loaded = self.target
+        return self._loaded
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "description": self.description,
+            "plugin": self.plugin,
+            "target": self.target_path,
+            "override": self.override,
+        }
+
+
+class Registry:
+    """The components of every kind; a plugin manager fills it (see ``gpt2reg.plugins``)."""
+
+    def __init__(self) -> None:
+        self._components: dict[str, dict[str, Component]] = {kind: {} for kind in KINDS}
+
+    def add(self, component: Component) -> None:
+        self._components[component.kind][component.name] = component
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self._components[kind])
+
+    def components(self, kind: str | None = None) -> list[Component]:
+        kinds = [kind] if kind else list(KINDS)
+        return [self._components[k][n] for k in kinds for n in self.names(k)]
+
+    def find(self, kind: str, name: str) -> Component | None:
+        return self._components[kind].get(name)
+
+    def get(self, kind: str, name: str) -> Component:
+        """The component, or an error listing the names that do exist."""
+        component = self.find(kind, name)
+        if component is None:
+            label = KINDS[kind][1]
+            choices = ", ".join(self.names(kind)) or "(none registered)"
+            raise UnknownComponentError(f"unknown {label} '{name}'; choose one of: {choices}")
+        return component
+
+    def create(self, kind: str, name: str, config: Any) -> Any:
+        """Build component ``name`` of ``kind`` for ``config``."""
+        return self.get(kind, name).load()(config)
