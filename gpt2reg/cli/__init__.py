@@ -1,0 +1,59 @@
+"""The ``gpt2reg`` command line: a thin shell over the Python API.
+
+Each command lives in a submodule that imports only click at module level, so ``gpt2reg --help``
+never imports torch. Errors a user can correct print as one line and exit 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from ..errors import Gpt2regError
+
+# command name -> "module:function" inside gpt2reg.cli; loaded only when needed.
+COMMANDS: dict[str, str] = {
+    "components": "registry_cmds:components",
+    "build": "model_cmds:build",
+    "info": "model_cmds:info",
+}
+
+
+class LazyGroup(click.Group):
+    """A group that imports a command's module only when the command is looked up."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module_name, _, attr = target.partition(":")
+        return getattr(importlib.import_module(f"{__name__}.{module_name}"), attr)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except Gpt2regError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="gpt2reg")
+def cli() -> None:
+    """GPT-2 assembled from a registry of pluggable components.
+
+    \b
+    gpt2reg components            what the installed plugins provide
+    gpt2reg build --pos rope -o DIR   assemble a GPT-2 variant and save it
+    """
+
+
+def main() -> None:
+    cli(prog_name="gpt2reg")

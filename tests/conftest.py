@@ -1,0 +1,21 @@
+"""Shared fixtures: tiny configs so the suite stays fast; full-size runs only where size matters."""
+
+from __future__ import annotations
+
+import pytest
+
+TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=96)
+
+
+def component_names(kind: str) -> list[str]:
+    """Every registered component of ``kind``: tests parametrised by it cover new plugins for free."""
+    from gpt2reg.plugins import get_registry
+
+    return get_registry().names(kind)
+
+
+@pytest.fixture
+def tiny_config():
+    from gpt2reg.config import GPTConfig
+
+    return GPTConfig(**TINY)
