@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=96)
+from gpt2reg.testing import TINY  # noqa: F401  (re-exported for tests)
 
 
 def component_names(kind: str) -> list[str]:
