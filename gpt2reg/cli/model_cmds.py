@@ -6,20 +6,7 @@ import json
 
 import click
 
-# CLI option -> config field; None means "not given" so presets keep their values.
-_ARCH_OPTIONS = {
-    "pos": "pos",
-    "act": "act",
-    "norm": "norm",
-    "n_layer": "n_layer",
-    "n_head": "n_head",
-    "n_embd": "n_embd",
-    "block_size": "block_size",
-    "vocab_size": "vocab_size",
-    "mlp_ratio": "mlp_ratio",
-    "dropout": "dropout",
-    "bias": "bias",
-}
+from .options import architecture_options, given_architecture
 
 
 def _print_summary(summary: dict, as_json: bool) -> None:
@@ -29,18 +16,7 @@ def _print_summary(summary: dict, as_json: bool) -> None:
 
 
 @click.command()
-@click.option("--preset", default="gpt2", show_default=True, help="gpt2, gpt2-medium, gpt2-large or gpt2-xl.")
-@click.option("--pos", help="Positional encoding (see `gpt2reg components`).  [default: learned]")
-@click.option("--act", help="MLP activation.  [default: gelu_tanh]")
-@click.option("--norm", help="Normalization layer.  [default: layernorm]")
-@click.option("--n-layer", type=int, help="Number of blocks.")
-@click.option("--n-head", type=int, help="Attention heads per block.")
-@click.option("--n-embd", type=int, help="Embedding width.")
-@click.option("--block-size", type=int, help="Context length in tokens.")
-@click.option("--vocab-size", type=int, help="Vocabulary size.")
-@click.option("--mlp-ratio", type=float, help="MLP hidden width / n_embd.")
-@click.option("--dropout", type=float, help="Dropout probability.")
-@click.option("--bias/--no-bias", default=None, help="Biases in linear layers and LayerNorm.")
+@architecture_options
 @click.option("--from-pretrained", "pretrained", metavar="PATH_OR_HUB_NAME",
               help="Start from a checkpoint: model dir, HF dir/file, nanoGPT ckpt.pt or hub name.")
 @click.option("--seed", type=int, help="Seed for a reproducible initialisation.")
@@ -53,7 +29,7 @@ def build(preset, pretrained, seed, output, force, as_json, **arch) -> None:
     from ..model import build_model
     from ..summary import summarize
 
-    given = {field: arch[opt] for opt, field in _ARCH_OPTIONS.items() if arch[opt] is not None}
+    given = given_architecture(arch)
     if pretrained:
         if given:
             raise click.UsageError(
