@@ -1,24 +1,33 @@
 """The plugin manager: built-ins first, then ``gpt2reg`` entry points one at a time, failures recorded.
 
+Nothing here runs at import time: the first ``get_registry()`` (or ``list_plugins()``) discovers the
+plugins, so ``gpt2reg --help`` never imports one. Components are registered as ``"module:attr"``
+strings, so discovery imports only each plugin's small hook module, never torch.
+
 Environment:
 
 - ``GPT2REG_LOAD_PLUGINS``: comma-separated allow-list of third-party plugins (entry-point or
-  distribution names); set but empty loads the built-ins only.
+  distribution names); set but empty loads the built-ins only. Plugins left out are listed as disabled.
 - ``GPT2REG_STRICT_PLUGINS=1``: a plugin that fails to import or register is an error instead of a
-  warning.
+  warning on stderr.
 
-Name collisions: the first plugin to register a name keeps it; a later plugin registering the same
-name fails (its whole registration is rolled back and reported, naming both plugins) unless it
-passes ``override=True``, in which case it replaces the earlier component.
+Name collisions, whatever the load order: a name registered by two plugins is an error for the later
+one (built-ins, then entry points by name, then in-process plugins), naming both, and that plugin's
+registrations are all dropped. A plugin passing ``override=True`` replaces the component of that name;
+two plugins overriding one name is an error for the later one. A plugin's registrations are kept
+whole or not at all.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Callable
+from typing import Any
 
 import pluggy
 
@@ -29,6 +38,7 @@ from .registry import KINDS, NAME_RE, Component, Registry
 ENTRY_POINT_GROUP = "gpt2reg"
 BUILTIN_MODULE = "gpt2reg.components"
 DISTRIBUTION = "gpt2reg"
+HOOKS = tuple(hook for hook, _label in KINDS.values())
 
 
 @dataclass
@@ -41,8 +51,11 @@ class PluginInfo:
     builtin: bool = False
     source: str = "entry point"  # or "in-process"
     hooks: list[str] = field(default_factory=list)
-    components: list[str] = field(default_factory=list)
+    components: list[str] = field(default_factory=list)  # "kind:name" in the registry now
     error: str | None = None
+    status: str = "loaded"  # "failed" (see error) or "disabled" (left out by GPT2REG_LOAD_PLUGINS)
+    overridden: list[str] = field(default_factory=list)  # "kind:name by plugin": replaced by another plugin
+    value: str | None = None  # the entry point's target, e.g. "gpt2reg_alibi.plugin"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -51,8 +64,11 @@ class PluginInfo:
             "version": self.version,
             "builtin": self.builtin,
             "source": self.source,
+            "value": self.value,
+            "status": self.status,
             "hooks": self.hooks,
             "components": self.components,
+            "overridden": self.overridden,
             "error": self.error,
         }
 
@@ -63,6 +79,7 @@ class _State:
         self.infos: dict[str, PluginInfo] = {}
         self.registry: Registry | None = None
         self.in_process: list[tuple[str, Any]] = []
+        self.warned: set[str] = set()  # each warning once per process, however often we rebuild
 
 
 _state = _State()
@@ -72,19 +89,35 @@ def _strict() -> bool:
     return os.environ.get("GPT2REG_STRICT_PLUGINS", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def _allowed(names: set[str]) -> bool:
+def _canonical(name: str) -> str:
+    """Distribution-name normalisation (PEP 503), so ``gpt2reg_alibi`` matches ``gpt2reg-alibi``."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _allow_list() -> set[str] | None:
     allow = os.environ.get("GPT2REG_LOAD_PLUGINS")
     if allow is None:
-        return True
-    wanted = {n.strip() for n in allow.split(",") if n.strip()}
-    return bool(wanted & names)
+        return None
+    return {_canonical(n.strip()) for n in allow.split(",") if n.strip()}
+
+
+def _warn(message: str) -> None:
+    if message not in _state.warned:
+        _state.warned.add(message)
+        print(f"gpt2reg: warning: {message}", file=sys.stderr)
 
 
 def _fail(info: PluginInfo, message: str) -> None:
-    info.error = message
+    info.status, info.error = "failed", message
     if _strict():
-        raise PluginError(f"plugin '{info.name}' failed: {message} (GPT2REG_STRICT_PLUGINS is set)")
-    print(f"gpt2reg: warning: plugin '{info.name}' failed and was skipped: {message}", file=sys.stderr)
+        raise PluginError(f"plugin {_label(info)} failed: {message} (GPT2REG_STRICT_PLUGINS is set)")
+    if info.source != "in-process":  # register_plugin raises instead
+        _warn(f"plugin {_label(info)} failed and was skipped: {message}")
+
+
+def _label(info: PluginInfo) -> str:
+    extra = info.distribution if info.distribution and info.distribution != info.name else None
+    return f"'{info.name}'" + (f" ({extra})" if extra else "")
 
 
 def _new_manager() -> pluggy.PluginManager:
@@ -93,102 +126,148 @@ def _new_manager() -> pluggy.PluginManager:
     return pm
 
 
+def _add(pm: pluggy.PluginManager, plugin: Any, info: PluginInfo) -> None:
+    """Register ``plugin`` with pluggy, rejecting hooks gpt2reg does not define (usually a typo)."""
+    try:
+        unknown = sorted(
+            attr for attr in dir(plugin) if pm.parse_hookimpl_opts(plugin, attr) is not None and attr not in HOOKS
+        )
+        if unknown:
+            raise PluginError(f"implements unknown hook(s) {', '.join(unknown)}; gpt2reg's hooks are {', '.join(HOOKS)}")
+        pm.register(plugin, name=info.name)
+    except PluginError as exc:
+        _fail(info, str(exc))
+    except Exception as exc:  # pluggy's validation: bad hook arguments, the same plugin twice
+        _fail(info, f"could not be registered: {exc}")
+
+
 def _load_entry_points(pm: pluggy.PluginManager, infos: dict[str, PluginInfo]) -> None:
-    eps = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
-    builtin_seen = False
-    for ep in eps:
+    allow = _allow_list()
+    matched: set[str] = set()
+    builtin_loaded = False
+    for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name):
         dist = ep.dist.name if ep.dist is not None else None
-        builtin = dist is not None and dist.replace("_", "-").lower() == DISTRIBUTION
-        if builtin and builtin_seen:
-            continue  # the same distribution seen twice on sys.path (e.g. editable + source tree)
-        if not builtin and not _allowed({ep.name, dist or ""}):
-            continue
+        builtin = dist is not None and _canonical(dist) == DISTRIBUTION
+        if builtin and builtin_loaded:
+            continue  # the same distribution found twice on sys.path (editable install + source tree)
         info = PluginInfo(
-            name=ep.name,
+            name=ep.name if ep.name not in infos else f"{dist}:{ep.name}",
             distribution=dist,
             version=ep.dist.version if ep.dist is not None else None,
             builtin=builtin,
+            value=ep.value,
         )
-        if ep.name in infos:
-            info.name = f"{dist}:{ep.name}"
         infos[info.name] = info
+        if not builtin and allow is not None:
+            keys = {_canonical(ep.name), _canonical(dist or "")} & allow
+            if not keys:
+                info.status = "disabled"
+                continue
+            matched |= keys
         try:
-            module = ep.load()
-            pm.register(module, name=info.name)
-        except Exception as exc:  # a broken plugin must not take the CLI down with it
-            _fail(info, f"import of '{ep.value}' raised {type(exc).__name__}: {exc}")
+            plugin = ep.load()
+        except (Exception, SystemExit) as exc:  # a broken plugin must not take the CLI down with it
+            _fail(info, f"import of '{ep.value}' failed: {type(exc).__name__}: {exc}")
             continue
-        builtin_seen = builtin_seen or builtin
-    if not builtin_seen:
+        _add(pm, plugin, info)
+        builtin_loaded = builtin_loaded or (builtin and info.status == "loaded")
+    if not builtin_loaded and DISTRIBUTION not in infos:
         # Running from a source tree that was never installed: no entry points exist, so register
         # the built-in module directly - the same hooks, just found without metadata.
         import importlib
 
-        info = PluginInfo(name=DISTRIBUTION, distribution=DISTRIBUTION, builtin=True)
+        info = PluginInfo(name=DISTRIBUTION, distribution=DISTRIBUTION, builtin=True, value=BUILTIN_MODULE)
         infos[info.name] = info
-        pm.register(importlib.import_module(BUILTIN_MODULE), name=info.name)
+        _add(pm, importlib.import_module(BUILTIN_MODULE), info)
+    for name in sorted((allow or set()) - matched):
+        _warn(f"GPT2REG_LOAD_PLUGINS names '{name}', which no installed gpt2reg plugin provides")
 
 
-def _plugin_label(info: PluginInfo) -> str:
-    return f"'{info.name}'" + (f" ({info.distribution})" if info.distribution and info.distribution != info.name else "")
+def _ordered(infos: dict[str, PluginInfo]) -> list[PluginInfo]:
+    """Registration order: built-ins, entry points by name, then in-process plugins as registered."""
+    return sorted(infos.values(), key=lambda i: (not i.builtin, i.source != "entry point"))
+
+
+def _collect(pm: pluggy.PluginManager, info: PluginInfo) -> list[Component]:
+    """Call ``info``'s hook implementations with a ``register`` bound to each kind; validate what they give."""
+    staged: list[Component] = []
+    for kind, (hook_name, label) in KINDS.items():
+        impls = [i for i in getattr(pm.hook, hook_name).get_hookimpls() if i.plugin_name == info.name]
+        for impl in impls:
+            info.hooks.append(hook_name)
+
+            def register(
+                name: str,
+                component: str | Callable[..., Any],
+                *,
+                description: str = "",
+                override: bool = False,
+                _kind: str = kind,
+                _label: str = label,
+            ) -> None:
+                if not isinstance(name, str) or not NAME_RE.match(name):
+                    raise PluginError(f"invalid {_label} name {name!r}: use [a-z][a-z0-9_]*")
+                if not (isinstance(component, str) and ":" in component) and not callable(component):
+                    raise PluginError(f"{_label} '{name}': give a class, a factory or a 'module:attr' string")
+                staged.append(Component(_kind, name, component, str(description), info.name, bool(override)))
+
+            impl.function(**{arg: register for arg in impl.argnames if arg == "register"})
+    return staged
 
 
 def _register_components(pm: pluggy.PluginManager, infos: dict[str, PluginInfo]) -> Registry:
-    registry = Registry()
-    order = sorted(infos.values(), key=lambda i: (not i.builtin, i.source != "entry point"))
-    for info in order:
-        plugin = pm.get_plugin(info.name)
-        if plugin is None or info.error:
+    staged: dict[str, list[Component]] = {}
+    for info in _ordered(infos):
+        if info.status != "loaded":
             continue
-        staged: list[Component] = []
-
-        def register(
-            name: str,
-            component: str | Callable[..., Any],
-            *,
-            description: str = "",
-            override: bool = False,
-            _kind: str = "",
-        ) -> None:
-            if not isinstance(name, str) or not NAME_RE.match(name):
-                raise PluginError(f"invalid {KINDS[_kind][1]} name {name!r}: use lower case letters, digits and _")
-            if not (isinstance(component, str) and ":" in component) and not callable(component):
-                raise PluginError(f"{KINDS[_kind][1]} '{name}': give a class, a factory or 'module:attr'")
-            staged.append(Component(_kind, name, component, description, info.name, override))
-
         try:
-            for kind, (hook_name, _label) in KINDS.items():
-                for impl in getattr(pm.hook, hook_name).get_hookimpls():
-                    if impl.plugin_name != info.name:
-                        continue
-                    info.hooks.append(hook_name)
-
-                    def bound(name, component, *, description="", override=False, _k=kind):
-                        register(name, component, description=description, override=override, _kind=_k)
-
-                    impl.function(*[{"register": bound}[arg] for arg in impl.argnames])
-            seen: set[tuple[str, str]] = set()
-            for comp in staged:
-                key = (comp.kind, comp.name)
-                if key in seen:
-                    raise PluginError(f"registers {KINDS[comp.kind][1]} '{comp.name}' twice")
-                seen.add(key)
-                existing = registry.find(comp.kind, comp.name)
-                if existing is not None and not comp.override:
-                    other = infos[existing.plugin]
-                    raise PluginError(
-                        f"{KINDS[comp.kind][1]} '{comp.name}' is already registered by plugin "
-                        f"{_plugin_label(other)}; plugin {_plugin_label(info)} registers it too "
-                        "(rename it, or register with override=True to replace it)"
-                    )
+            staged[info.name] = _collect(pm, info)
         except Exception as exc:
-            info.hooks.clear()
             message = str(exc) if isinstance(exc, PluginError) else f"registration raised {type(exc).__name__}: {exc}"
             _fail(info, message)
+
+    base: dict[tuple[str, str], Component] = {}
+    overrides: dict[tuple[str, str], Component] = {}
+    for info in _ordered(infos):
+        if info.name not in staged:
             continue
-        for comp in staged:
-            registry.add(comp)
-            info.components.append(f"{comp.kind}:{comp.name}")
+        mine: dict[tuple[str, str], Component] = {}
+        error = None
+        for comp in staged[info.name]:
+            key, label = (comp.kind, comp.name), KINDS[comp.kind][1]
+            table = overrides if comp.override else base
+            if key in mine:
+                error = f"registers {label} '{comp.name}' twice"
+            elif key in table:
+                other = infos[table[key].plugin]
+                if comp.override:
+                    error = f"plugins {_label(other)} and {_label(info)} both override {label} '{comp.name}'; only one may"
+                else:
+                    error = (
+                        f"{label} '{comp.name}' is already registered by plugin {_label(other)}; plugin "
+                        f"{_label(info)} registers it too (rename it, or register it with override=True to replace it)"
+                    )
+            if error:
+                break
+            mine[key] = comp
+        if error:
+            _fail(info, error)
+            continue
+        for key, comp in mine.items():
+            (overrides if comp.override else base)[key] = comp
+
+    registry = Registry()
+    for key, comp in base.items():
+        replacement = overrides.get(key)
+        if replacement is not None:
+            replacement.replaces = comp.plugin
+            infos[comp.plugin].overridden.append(f"{comp.kind}:{comp.name} by {replacement.plugin}")
+        registry.add(replacement or comp)
+    for key, comp in overrides.items():
+        if key not in base:
+            registry.add(comp)  # an override of a name nobody else registers is simply a registration
+    for comp in registry.components():
+        infos[comp.plugin].components.append(f"{comp.kind}:{comp.name}")
     return registry
 
 
@@ -199,12 +278,9 @@ def _build() -> None:
     for name, plugin in _state.in_process:
         info = PluginInfo(name=name, source="in-process")
         infos[name] = info
-        try:
-            pm.register(plugin, name=name)
-        except Exception as exc:
-            _fail(info, f"could not be registered: {exc}")
-    _state.pm, _state.infos = pm, infos
-    _state.registry = _register_components(pm, infos)
+        _add(pm, plugin, info)
+    registry = _register_components(pm, infos)
+    _state.pm, _state.infos, _state.registry = pm, infos, registry
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
@@ -216,7 +292,7 @@ def get_plugin_manager() -> pluggy.PluginManager:
 
 
 def get_registry() -> Registry:
-    """The registry of every component the loaded plugins provide."""
+    """The registry of every component the loaded plugins provide (discovered on first call)."""
     if _state.registry is None:
         _build()
     assert _state.registry is not None
@@ -224,33 +300,52 @@ def get_registry() -> Registry:
 
 
 def list_plugins() -> list[PluginInfo]:
-    """Every plugin found, loaded or failed, built-ins first."""
+    """Every plugin found - loaded, failed or disabled - built-ins first."""
     get_registry()
-    return sorted(_state.infos.values(), key=lambda i: (not i.builtin, i.name))
+    return sorted(_state.infos.values(), key=lambda i: (not i.builtin, i.source != "entry point", i.name))
 
 
 def register_plugin(plugin: Any, name: str | None = None) -> str:
     """Register a module or object implementing the hooks, in this process only (notebooks, tests).
 
-    Returns the plugin's name; pass it to ``unregister_plugin`` to remove it again.
+    Raises ``PluginError`` (and registers nothing) when the plugin fails to register, e.g. a name
+    collision. Returns the plugin's name; pass it (or the plugin) to ``unregister_plugin`` to remove it.
     """
     name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
-    if any(n == name for n, _ in _state.in_process):
-        raise PluginError(f"a plugin named '{name}' is already registered in this process")
+    get_registry()
+    if name in _state.infos or any(n == name for n, _ in _state.in_process):
+        raise PluginError(f"a plugin named '{name}' is already registered; pass another name=")
     _state.in_process.append((name, plugin))
     reset()
+    try:
+        get_registry()
+        info = _state.infos[name]
+        if info.status == "failed":
+            raise PluginError(f"plugin '{name}' failed: {info.error}")
+    except BaseException:
+        _state.in_process = [(n, p) for n, p in _state.in_process if n != name]
+        reset()
+        raise
     return name
 
 
 def unregister_plugin(name_or_plugin: Any) -> None:
     """Remove a plugin added with ``register_plugin`` (by name or by the object itself)."""
     before = len(_state.in_process)
-    _state.in_process = [
-        (n, p) for n, p in _state.in_process if n != name_or_plugin and p is not name_or_plugin
-    ]
+    _state.in_process = [(n, p) for n, p in _state.in_process if n != name_or_plugin and p is not name_or_plugin]
     if len(_state.in_process) == before:
         raise PluginError(f"no in-process plugin '{name_or_plugin}' is registered")
     reset()
+
+
+@contextmanager
+def plugin_registered(plugin: Any, name: str | None = None) -> Iterator[str]:
+    """``with plugin_registered(obj):`` - ``register_plugin`` for the block, unregistered afterwards."""
+    registered = register_plugin(plugin, name)
+    try:
+        yield registered
+    finally:
+        unregister_plugin(registered)
 
 
 def reset() -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import importlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
-from .errors import UnknownComponentError
+from .errors import PluginError, UnknownComponentError
 
 # kind -> (hook that fills it, words used in messages)
 KINDS: dict[str, tuple[str, str]] = {
@@ -29,6 +30,7 @@ class Component:
     description: str = ""
     plugin: str = ""
     override: bool = False
+    replaces: str | None = None  # the plugin whose component of this name an override replaced
     _loaded: Callable[..., Any] | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -42,9 +44,16 @@ class Component:
         if self._loaded is None:
             if isinstance(self.target, str):
                 module_name, _, attr = self.target.partition(":")
-                obj: Any = importlib.import_module(module_name)
-                for part in attr.split("."):
-                    obj = getattr(obj, part)
+                try:
+                    obj: Any = importlib.import_module(module_name)
+                    for part in attr.split("."):
+                        obj = getattr(obj, part)
+                except (ImportError, AttributeError) as exc:
+                    # The plugin registered a path that does not resolve: say whose it is.
+                    raise PluginError(
+                        f"{KINDS[self.kind][1]} '{self.name}' of plugin '{self.plugin}': cannot load "
+                        f"'{self.target}': {type(exc).__name__}: {exc}"
+                    ) from exc
                 self._loaded = obj
             else:
                 self._loaded = self.target
@@ -58,6 +67,7 @@ class Component:
             "plugin": self.plugin,
             "target": self.target_path,
             "override": self.override,
+            "replaces": self.replaces,
         }
 
 
