@@ -35,6 +35,9 @@ __all__ = [
     "CheckpointError",
     "PluginError",
     "UnknownComponentError",
+    "TrainConfig",
+    "train",
+    "evaluate",
 ]
 
 # name -> module that defines it; imported on first access (PEP 562) to keep `import gpt2reg` light.
@@ -44,6 +47,9 @@ _LAZY = {
     "load_model": "checkpoints",
     "save_model": "checkpoints",
     "get_tokenizer": "tokenizer",
+    "TrainConfig": "training",
+    "train": "training",
+    "evaluate": "training",
 }
 
 

@@ -18,6 +18,8 @@ COMMANDS: dict[str, str] = {
     "components": "registry_cmds:components",
     "build": "model_cmds:build",
     "info": "model_cmds:info",
+    "train": "train_cmds:train",
+    "eval": "train_cmds:eval_",
 }
 
 

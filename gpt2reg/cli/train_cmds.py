@@ -1,0 +1,137 @@
+"""``gpt2reg train`` and ``gpt2reg eval``: train on a user's text (resumable, torchrun-ready), measure perplexity."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import click
+
+from .options import architecture_options, given_architecture
+
+# Option -> TrainConfig field, for options whose value can be taken from a resumed run's run.json.
+_TRAIN_FIELDS = (
+    "data", "max_steps", "batch_size", "grad_accum", "seq_len", "lr", "min_lr", "warmup_steps", "weight_decay",
+    "grad_clip", "eval_interval", "eval_batches", "val_fraction", "checkpoint_interval", "keep_checkpoints",
+    "seed", "dtype", "device", "compile", "sample_tokens", "sample_prompt",
+)
+
+
+def _default(name: str):
+    """The default of a TrainConfig field, so CLI and API defaults are one and the same."""
+    import dataclasses
+
+    from ..training import config as train_config
+
+    return {f.name: f.default for f in dataclasses.fields(train_config.TrainConfig)}[name]
+
+
+@click.command()
+@click.option("--data", type=click.Path(), help="A text file or a folder of them (UTF-8).")
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Run folder: checkpoints, metrics.jsonl, loss.png, samples.txt, model/.")
+@architecture_options
+@click.option("--init", metavar="MODEL", help="Start from a checkpoint the loader accepts (fine-tuning), e.g. gpt2.")
+@click.option("--max-steps", type=click.IntRange(1), default=_default("max_steps"), show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=_default("batch_size"), show_default=True,
+              help="Sequences per micro-batch, per process.")
+@click.option("--grad-accum", type=click.IntRange(1), default=_default("grad_accum"), show_default=True,
+              help="Micro-batches per optimizer step.")
+@click.option("--seq-len", type=click.IntRange(1), help="Training window in tokens.  [default: the model's block size]")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=_default("lr"), show_default=True,
+              help="Peak learning rate.")
+@click.option("--min-lr", type=click.FloatRange(min=0), help="Learning rate at the end of the cosine.  [default: lr/10]")
+@click.option("--warmup-steps", type=click.IntRange(0), default=_default("warmup_steps"), show_default=True)
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=_default("weight_decay"), show_default=True,
+              help="AdamW weight decay, on matrices only.")
+@click.option("--grad-clip", type=click.FloatRange(min=0), default=_default("grad_clip"), show_default=True,
+              help="Max global gradient norm (0: off).")
+@click.option("--eval-interval", type=click.IntRange(1), default=_default("eval_interval"), show_default=True,
+              help="Validate, plot and sample every N steps.")
+@click.option("--eval-batches", type=click.IntRange(1), default=_default("eval_batches"), show_default=True,
+              help="Validation windows = this x batch size, at most.")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=_default("val_fraction"),
+              show_default=True, help="Held-out tail of the corpus.")
+@click.option("--checkpoint-interval", type=click.IntRange(1), help="Checkpoint every N steps.  [default: eval interval]")
+@click.option("--keep-checkpoints", type=click.IntRange(1), default=_default("keep_checkpoints"), show_default=True)
+@click.option("--seed", type=int, default=_default("seed"), show_default=True, help="Initialisation and data order.")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default=_default("dtype"),
+              show_default=True, help="auto: bf16 autocast on CUDA, fp32 on CPU.")
+@click.option("--device", default=_default("device"), show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (faster steps after warm-up).")
+@click.option("--sample-tokens", type=click.IntRange(0), default=_default("sample_tokens"), show_default=True,
+              help="Tokens sampled at each evaluation (0: none).")
+@click.option("--sample-prompt", default=_default("sample_prompt"), help="Prompt for the samples.  [default: none]")
+@click.option("--resume", is_flag=True, help="Continue the run in the output folder from its newest checkpoint.")
+@click.option("--no-progress", is_flag=True, help="No progress bar (metrics.jsonl still records every step).")
+@click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON.")
+@click.pass_context
+def train(ctx, out_dir, preset, init, resume, no_progress, as_json, compile_, **options) -> None:
+    """Train a model on your text, or fine-tune one with --init.
+
+    \b
+    gpt2reg train --data poems.txt --pos rope --n-layer 6 --n-embd 384 --n-head 6 \\
+        --block-size 256 --max-steps 2000 -o runs/poems
+    gpt2reg train -o runs/poems --resume                        # after a kill or Ctrl-C
+    torchrun --nproc_per_node 2 -m gpt2reg train --data poems.txt -o runs/ddp
+    """
+    from ..config import GPTConfig
+    from ..training import TrainConfig, resume_config
+    from ..training import train as run_training
+
+    arch = given_architecture(options)
+    options["compile"] = compile_
+    fields = {name: options[name] for name in _TRAIN_FIELDS}
+    if resume:
+        if arch or init or preset != "gpt2":
+            raise click.UsageError("--resume continues the run's own model; drop the architecture options and --init")
+        param_names = {"compile": "compile_"}
+        given = {name: value for name, value in fields.items()
+                 if ctx.get_parameter_source(param_names.get(name, name)) != click.core.ParameterSource.DEFAULT}
+        config = resume_config(out_dir, **given, progress=not no_progress)
+        model = None
+    else:
+        if not options["data"]:
+            raise click.UsageError("--data PATH is required (a text file or a folder of them)")
+        if init and arch:
+            raise click.UsageError(f"--init keeps the checkpoint's architecture; drop {', '.join(sorted(arch))}")
+        config = TrainConfig(out_dir=out_dir, progress=not no_progress, **fields)
+        model = init or GPTConfig.from_preset(preset, **arch)
+    result = run_training(config, model, resume=resume)
+    if os.environ.get("RANK", "0") != "0":
+        return
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    state = "stopped at" if result["interrupted"] else "finished"
+    line = f"{state} step {result['steps']}: train loss {result['loss']:.4f}"
+    if result["val_loss"] is not None:
+        line += f", validation loss {result['val_loss']:.4f} (unigram baseline {result['unigram_val_loss']:.4f})"
+    click.echo(line)
+    click.echo(f"model: {result['model_dir']}   metrics, plot, samples: {result['run_dir']}")
+    if result["interrupted"]:
+        click.echo(f"continue with: gpt2reg train -o {out_dir} --resume", err=True)
+        ctx.exit(130)
+
+
+@click.command("eval")
+@click.argument("model", metavar="MODEL")
+@click.option("--data", required=True, type=click.Path(), help="A text file or a folder of them (UTF-8).")
+@click.option("--seq-len", type=click.IntRange(1), help="Window length.  [default: the model's block size]")
+@click.option("--stride", type=click.IntRange(1), help="Tokens between window starts.  [default: seq-len / 2]")
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True, help="Windows per forward pass.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True)
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable result.")
+def eval_(model, data, seq_len, stride, batch_size, device, dtype, no_progress, as_json) -> None:
+    """Mean token cross-entropy and perplexity of MODEL on a text (sliding window, each token scored once)."""
+    from ..training import evaluate
+
+    result = evaluate(model, data, seq_len=seq_len, stride=stride, batch_size=batch_size, device=device,
+                      dtype=dtype, progress=not no_progress)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        click.echo(f"loss {result['loss']:.4f}  perplexity {result['perplexity']:.2f}  "
+                   f"({result['tokens']:,} tokens, window {result['seq_len']}, stride {result['stride']})")
