@@ -1,0 +1,253 @@
+"""Export a GPT to ONNX: a full-sequence graph or one KV-cache decoder graph, with self-describing metadata.
+
+The KV-cache graph follows Hugging Face Optimum's IO names (``input_ids``, ``attention_mask`` over
+past+seq, ``position_ids``, ``past_key_values.{i}.key/.value`` -> ``logits``, ``present.{i}.key/.value``)
+and serves both the prefill (past length 0) and the decode steps. Batch, sequence and past lengths are
+symbolic: the example input uses sizes >= 2 that differ from each other, so the tracer cannot
+specialise them, and the validator checks other sizes.
+
+The tied output projection reads the token embedding (``MatMul(x, Transpose(wte))``), so the table is
+stored once. For int8 the projection gets its own pre-transposed copy: dynamic quantization only
+quantizes a MatMul whose weight is an initializer, and the 50257-wide head is the largest one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+from .metadata import BATCH, GRAPH_FULL, GRAPH_KV, PAST, SEQ, TOTAL, OnnxDescription, past_names, present_names
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+QUANTIZE = (None, "int8")
+DEFAULT_OPSET = 18
+TWO_GB = 2**31
+
+
+class _Graph(nn.Module):
+    """The model plus its output projection; ``separate_head`` gives a tied head its own transposed weight."""
+
+    def __init__(self, model: nn.Module, separate_head: bool = False) -> None:
+        super().__init__()
+        self.model = model
+        self.head_weight_t = None
+        if separate_head and model.lm_head is None:
+            self.head_weight_t = nn.Parameter(model.wte.weight.detach().t().contiguous(), requires_grad=False)
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.head(x) if self.head_weight_t is None else x @ self.head_weight_t
+
+
+class FullSequenceGraph(_Graph):
+    """``input_ids`` (batch, seq) -> ``logits`` (batch, seq, vocab)."""
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        x, _ = self.model.hidden_states(input_ids)
+        return self.head(x)
+
+
+class KVCacheGraph(_Graph):
+    """The decoder with a KV cache, past and present flattened to one tensor per layer and key/value."""
+
+    def forward(self, input_ids, attention_mask, position_ids, past):
+        pairs = [(past[i], past[i + 1]) for i in range(0, len(past), 2)]
+        x, presents = self.model.hidden_states(input_ids, pairs, position_ids, attention_mask)
+        return (self.head(x), *[t for pair in presents for t in pair])
+
+
+def _example_inputs(model: nn.Module, kv_cache: bool):
+    """Example sizes >= 2 and pairwise different, so no dimension is specialised to its example value."""
+    config = model.config
+    batch, seq, past = 2, 3, 5
+    if past + seq > config.block_size:
+        seq, past = 2, max(config.block_size - 2, 0)
+        if past < 2:
+            raise InputError(f"block_size={config.block_size} is too small to export (need at least 4)")
+    device = model.wte.weight.device
+    ids = torch.randint(0, config.vocab_size, (batch, seq), device=device)
+    if not kv_cache:
+        return (ids,), ({0: torch.export.Dim(BATCH), 1: torch.export.Dim(SEQ)},)
+    mask = torch.ones(batch, past + seq, dtype=torch.long, device=device)
+    positions = torch.arange(past, past + seq, device=device).expand(batch, seq)
+    shape = (batch, config.n_head, past, config.head_dim)
+    pasts = [torch.randn(shape, dtype=model.wte.weight.dtype, device=device) for _ in range(2 * config.n_layer)]
+    b, s, p = torch.export.Dim(BATCH), torch.export.Dim(SEQ), torch.export.Dim(PAST)
+    # The mask length is past + seq: left to the tracer (DYNAMIC) and named afterwards.
+    dynamic = ({0: b, 1: s}, {0: b, 1: torch.export.Dim.DYNAMIC}, {0: b, 1: s}, [{0: b, 2: p} for _ in pasts])
+    return (ids, mask, positions, pasts), dynamic
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporter's warnings (axis renames, torchvision absent, deprecations) are not the user's business."""
+    # onnxruntime's quantizer logs its advice on the root logger.
+    loggers = [logging.getLogger("torch.onnx"), logging.getLogger()]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _name_total_dim(onnx_model) -> None:
+    """Give the attention mask's traced length (e.g. ``s53``) its meaning: past + seq, everywhere it appears."""
+    import onnx_ir as ir
+
+    graph = onnx_model.graph
+    mask = next((v for v in graph.inputs if v.name == "attention_mask"), None)
+    if mask is None or mask.shape is None or isinstance(mask.shape[1], int):
+        return
+    old = str(mask.shape[1])
+
+    def rename(value) -> None:
+        if value.shape is not None and any(not isinstance(d, int) and str(d) == old for d in value.shape):
+            value.shape = ir.Shape([TOTAL if not isinstance(d, int) and str(d) == old else d for d in value.shape])
+
+    for value in graph.inputs:
+        rename(value)
+    for node in graph.all_nodes():
+        for value in node.outputs:
+            rename(value)
+
+
+def _package_version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def _write_atomically(path: Path, write) -> None:
+    """``write(tmp_path)`` in a private folder beside ``path``, then move the file (and ``.data``) in place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        tmp = tmpdir / path.name
+        write(tmp)
+        data = Path(f"{path}.data")
+        tmp_data = tmpdir / data.name
+        if tmp_data.exists():
+            os.replace(tmp_data, data)
+        elif data.exists():
+            data.unlink()  # left from an earlier, larger export of the same name
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _quantize_int8(src: Path, dst: Path, props: dict[str, str]) -> None:
+    """onnxruntime dynamic quantization: int8 weights for every MatMul with a constant weight."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    large = src.stat().st_size + (Path(f"{src}.data").stat().st_size if Path(f"{src}.data").exists() else 0) > TWO_GB
+    with _quiet():
+        quantize_dynamic(
+            src,
+            dst,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul"],
+            use_external_data_format=large,
+            extra_options={"MatMulConstBOnly": True},
+        )
+    model = onnx.load(str(dst))
+    del model.metadata_props[:]
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
+    location = f"{dst.name}.data"
+    onnx.save_model(model, str(dst), save_as_external_data=large, all_tensors_to_one_file=True, location=location)
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    kv_cache: bool = True,
+    opset: int = DEFAULT_OPSET,
+    dtype: str = "fp32",
+    quantize: str | None = None,
+    model_name: str = "",
+) -> Path:
+    """Export ``model`` (a ``GPT``) to ``path`` and return it; the caller's model is left unchanged.
+
+    ``kv_cache`` picks the decoder-with-cache graph (default) or the full-sequence one; ``dtype`` is
+    ``fp32`` or ``fp16``; ``quantize="int8"`` applies onnxruntime dynamic quantization to an fp32
+    export. Files over 2 GB are written with external data (``<path>.data``).
+    """
+    if dtype not in DTYPES:
+        raise InputError(f"unknown dtype '{dtype}'; choose one of: {', '.join(DTYPES)}")
+    if quantize not in QUANTIZE:
+        raise InputError(f"unknown quantization '{quantize}'; choose int8 or none")
+    if quantize and dtype != "fp32":
+        raise InputError("int8 quantization starts from fp32 weights: drop --dtype fp16")
+    if opset < 18:
+        raise InputError(f"opset {opset} is too old: the exporter needs opset 18 or newer")
+    path = Path(path)
+    param = next(model.parameters())
+    source = model
+    if param.dtype != DTYPES[dtype] or param.device.type != "cpu":
+        source = copy.deepcopy(model).to(device="cpu", dtype=DTYPES[dtype])
+    graph_cls = KVCacheGraph if kv_cache else FullSequenceGraph
+    wrapper = graph_cls(source, separate_head=quantize == "int8")
+    was_training = model.training
+    wrapper.eval()
+    args, dynamic = _example_inputs(source, kv_cache)
+    n_layer = source.config.n_layer
+    inputs = ["input_ids"] + (["attention_mask", "position_ids", *past_names(n_layer)] if kv_cache else [])
+    outputs = ["logits"] + (present_names(n_layer) if kv_cache else [])
+    try:
+        with _quiet(), torch.no_grad():
+            program = torch.onnx.export(
+                wrapper,
+                args,
+                dynamo=True,
+                opset_version=opset,
+                input_names=inputs,
+                output_names=outputs,
+                dynamic_shapes=dynamic,
+                optimize=True,
+                verbose=False,
+            )
+    finally:
+        model.train(was_training)
+    description = OnnxDescription(
+        graph=GRAPH_KV if kv_cache else GRAPH_FULL,
+        config=source.config.to_dict(),
+        dtype=dtype,
+        quantize=quantize or "none",
+        version=_package_version(),
+        model_name=str(model_name),
+    )
+    props = description.to_props()
+    _name_total_dim(program.model)
+    program.model.metadata_props.update(props)
+    program.model.producer_name = "gpt2reg"
+    program.model.producer_version = description.version
+    program.model.doc_string = f"GPT-2 variant exported by gpt2reg ({description.graph}); see gpt2reg.* metadata"
+
+    def write(tmp: Path) -> None:
+        if quantize is None:
+            with _quiet():
+                program.save(tmp)
+            return
+        fp32 = tmp.with_name(f"{tmp.stem}-fp32.onnx")
+        with _quiet():
+            program.save(fp32)
+        _quantize_int8(fp32, tmp, props)
+
+    _write_atomically(path, write)
+    return path

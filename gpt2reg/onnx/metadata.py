@@ -1,0 +1,127 @@
+"""What an exported file says about itself, in ONNX ``metadata_props``: enough to run it with nothing else.
+
+Torch-free: the exporter writes these keys, ``gpt2reg.runtime`` and the validator read them.
+
+Keys (all strings; the JSON ones parse with ``json.loads``):
+
+- ``gpt2reg.format``: ``gpt2reg-onnx`` (so a consumer can tell our files from others);
+- ``gpt2reg.version``: the gpt2reg version that wrote the file;
+- ``gpt2reg.graph``: ``kv_cache`` or ``full_sequence``;
+- ``gpt2reg.config``: the model config as JSON (``GPTConfig.to_dict()``);
+- ``gpt2reg.io``: the inputs and outputs as JSON ``{"inputs": [{"name", "dtype", "shape"}], "outputs": [...]}``
+  with symbolic dimensions named ``batch_size``, ``sequence_length``, ``past_sequence_length``;
+- ``gpt2reg.dtype``: ``fp32`` or ``fp16`` (of the floating inputs/outputs: past and present, logits);
+- ``gpt2reg.quantize``: ``none`` or ``int8``;
+- ``gpt2reg.tokenizer``: ``gpt2`` (tiktoken's GPT-2 BPE), ``gpt2reg.eos_token_id``: ``50256``;
+- ``gpt2reg.model_name``: where the weights came from, as given to the exporter.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+FORMAT = "gpt2reg-onnx"
+GRAPH_KV = "kv_cache"
+GRAPH_FULL = "full_sequence"
+
+# Symbolic dimension names, as Hugging Face Optimum writes them.
+BATCH = "batch_size"
+SEQ = "sequence_length"
+PAST = "past_sequence_length"
+TOTAL = f"{PAST} + {SEQ}"
+
+
+def past_names(n_layer: int) -> list[str]:
+    """``past_key_values.{i}.key`` / ``.value`` for every layer, in graph input order."""
+    return [f"past_key_values.{i}.{kv}" for i in range(n_layer) for kv in ("key", "value")]
+
+
+def present_names(n_layer: int) -> list[str]:
+    """``present.{i}.key`` / ``.value`` for every layer, in graph output order."""
+    return [f"present.{i}.{kv}" for i in range(n_layer) for kv in ("key", "value")]
+
+
+def io_layout(graph: str, config: dict[str, Any], dtype: str) -> dict[str, list[dict[str, Any]]]:
+    """The graph's inputs and outputs with their dtypes and (symbolic) shapes."""
+    float_t = "float16" if dtype == "fp16" else "float32"
+    heads, head_dim = config["n_head"], config["n_embd"] // config["n_head"]
+    inputs = [{"name": "input_ids", "dtype": "int64", "shape": [BATCH, SEQ]}]
+    outputs = [{"name": "logits", "dtype": float_t, "shape": [BATCH, SEQ, config["vocab_size"]]}]
+    if graph == GRAPH_KV:
+        inputs += [
+            {"name": "attention_mask", "dtype": "int64", "shape": [BATCH, TOTAL]},
+            {"name": "position_ids", "dtype": "int64", "shape": [BATCH, SEQ]},
+        ]
+        inputs += [{"name": n, "dtype": float_t, "shape": [BATCH, heads, PAST, head_dim]}
+                   for n in past_names(config["n_layer"])]
+        outputs += [{"name": n, "dtype": float_t, "shape": [BATCH, heads, TOTAL, head_dim]}
+                    for n in present_names(config["n_layer"])]
+    return {"inputs": inputs, "outputs": outputs}
+
+
+@dataclass(frozen=True)
+class OnnxDescription:
+    """The parsed ``gpt2reg.*`` metadata of an exported file."""
+
+    graph: str
+    config: dict[str, Any]
+    dtype: str = "fp32"
+    quantize: str = "none"
+    version: str = ""
+    tokenizer: str = "gpt2"
+    eos_token_id: int = 50256
+    model_name: str = ""
+    io: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kv_cache(self) -> bool:
+        return self.graph == GRAPH_KV
+
+    @property
+    def n_layer(self) -> int:
+        return int(self.config["n_layer"])
+
+    @property
+    def block_size(self) -> int:
+        return int(self.config["block_size"])
+
+    @property
+    def variant(self) -> str:
+        """``fp32``, ``fp16`` or ``int8``: what decides the validation tolerance."""
+        return "int8" if self.quantize == "int8" else self.dtype
+
+    def to_props(self) -> dict[str, str]:
+        return {
+            "gpt2reg.format": FORMAT,
+            "gpt2reg.version": self.version,
+            "gpt2reg.graph": self.graph,
+            "gpt2reg.config": json.dumps(self.config, sort_keys=True),
+            "gpt2reg.io": json.dumps(self.io or io_layout(self.graph, self.config, self.dtype)),
+            "gpt2reg.dtype": self.dtype,
+            "gpt2reg.quantize": self.quantize,
+            "gpt2reg.tokenizer": self.tokenizer,
+            "gpt2reg.eos_token_id": str(self.eos_token_id),
+            "gpt2reg.model_name": self.model_name,
+        }
+
+    @classmethod
+    def from_props(cls, props: dict[str, str], source: str = "the file") -> OnnxDescription:
+        """Parse metadata; ``ValueError`` naming ``source`` when it is not a gpt2reg export."""
+        if props.get("gpt2reg.format") != FORMAT:
+            raise ValueError(f"{source} is not a gpt2reg ONNX export (no gpt2reg.format metadata)")
+        try:
+            return cls(
+                graph=props["gpt2reg.graph"],
+                config=json.loads(props["gpt2reg.config"]),
+                dtype=props.get("gpt2reg.dtype", "fp32"),
+                quantize=props.get("gpt2reg.quantize", "none"),
+                version=props.get("gpt2reg.version", ""),
+                tokenizer=props.get("gpt2reg.tokenizer", "gpt2"),
+                eos_token_id=int(props.get("gpt2reg.eos_token_id", "50256")),
+                model_name=props.get("gpt2reg.model_name", ""),
+                io=json.loads(props.get("gpt2reg.io", "{}")),
+            )
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"{source} has damaged gpt2reg metadata: {exc}") from None

@@ -1,0 +1,88 @@
+"""onnxruntime sessions on the execution provider that really runs, never the one merely asked for.
+
+onnxruntime-gpu on a machine without a usable CUDA logs an error and silently runs on the CPU. Here
+``auto`` takes CUDA when it really loads and says when it fell back; ``cuda`` fails with the reason.
+Torch-free: the runtime uses this too.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+from dataclasses import dataclass
+
+from ..errors import Gpt2regError
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+CHOICES = ("auto", "cuda", "cpu")
+
+
+class ProviderError(Gpt2regError):
+    """An execution provider that was asked for and cannot run here."""
+
+
+@dataclass
+class SessionInfo:
+    """The session and what happened when it was made."""
+
+    session: object  # onnxruntime.InferenceSession
+    provider: str  # session.get_providers()[0]: the provider that actually runs
+    requested: str  # auto, cuda or cpu
+    note: str = ""  # e.g. why auto fell back to the CPU
+
+
+def _cuda_load_error() -> str:
+    """Why the CUDA provider library does not load (the missing CUDA/cuDNN library), best effort."""
+    import onnxruntime as ort
+
+    name = "onnxruntime_providers_cuda.dll" if sys.platform == "win32" else "libonnxruntime_providers_cuda.so"
+    path = os.path.join(os.path.dirname(ort.__file__), "capi", name)
+    if not os.path.exists(path):
+        return f"{name} is not in this onnxruntime"
+    try:
+        ctypes.CDLL(path)
+    except OSError as exc:
+        return str(exc)
+    return "no usable CUDA device"
+
+
+def cuda_listed() -> bool:
+    """Whether this onnxruntime build has a CUDA provider at all (onnxruntime-gpu)."""
+    import onnxruntime as ort
+
+    return CUDA in ort.get_available_providers()
+
+
+def create_session(path: str, provider: str = "auto", *, threads: int | None = None) -> SessionInfo:
+    """An ``InferenceSession`` for ``path`` on ``provider`` (``auto``, ``cuda`` or ``cpu``)."""
+    import onnxruntime as ort
+
+    if provider not in CHOICES:
+        raise ProviderError(f"unknown provider '{provider}'; choose one of: {', '.join(CHOICES)}")
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    if provider == "cpu" or (provider == "auto" and not cuda_listed()):
+        session = ort.InferenceSession(str(path), options, providers=[CPU])
+        note = "" if provider == "cpu" else "CUDA not in this onnxruntime build; running on CPU"
+        return SessionInfo(session, session.get_providers()[0], provider, note)
+    if not cuda_listed():
+        raise ProviderError(
+            f"CUDA requested but this onnxruntime ({ort.__version__}) has no CUDA provider; "
+            "install onnxruntime-gpu on a CUDA machine, or use --provider cpu"
+        )
+    # A failed CUDA load is logged as an error even when we fall back on purpose: we report it ourselves.
+    ort.set_default_logger_severity(4)
+    try:
+        session = ort.InferenceSession(str(path), options, providers=[CUDA, CPU])
+    finally:
+        ort.set_default_logger_severity(2)
+    actual = session.get_providers()[0]
+    if actual == CUDA:
+        return SessionInfo(session, actual, provider)
+    reason = _cuda_load_error()
+    if provider == "cuda":
+        raise ProviderError(f"CUDA execution provider cannot load ({reason}); use --provider cpu or auto")
+    return SessionInfo(session, actual, provider, f"CUDA provider did not load ({reason}); fell back to CPU")
