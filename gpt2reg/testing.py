@@ -5,14 +5,17 @@ One call checks a registered component the way gpt2reg checks its built-ins::
     from gpt2reg.testing import check_component
     check_component("pos", "alibi")          # raises AssertionError naming the failed property
 
-Each check builds a tiny model around the component (``tiny_config``), so it runs in well under a
-second on a CPU.
+Each check builds a fresh tiny model around the component (``tiny_config``). All but ``onnx`` run in
+well under a second on a CPU; ``onnx`` (export and validate under onnxruntime) takes ~10 s.
+``plugin_components("alibi")`` lists what a plugin registered, to parametrise a test over it.
 """
 
 from __future__ import annotations
 
+import copy
 import tempfile
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -71,6 +74,28 @@ def check_backward(model: GPT) -> None:
     model.eval()
 
 
+def check_train_step(model: GPT, steps: int = 5) -> None:
+    """A few AdamW steps on one batch lower its loss: the component trains, not just differentiates.
+
+    Works on a copy, so the model passed in is left as it was.
+    """
+    model = copy.deepcopy(model).train()
+    x = _inputs(model.config, seed=1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(steps):
+        loss = model.loss(x[:, :-1], x[:, 1:])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    with torch.no_grad():
+        final = model.loss(x[:, :-1], x[:, 1:]).item()
+    assert final < losses[0], f"{steps} optimizer steps did not lower the loss ({losses[0]:.4f} -> {final:.4f})"
+    for name, p in model.named_parameters():
+        assert torch.isfinite(p).all(), f"parameter {name} is not finite after training"
+
+
 def check_cache(model: GPT, atol: float = 1e-4) -> None:
     """Decoding token by token with the KV cache gives the logits of a full recompute, padded or not."""
     x = _inputs(model.config)
@@ -105,13 +130,30 @@ def check_save_load(model: GPT) -> None:
         assert diff == 0.0, f"loaded model's logits differ by {diff:.3g}"
 
 
+def check_onnx(model: GPT, atol: float = 1e-4) -> None:
+    """The KV-cache ONNX export runs under onnxruntime (CPU) within ``atol`` of torch: prefill, cached
+    decode steps and left-padded rows (the cases of ``gpt2reg.onnx.validate_onnx``)."""
+    from .onnx import export_onnx, validate_onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_onnx(model, Path(tmp) / "model.onnx", kv_cache=True)
+        report = validate_onnx(path, model, provider="cpu", atol=atol)
+    assert report.passed, (
+        f"ONNX export differs from torch: max |diff| {report.max_abs_diff:.3g} (atol {atol:g})"
+        + (f"; {report.reason}" if report.reason else "")
+    )
+
+
 CHECKS: dict[str, Callable[[GPT], None]] = {
     "shapes": check_shapes,
     "causality": check_causality,
     "backward": check_backward,
+    "train_step": check_train_step,
     "cache": check_cache,
     "save_load": check_save_load,
+    "onnx": check_onnx,
 }
+SLOW_CHECKS = ("onnx",)  # seconds, not milliseconds: gpt2reg's own suite runs them once per component
 
 
 def check_component(
@@ -133,3 +175,13 @@ def check_component(
             raise ValueError(f"unknown check '{check}'; choose one of: {', '.join(CHECKS)}")
         model = build_model(config, seed=0).eval()
         CHECKS[check](model)
+
+
+def plugin_components(plugin: str) -> list[tuple[str, str]]:
+    """``(kind, name)`` of every component ``plugin`` has in the registry, e.g. to parametrise a test."""
+    from .plugins import get_registry
+
+    found = [(c.kind, c.name) for c in get_registry().components() if c.plugin == plugin]
+    if not found:
+        raise ValueError(f"plugin '{plugin}' has no registered components (is it installed and loaded?)")
+    return found
