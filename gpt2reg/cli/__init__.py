@@ -16,6 +16,7 @@ from ..errors import Gpt2regError
 # command name -> "module:function" inside gpt2reg.cli; loaded only when needed.
 COMMANDS: dict[str, str] = {
     "components": "registry_cmds:components",
+    "plugins": "plugin_cmds:plugins",
     "build": "model_cmds:build",
     "info": "model_cmds:info",
     "train": "train_cmds:train",
