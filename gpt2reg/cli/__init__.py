@@ -21,6 +21,8 @@ COMMANDS: dict[str, str] = {
     "info": "model_cmds:info",
     "train": "train_cmds:train",
     "eval": "train_cmds:eval_",
+    "export": "onnx_cmds:export",
+    "validate": "onnx_cmds:validate",
 }
 
 

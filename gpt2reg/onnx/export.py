@@ -172,6 +172,23 @@ def _quantize_int8(src: Path, dst: Path, props: dict[str, str]) -> None:
     onnx.save_model(model, str(dst), save_as_external_data=large, all_tensors_to_one_file=True, location=location)
 
 
+_GENERIC_STEMS = {"ckpt", "model", "pytorch_model", "gpt2reg"}
+
+
+def default_export_path(source: str | os.PathLike, *, kv_cache: bool = True, dtype: str = "fp32",
+                        quantize: str | None = None, folder: str | os.PathLike = "exports") -> Path:
+    """``exports/<model name>.onnx``; the name is the model directory's (or checkpoint's, or hub repo's).
+
+    Non-default forms get a suffix (``-full``, ``-fp16``, ``-int8``) so they never overwrite each other.
+    """
+    path = Path(source)
+    name = path.name if path.is_dir() or path.suffix == "" else path.stem
+    if path.is_file() and path.stem in _GENERIC_STEMS:
+        name = path.resolve().parent.name
+    suffix = ("" if kv_cache else "-full") + ("" if dtype == "fp32" else f"-{dtype}") + (f"-{quantize}" if quantize else "")
+    return Path(folder) / f"{name or 'model'}{suffix}.onnx"
+
+
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike,

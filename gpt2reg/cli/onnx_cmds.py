@@ -1,0 +1,81 @@
+"""``gpt2reg export`` and ``gpt2reg validate``: ONNX graphs of any variant, checked against torch."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import click
+
+_PROVIDER = click.Choice(["auto", "cuda", "cpu"])
+
+
+def _print_report(report, as_json: bool) -> None:
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.summary())
+
+
+@click.command()
+@click.argument("model_source", metavar="MODEL")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="ONNX file to write.  [default: exports/<model name>.onnx]")
+@click.option("--kv-cache/--no-kv-cache", default=True, show_default=True,
+              help="Decoder graph with past/present KV cache, or the full-sequence graph.")
+@click.option("--opset", type=click.IntRange(18), default=18, show_default=True, help="ONNX opset.")
+@click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--quantize", type=click.Choice(["int8"]), help="onnxruntime dynamic quantization (fast CPU inference).")
+@click.option("--validate/--no-validate", default=True, show_default=True,
+              help="Check the file against the torch model under onnxruntime.")
+@click.option("--atol", type=click.FloatRange(min=0), help="Validation tolerance.  [default: per dtype, see validate]")
+@click.option("--provider", type=_PROVIDER, default="auto", show_default=True, help="Execution provider for validation.")
+@click.option("--cases", type=click.IntRange(1), default=8, show_default=True, help="Validation cases.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def export(model_source, output, kv_cache, opset, dtype, quantize, validate, atol, provider, cases, as_json) -> None:
+    """Export MODEL (model dir, checkpoint or hub name) to ONNX and, by default, validate it."""
+    from ..checkpoints import load_model
+    from ..onnx.export import default_export_path, export_onnx
+    from ..onnx.validate import validate_onnx
+
+    if quantize and dtype != "fp32":
+        raise click.UsageError("--quantize int8 starts from fp32 weights; drop --dtype fp16")
+    model = load_model(model_source)
+    path = output or default_export_path(model_source, kv_cache=kv_cache, dtype=dtype, quantize=quantize)
+    start = time.perf_counter()
+    path = export_onnx(model, path, kv_cache=kv_cache, opset=opset, dtype=dtype, quantize=quantize,
+                       model_name=str(model_source))
+    seconds = time.perf_counter() - start
+    data = path.with_name(path.name + ".data")
+    size = path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+    result = {"path": str(path), "bytes": size, "export_seconds": round(seconds, 2),
+              "graph": "kv_cache" if kv_cache else "full_sequence", "dtype": dtype, "quantize": quantize}
+    report = validate_onnx(path, model, provider=provider, atol=atol, cases=cases) if validate else None
+    if as_json:
+        click.echo(json.dumps({**result, "validation": report.to_dict() if report else None}, indent=2))
+    else:
+        click.echo(f"wrote {path} ({size / 1e6:.1f} MB, {result['graph']}, {quantize or dtype}) in {seconds:.1f} s")
+        if report:
+            click.echo(report.summary())
+    if report and not report.passed:
+        click.get_current_context().exit(1)
+
+
+@click.command()
+@click.argument("onnx_path", metavar="ONNX_PATH", type=click.Path(dir_okay=False))
+@click.argument("model_source", metavar="MODEL")
+@click.option("--provider", type=_PROVIDER, default="auto", show_default=True,
+              help="auto takes CUDA when it really loads; cuda fails where it cannot.")
+@click.option("--atol", type=click.FloatRange(min=0),
+              help="Max |logit difference|.  [default: fp32 1e-4, fp16 2e-2, int8 0.5]")
+@click.option("--cases", type=click.IntRange(1), default=8, show_default=True,
+              help="Random cases (batch 1-4; lengths 1, odd, full context; past 0 and > 0; left padding).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+def validate(onnx_path, model_source, provider, atol, cases, seed, as_json) -> None:
+    """Compare ONNX_PATH under onnxruntime with MODEL in torch; exit status 1 when they disagree."""
+    from ..checkpoints import load_model
+    from ..onnx.validate import describe, validate_onnx
+
+    describe(onnx_path)  # a missing or foreign file fails before the model is loaded
+    report = validate_onnx(onnx_path, load_model(model_source), provider=provider, atol=atol, cases=cases, seed=seed)
+    _print_report(report, as_json)
+    if not report.passed:
+        click.get_current_context().exit(1)
