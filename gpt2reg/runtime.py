@@ -1,0 +1,228 @@
+"""Run an exported gpt2reg ONNX file from any application: numpy, onnxruntime and tiktoken, never torch.
+
+::
+
+    from gpt2reg.runtime import OnnxGPT
+
+    model = OnnxGPT("exports/gpt2-rope.onnx")          # reads the config and IO layout from the file
+    print(model.generate("Hello, my dog", max_new_tokens=20, seed=0)[0].text)
+
+The file's metadata (``gpt2reg.onnx.metadata``) says which graph it holds, its config and tokenizer,
+so nothing else is needed. Sampling is ``gpt2reg.generation``'s numpy half (temperature, top-k,
+top-p, greedy, per-sequence seeds, stop strings, streaming): the same seed picks the same tokens as
+the torch path from the same logits. Imports here must stay torch-free; a test runs this module in a
+process where importing torch fails.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError
+from .generation import (
+    Prompt,
+    Sample,
+    Sampler,
+    SamplingOptions,
+    StreamCallback,
+    TextStream,
+    encode_prompts,
+    fit_context,
+)
+from .onnx.metadata import OnnxDescription, past_names
+from .onnx.providers import create_session
+from .tokenizer import EOT_ID, get_tokenizer
+
+__all__ = ["OnnxGPT", "load"]
+
+
+class OnnxGPT:
+    """An exported model under onnxruntime: ``logits`` for a batch, ``generate`` for text.
+
+    ``provider`` is ``auto`` (CUDA when it really loads), ``cuda`` (an error where it cannot) or
+    ``cpu``; ``self.provider`` is the one that actually runs.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, provider: str = "auto", threads: int | None = None) -> None:
+        if not os.path.isfile(path):
+            raise InputError(f"{path}: no such ONNX file")
+        info = create_session(str(path), provider, threads=threads)
+        self.path = str(path)
+        self.session = info.session
+        self.provider = info.provider
+        self.provider_note = info.note
+        props = dict(self.session.get_modelmeta().custom_metadata_map)
+        try:
+            self.description = OnnxDescription.from_props(props, self.path)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        if self.description.tokenizer != "gpt2":
+            raise InputError(f"{path}: tokenizer '{self.description.tokenizer}' is not supported (only gpt2)")
+        self.config: dict[str, Any] = self.description.config
+        self._float = np.float16 if self.description.dtype == "fp16" else np.float32
+
+    @property
+    def kv_cache(self) -> bool:
+        return self.description.kv_cache
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.config["vocab_size"])
+
+    @property
+    def block_size(self) -> int:
+        return self.description.block_size
+
+    def _check_length(self, length: int) -> None:
+        if length > self.block_size:
+            raise InputError(f"sequence of {length} tokens exceeds the context of {self.block_size} (block_size)")
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None,
+            past: list[np.ndarray] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One graph call: logits (batch, seq, vocab) as float32 and, for the KV-cache graph, the presents.
+
+        ``attention_mask`` (batch, past+seq) marks left pads with 0; position ids follow from it.
+        ``past`` is the previous call's presents (one array per layer and key/value), or None.
+        """
+        input_ids = np.asarray(input_ids, dtype=np.int64)
+        batch, seq = input_ids.shape
+        past_len = past[0].shape[2] if past else 0
+        self._check_length(past_len + seq)
+        if not self.kv_cache:
+            if past or (attention_mask is not None and not np.all(attention_mask)):
+                raise InputError("this file holds the full-sequence graph: no KV cache, no padding")
+            return self.session.run(["logits"], {"input_ids": input_ids})[0].astype(np.float32, copy=False), []
+        mask = (np.ones((batch, past_len + seq), dtype=np.int64) if attention_mask is None
+                else np.asarray(attention_mask, dtype=np.int64))
+        positions = np.clip(mask.cumsum(-1) - 1, 0, None)[:, past_len:]
+        feed = {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions}
+        heads, head_dim = self.config["n_head"], self.config["n_embd"] // self.config["n_head"]
+        empty = np.zeros((batch, heads, 0, head_dim), dtype=self._float)
+        for i, name in enumerate(past_names(self.description.n_layer)):
+            feed[name] = past[i] if past else empty
+        logits, *presents = self.session.run(None, feed)
+        return logits.astype(np.float32, copy=False), presents
+
+    def logits(self, input_ids: Sequence[Sequence[int]] | np.ndarray) -> np.ndarray:
+        """Logits (batch, seq, vocab), float32, for a batch of equal-length token sequences."""
+        return self.run(np.asarray(input_ids, dtype=np.int64))[0]
+
+    def generate(
+        self,
+        prompt: Prompt | Sequence[Prompt],
+        *,
+        max_new_tokens: int = 64,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        greedy: bool = False,
+        seed: int | None = None,
+        num_samples: int = 1,
+        stop: str | Sequence[str] | None = None,
+        eos_token_id: int | None = EOT_ID,
+        stream: StreamCallback | None = None,
+    ) -> list[Sample]:
+        """Continue ``prompt`` exactly as ``gpt2reg.generation.generate`` does with a torch model.
+
+        Same arguments, same results (``Sample`` per sequence, prompt by prompt); prompts of different
+        lengths are left-padded together through the KV-cache graph.
+        """
+        options = SamplingOptions(temperature, top_k, top_p, greedy)
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise InputError(f"num_samples={num_samples}: must be an integer >= 1")
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        prompts = fit_context(encode_prompts(prompt, self.vocab_size), self.block_size, max_new_tokens)
+        n = len(prompts) * num_samples
+        sampler = Sampler(options, [j for _ in prompts for j in range(num_samples)], seed)
+        texts = [TextStream(stops) for _ in range(n)]
+        generated: list[list[int]] = [[] for _ in range(n)]
+        reasons: list[str | None] = [None] * n
+        vocab = min(self.vocab_size, get_tokenizer().n_vocab)
+        filler = eos_token_id if eos_token_id is not None and eos_token_id < self.vocab_size else 0
+
+        decoder = _Decoder(self)
+        logits = decoder.prefill(prompts)
+        decoder.repeat(num_samples)
+        logits = np.repeat(logits, num_samples, axis=0)
+        for step in range(max_new_tokens):
+            active = [r is None for r in reasons]
+            tokens = sampler(logits[:, :vocab], active)
+            for i, token in enumerate(tokens):
+                if not active[i]:
+                    tokens[i] = filler
+                    continue
+                generated[i].append(token)
+                if token == eos_token_id:
+                    reasons[i] = "eos"
+                else:
+                    piece = texts[i].push(token)
+                    if piece and stream is not None:
+                        stream(i, piece)
+                    if texts[i].stopped:
+                        reasons[i] = "stop"
+                if reasons[i] is not None or step == max_new_tokens - 1:
+                    reasons[i] = reasons[i] or "length"
+                    piece = texts[i].finish()
+                    if piece and stream is not None:
+                        stream(i, piece)
+            if all(r is not None for r in reasons):
+                break
+            logits = decoder.step(tokens)
+        return [
+            Sample(prompts[i // num_samples], generated[i], texts[i].text, reasons[i] or "length",
+                   i // num_samples, i % num_samples)
+            for i in range(n)
+        ]
+
+
+class _Decoder:
+    """One batch being decoded: ids, left-padding mask, and the KV cache (or, for the full-sequence
+    graph, each row recomputed from its own unpadded tokens every step)."""
+
+    def __init__(self, model: OnnxGPT) -> None:
+        self.model = model
+        self.rows: list[list[int]] = []
+        self.mask: np.ndarray | None = None
+        self.past: list[np.ndarray] | None = None
+
+    def prefill(self, prompts: list[list[int]], pad_id: int = EOT_ID) -> np.ndarray:
+        self.rows = [list(p) for p in prompts]
+        if not self.model.kv_cache:
+            return self._full()
+        width = max(len(p) for p in prompts)
+        pad_id = pad_id if pad_id < self.model.vocab_size else 0
+        ids = np.array([[pad_id] * (width - len(p)) + p for p in prompts], dtype=np.int64)
+        self.mask = np.array([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=np.int64)
+        logits, self.past = self.model.run(ids, self.mask)
+        return logits[:, -1]
+
+    def step(self, tokens: Sequence[int]) -> np.ndarray:
+        for row, token in zip(self.rows, tokens, strict=True):
+            row.append(int(token))
+        if not self.model.kv_cache:
+            return self._full()
+        self.mask = np.concatenate((self.mask, np.ones((len(tokens), 1), dtype=np.int64)), axis=1)
+        new = np.asarray(tokens, dtype=np.int64).reshape(-1, 1)
+        logits, self.past = self.model.run(new, self.mask, self.past)
+        return logits[:, -1]
+
+    def repeat(self, n: int) -> None:
+        if n == 1:
+            return
+        self.rows = [list(row) for row in self.rows for _ in range(n)]
+        if self.mask is not None:
+            self.mask = np.repeat(self.mask, n, axis=0)
+        if self.past is not None:
+            self.past = [np.repeat(p, n, axis=0) for p in self.past]
+
+    def _full(self) -> np.ndarray:
+        return np.concatenate([self.model.run(np.array([row], dtype=np.int64))[0][:, -1] for row in self.rows])
+
+
+def load(path: str | os.PathLike, *, provider: str = "auto", threads: int | None = None) -> OnnxGPT:
+    """Open an exported file (``OnnxGPT(path, ...)``)."""
+    return OnnxGPT(path, provider=provider, threads=threads)
