@@ -8,11 +8,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo test lint clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile plugins/gpt2reg-alibi/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -e ".[test]"
+# The example third-party plugin, installed as a user would; its tests run in `make test`.
+	$(BIN)/pip install -q -e plugins/gpt2reg-alibi
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -22,8 +24,8 @@ demo: install
 	$(BIN)/gpt2reg build --pos rope -o models/gpt2-rope --force
 
 test: install
-	$(BIN)/ruff check gpt2reg tests
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/ruff check gpt2reg tests plugins
+	$(BIN)/python -m pytest -q -n 2 tests plugins/gpt2reg-alibi/tests
 
 lint: install
 	$(BIN)/ruff check .
