@@ -102,13 +102,13 @@ def train(ctx, out_dir, preset, init, resume, no_progress, as_json, compile_, **
         return
     if as_json:
         click.echo(json.dumps(result, indent=2))
-        return
-    state = "stopped at" if result["interrupted"] else "finished"
-    line = f"{state} step {result['steps']}: train loss {result['loss']:.4f}"
-    if result["val_loss"] is not None:
-        line += f", validation loss {result['val_loss']:.4f} (unigram baseline {result['unigram_val_loss']:.4f})"
-    click.echo(line)
-    click.echo(f"model: {result['model_dir']}   metrics, plot, samples: {result['run_dir']}")
+    else:
+        state = "stopped at" if result["interrupted"] else "finished"
+        line = f"{state} step {result['steps']}: train loss {result['loss']:.4f}"
+        if result["val_loss"] is not None:
+            line += f", validation loss {result['val_loss']:.4f} (unigram baseline {result['unigram_val_loss']:.4f})"
+        click.echo(line)
+        click.echo(f"model: {result['model_dir']}   metrics, plot, samples: {result['run_dir']}")
     if result["interrupted"]:
         click.echo(f"continue with: gpt2reg train -o {out_dir} --resume", err=True)
         ctx.exit(130)

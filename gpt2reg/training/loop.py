@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -138,6 +139,8 @@ def _memory_error(batch_size: int, seq_len: int, detail: str = "") -> InputError
 class _Trainer:
     def __init__(self, config: TrainConfig, model: ModelSpec, resume: bool, device: torch.device,
                  group: distributed.Dist) -> None:
+        if config.data:  # absolute, so that a resume from another folder finds the corpus
+            config = config.replace(data=str(Path(config.data).expanduser().resolve()))
         self.cfg = config
         self.device = device
         self.group = group
@@ -199,7 +202,6 @@ class _Trainer:
         error = None
         if self.group.is_main:
             try:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
                 remove_stale_temporaries(self.run_dir)
                 cache_tokens(cfg.data, self.run_dir)
             except InputError as exc:
@@ -368,7 +370,7 @@ class _Trainer:
                 f.write(f"--- step {step} ---\n{text}\n\n")
             val = records[-1].get("val_loss")
             header = f"step {step}" + (f"  val loss {val:.3f}" if val is not None else "")
-            bar.write(f"{header}  sample: {text.strip()[:200]!r}")
+            bar.write(f"{header}  sample: {text.strip()[:200]!r}", file=sys.stderr)
 
     def _checkpoint(self, step: int, tokens: int, elapsed: float) -> None:
         rngs = self.group.all_gather(rng_state())  # every rank's dropout stream, for an exact resume
@@ -391,7 +393,7 @@ class _Trainer:
                 raise KeyboardInterrupt
             self.stop_requested = True
             if self.group.is_main:
-                bar.write("stopping: saving a checkpoint after this step (Ctrl-C again to abort)")
+                bar.write("stopping: saving a checkpoint after this step (Ctrl-C again to abort)", file=sys.stderr)
 
         previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
