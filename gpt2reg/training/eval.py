@@ -56,6 +56,9 @@ def evaluate_tokens(model: GPT, tokens: np.ndarray | list[int], *, seq_len: int 
         raise ConfigError(f"batch_size={batch_size}: must be at least 1")
     if tokens.size < 2:
         raise ConfigError("nothing to score: the text has no tokens")
+    if tokens.max() >= model.config.vocab_size:
+        raise ConfigError(f"token id {tokens.max()} is outside the model's vocabulary (vocab_size="
+                          f"{model.config.vocab_size}); this model cannot read GPT-2 tokens")
     device = next(model.parameters()).device
     amp = resolve_dtype(dtype, device)
     windows = sliding_windows(tokens.size, seq_len, stride)
@@ -67,7 +70,7 @@ def evaluate_tokens(model: GPT, tokens: np.ndarray | list[int], *, seq_len: int 
     total, count = 0.0, 0
     for i in tqdm(range(0, len(windows), batch_size), desc="eval", unit="batch", disable=not progress):
         group = windows[i : i + batch_size]
-        x = np.full((len(group), width), EOT_ID, dtype=np.int64)  # short windows padded at the end
+        x = np.zeros((len(group), width), dtype=np.int64)  # a short last window is padded at its end
         y = np.full((len(group), width), -100, dtype=np.int64)  # -100: not scored
         for row, (start, end, first) in enumerate(group):
             x[row, : end - start] = tokens[start:end]
