@@ -95,8 +95,42 @@ class Block(nn.Module):
         return x, present
 
 
+# -- inference speed on CPU ------------------------------------------------------------------------
+# PyTorch's default CPU BLAS path reads a one-token matrix-vector product's weights at ~16 GB/s on our
+# machines; oneDNN reads the same row-major fp32 weights, in place, at ~30 GB/s, which makes decoding
+# ~1.7x faster (and prefill faster too). ``GPT.prepare_for_inference`` opts in; nothing is copied.
+
+
+def _onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Only where the result is the same as F.linear's: CPU fp32, no autograd, no tracing or export."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and not torch.is_grad_enabled()
+        and not torch.jit.is_tracing()
+        and not torch.compiler.is_compiling()
+        and not torch.compiler.is_exporting()
+    )
+
+
+def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+class _OneDNNLinear(nn.Linear):
+    """``nn.Linear`` (same parameters, same state dict) whose no-grad CPU fp32 forward runs on oneDNN."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _onednn_applies(x, self.weight):
+            return _onednn_linear(x, self.weight, self.bias)
+        return super().forward(x)
+
+
 class GPT(nn.Module):
     """GPT-2 built from ``config``; ``model(input_ids)`` returns logits (batch, seq, vocab)."""
+
+    _onednn = False  # set by prepare_for_inference
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -122,6 +156,22 @@ class GPT(nn.Module):
         for name, param in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(param, mean=0.0, std=std / math.sqrt(2 * self.config.n_layer))
+
+    def prepare_for_inference(self) -> GPT:
+        """Eval mode, and on CPU fp32 every linear layer and the output head routed through oneDNN.
+
+        In place and without copying weights: each ``nn.Linear`` becomes an ``nn.Linear`` subclass
+        that calls oneDNN on the same tensors when gradients are off and the model is not being traced
+        or exported, and PyTorch's own kernel otherwise, so training and ONNX export are unaffected.
+        Does nothing more than ``eval()`` where oneDNN is unavailable. Returns the model.
+        """
+        self.eval()
+        if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+            for module in self.modules():
+                if type(module) is nn.Linear:
+                    module.__class__ = _OneDNNLinear
+            self._onednn = True
+        return self
 
     def num_parameters(self) -> int:
         """Distinct parameters (the tied output projection counted once)."""
@@ -189,6 +239,8 @@ class GPT(nn.Module):
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """Hidden states -> logits; the output projection is the token embedding when tied."""
         if self.lm_head is None:
+            if self._onednn and _onednn_applies(x, self.wte.weight):
+                return _onednn_linear(x, self.wte.weight, None)
             return F.linear(x, self.wte.weight)
         return self.lm_head(x)
 

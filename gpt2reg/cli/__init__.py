@@ -19,6 +19,8 @@ COMMANDS: dict[str, str] = {
     "plugins": "plugin_cmds:plugins",
     "build": "model_cmds:build",
     "info": "model_cmds:info",
+    "generate": "generate_cmds:generate",
+    "bench": "bench_cmds:bench",
     "train": "train_cmds:train",
     "eval": "train_cmds:eval_",
     "export": "onnx_cmds:export",

@@ -1,0 +1,426 @@
+"""``gpt2reg bench``: one table, engines side by side on the same weights, measured in the same run.
+
+Each row is one engine (gpt2reg on torch, Hugging Face transformers, ...) measured in a fresh
+subprocess, so its load time and peak resident memory are its own and one engine's thread pools or
+caches never help or hurt another. Rows alternate over ``rounds`` and each figure keeps its best
+round: a burst of load from another process slows one round, not one engine. Ratios compare rows
+of the same run only.
+
+Adding a row (ONNX Runtime, training, ...): write a function ``row(spec: BenchSpec) -> dict`` that
+returns metric values keyed by ``Metric.key`` (any subset; add a ``Metric`` to ``METRICS`` for a new
+figure) and append ``RowSpec(name, "module:function", requires=("some_module",))`` to ``ROWS``.
+The function runs in its own process; ``peak_rss_mb`` is added for it. A row whose ``requires``
+cannot be imported is listed as skipped. ``ratio`` metrics are divided by the baseline row's.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    """What every row measures. ``hf_dir`` holds the same weights as ``model`` in Hugging Face format."""
+
+    model: str
+    hf_dir: str | None = None
+    prompt_tokens: int = 32
+    new_tokens: int = 128
+    prefill_tokens: int = 1024
+    repeats: int = 3  # timed runs inside one row process; the best counts
+    device: str = "cpu"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    header: str
+    fmt: str
+    higher_is_better: bool
+    ratio: bool = False  # also show row / baseline as a speed-up (> 1 is better)
+
+
+METRICS: list[Metric] = [
+    Metric("load_s", "load s", "{:.2f}", False),
+    Metric("peak_rss_mb", "peak RSS MB", "{:.0f}", False),
+    Metric("prefill_s", "prefill s", "{:.3f}", False, ratio=True),
+    Metric("decode_tps", "decode tok/s", "{:.1f}", True, ratio=True),
+]
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    name: str
+    target: str  # "module:function" taking a BenchSpec, returning {metric key: value}
+    requires: tuple[str, ...] = ()
+    baseline: bool = False
+
+
+ROWS: list[RowSpec] = [
+    RowSpec("gpt2reg", "gpt2reg.bench:gpt2reg_row"),
+    RowSpec("transformers", "gpt2reg.bench:transformers_row", requires=("transformers",), baseline=True),
+]
+
+
+@dataclass
+class Row:
+    name: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    note: str = ""  # why a row was skipped or failed
+
+
+@dataclass
+class BenchReport:
+    spec: BenchSpec
+    machine: dict[str, Any]
+    rows: list[Row]
+    baseline: str | None
+    rounds: int
+
+    def ratio(self, row: Row, key: str) -> float | None:
+        """``row``'s speed-up over the baseline for ``key`` (> 1: faster), or None."""
+        base = next((r for r in self.rows if r.name == self.baseline), None)
+        if base is None or key not in row.metrics or not base.metrics.get(key) or not row.metrics[key]:
+            return None
+        metric = next(m for m in METRICS if m.key == key)
+        a, b = row.metrics[key], base.metrics[key]
+        return a / b if metric.higher_is_better else b / a
+
+    def to_dict(self) -> dict[str, Any]:
+        rows = []
+        for row in self.rows:
+            ratios = {m.key: self.ratio(row, m.key) for m in METRICS if m.ratio}
+            rows.append({**asdict(row), "vs_baseline": {k: v for k, v in ratios.items() if v is not None}})
+        return {"spec": asdict(self.spec), "machine": self.machine, "baseline": self.baseline, "rounds": self.rounds, "rows": rows}
+
+    def format(self) -> str:
+        """The machine, the workload, and the table."""
+        s, m = self.spec, self.machine
+        lines = [
+            f"machine: {m['cpu']}, {m['cpus']} CPUs, {m['memory_gb']} GB RAM, {m['os']}",
+            f"software: python {m['python']}, torch {m['torch']} ({m['torch_threads']} threads)"
+            + (f", transformers {m['transformers']}" if m.get("transformers") else "")
+            + (f", device {s.device}" + (f" ({m['gpu']})" if m.get("gpu") else "")),
+            f"date: {m['date']}; model: {s.model}",
+            f"decode: batch 1, prompt {s.prompt_tokens} tokens, {s.new_tokens} new tokens, greedy (tokens / whole "
+            f"generate call); prefill: 1x{s.prefill_tokens} tokens, one forward pass with cache, last logits; "
+            f"best of {s.repeats} runs x {self.rounds} rounds",
+            "",
+        ]
+        shown = [mt for mt in METRICS if any(mt.key in r.metrics for r in self.rows)]
+        headers = ["engine"] + [mt.header for mt in shown]
+        ratio_metrics = [mt for mt in shown if mt.ratio] if self.baseline else []
+        headers += [f"{mt.header.split()[0]} vs {self.baseline}" for mt in ratio_metrics]
+        table = []
+        for row in self.rows:
+            cells = [row.name] + [mt.fmt.format(row.metrics[mt.key]) if mt.key in row.metrics else "-" for mt in shown]
+            for mt in ratio_metrics:
+                r = self.ratio(row, mt.key)
+                cells.append(f"{r:.2f}x" if r is not None else "-")
+            table.append((cells, row.note))
+        widths = [max(len(h), *(len(c[i]) for c, _ in table)) for i, h in enumerate(headers)]
+        def join(cells: list[str]) -> str:  # engine name left-aligned, figures right-aligned
+            return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+
+        lines.append(join(headers))
+        for cells, note in table:
+            lines.append(join(cells) + (f"  ({note})" if note else ""))
+        return "\n".join(lines)
+
+
+# -- running ------------------------------------------------------------------------------------
+
+
+def row_names() -> list[str]:
+    return [r.name for r in ROWS]
+
+
+def run_bench(
+    model: str,
+    *,
+    rows: list[str] | None = None,
+    rounds: int = 2,
+    progress: Callable[[str], None] | None = None,
+    **spec_fields: Any,
+) -> BenchReport:
+    """Measure ``rows`` (default: all) on ``model`` (anything ``load_model`` accepts) and return the report."""
+    if rounds < 1:
+        raise InputError(f"rounds={rounds}: must be at least 1")
+    wanted = rows or row_names()
+    unknown = [n for n in wanted if n not in row_names()]
+    if unknown:
+        raise InputError(f"unknown bench row '{unknown[0]}'; choose from: {', '.join(row_names())}")
+    specs = [r for r in ROWS if r.name in wanted]
+    spec = BenchSpec(model=model, **spec_fields)
+    for name in ("prompt_tokens", "new_tokens", "prefill_tokens", "repeats"):
+        if getattr(spec, name) < 1:
+            raise InputError(f"{name}={getattr(spec, name)}: must be at least 1")
+    results = {r.name: Row(r.name) for r in specs}
+    runnable = []
+    for r in specs:
+        missing = [m for m in r.requires if importlib.util.find_spec(m) is None]
+        if missing:
+            results[r.name].note = f"skipped: {', '.join(missing)} not installed"
+        else:
+            runnable.append(r)
+    say = progress or (lambda _msg: None)
+    with tempfile.TemporaryDirectory(prefix="gpt2reg-bench-") as tmp:
+        if any(r.name == "transformers" for r in runnable):
+            hf_dir, why = _hf_copy(model, Path(tmp))
+            if hf_dir is None:
+                results["transformers"].note = f"skipped: {why}"
+                runnable = [r for r in runnable if r.name != "transformers"]
+            spec = replace(spec, hf_dir=hf_dir)
+        for round_index in range(rounds):
+            for r in runnable:
+                say(f"round {round_index + 1}/{rounds}: {r.name}")
+                _merge(results[r.name], _run_row(r, spec))
+    baseline = next((r.name for r in specs if r.baseline and results[r.name].metrics), None)
+    return BenchReport(spec, machine_info(), [results[r.name] for r in specs], baseline, rounds)
+
+
+def _merge(row: Row, measured: dict[str, Any]) -> None:
+    if "error" in measured:
+        row.note = f"failed: {measured['error']}"
+        return
+    for metric in METRICS:
+        if metric.key in measured:
+            value = float(measured[metric.key])
+            old = row.metrics.get(metric.key)
+            better = old is None or (value > old if metric.higher_is_better else value < old)
+            if metric.key == "peak_rss_mb":
+                better = old is None or value > old  # report the worst peak seen, not the best
+            if better:
+                row.metrics[metric.key] = value
+
+
+def _run_row(row: RowSpec, spec: BenchSpec) -> dict[str, Any]:
+    """Run one row in a fresh interpreter; its last stdout line is a JSON object of metrics."""
+    request = json.dumps({"target": row.target, "spec": asdict(spec)})
+    code = "from gpt2reg.bench import _child_main; _child_main()"
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-c", code], input=request, capture_output=True, text=True, env=env)
+    lines = proc.stdout.strip().splitlines()
+    try:
+        return json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": f"exit {proc.returncode}: {tail}"}
+
+
+def _child_main() -> None:
+    """Entry point of a row subprocess: run the row, add peak RSS, print one JSON line."""
+    import resource
+
+    request = json.loads(sys.stdin.read())
+    module_name, _, attr = request["target"].partition(":")
+    try:
+        function = getattr(importlib.import_module(module_name), attr)
+        metrics = dict(function(BenchSpec(**request["spec"])))
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        metrics.setdefault("peak_rss_mb", rss / (2**20 if sys.platform == "darwin" else 2**10))
+    except Exception as exc:  # reported in the table, never a traceback in the middle of it
+        metrics = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+    print(json.dumps(metrics))
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU, memory, OS and library versions, for the table's header."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        memory_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        memory_gb = None
+    info = {
+        "date": datetime.date.today().isoformat(),
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "memory_gb": memory_gb,
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    try:
+        from importlib.metadata import version
+
+        info["transformers"] = version("transformers")
+    except Exception:
+        info["transformers"] = None
+    return info
+
+
+# -- the same weights for Hugging Face ----------------------------------------------------------
+
+
+def _hf_copy(model: str, directory: Path) -> tuple[str | None, str]:
+    """A Hugging Face GPT-2 directory with ``model``'s weights: the model itself if it is one, else a copy."""
+    path = Path(model)
+    if (path / "config.json").is_file():
+        return str(path), ""
+    from .checkpoints import load_model
+
+    gpt = load_model(model)
+    c = gpt.config
+    activations = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}
+    if c.pos != "learned" or c.norm != "layernorm" or not c.bias or c.act not in activations:
+        return None, f"transformers' GPT-2 has no equivalent of pos={c.pos} act={c.act} norm={c.norm} bias={c.bias}"
+    from safetensors.torch import save_file
+
+    hf_config = {
+        "model_type": "gpt2",
+        "architectures": ["GPT2LMHeadModel"],
+        "vocab_size": c.vocab_size,
+        "n_positions": c.block_size,
+        "n_embd": c.n_embd,
+        "n_layer": c.n_layer,
+        "n_head": c.n_head,
+        "n_inner": c.hidden_size,
+        "activation_function": activations[c.act],
+        "layer_norm_epsilon": c.norm_eps,
+        "tie_word_embeddings": c.tie_embeddings,
+        "resid_pdrop": 0.0,
+        "embd_pdrop": 0.0,
+        "attn_pdrop": 0.0,
+    }
+    conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+    tensors = {}
+    for key, tensor in gpt.state_dict().items():
+        name = "wpe.weight" if key == "pos.weight" else key
+        if key.endswith(conv1d):
+            tensor = tensor.t()  # nn.Linear (out, in) -> Conv1D (in, out)
+        tensors[name if name == "lm_head.weight" else f"transformer.{name}"] = tensor.contiguous()
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    (directory / "config.json").write_text(json.dumps(hf_config, indent=2))
+    return str(directory), ""
+
+
+# -- the rows -----------------------------------------------------------------------------------
+
+
+def _best_time(fn: Callable[[], Any], repeats: int, sync: Callable[[], None]) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _workload(spec: BenchSpec, vocab_size: int) -> tuple[list[int], list[int]]:
+    """Random token ids (seeded): the decode prompt and the prefill sequence."""
+    import random
+
+    rng = random.Random(spec.seed)
+    vocab = min(vocab_size, 50257)
+    prompt = [rng.randrange(vocab) for _ in range(spec.prompt_tokens)]
+    return prompt, [rng.randrange(vocab) for _ in range(spec.prefill_tokens)]
+
+
+def _sync(device: str) -> Callable[[], None]:
+    import torch
+
+    return torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+
+def gpt2reg_row(spec: BenchSpec) -> dict[str, float]:
+    """gpt2reg's own path: ``load_model`` and ``generate``, exactly as ``gpt2reg generate`` runs them."""
+    import torch
+
+    from .checkpoints import load_model
+    from .generation import generate
+
+    sync = _sync(spec.device)
+    start = time.perf_counter()
+    model = load_model(spec.model, device=spec.device).prepare_for_inference()
+    sync()
+    load_s = time.perf_counter() - start
+    _check_context(spec, model.config.block_size)
+    prompt, long_ids = _workload(spec, model.config.vocab_size)
+
+    def decode() -> None:
+        out = generate(model, prompt, max_new_tokens=spec.new_tokens, greedy=True, eos_token_id=None)
+        assert len(out[0].generated_ids) == spec.new_tokens
+
+    generate(model, prompt, max_new_tokens=min(8, spec.new_tokens), greedy=True)  # warm-up
+    decode_s = _best_time(decode, spec.repeats, sync)
+    ids = torch.tensor([long_ids], device=spec.device)
+    with torch.inference_mode():
+        prefill_s = _best_time(lambda: model.forward_cached(ids, last_only=True), spec.repeats, sync)
+    return {"load_s": load_s, "decode_tps": spec.new_tokens / decode_s, "prefill_s": prefill_s}
+
+
+def transformers_row(spec: BenchSpec) -> dict[str, float]:
+    """Hugging Face ``GPT2LMHeadModel.from_pretrained`` and ``generate(do_sample=False)`` on the same weights."""
+    import torch
+    from transformers import GPT2LMHeadModel
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    sync = _sync(spec.device)
+    start = time.perf_counter()
+    model = GPT2LMHeadModel.from_pretrained(spec.hf_dir, dtype=torch.float32).to(spec.device).eval()
+    sync()
+    load_s = time.perf_counter() - start
+    _check_context(spec, model.config.n_positions)
+    prompt, long_ids = _workload(spec, model.config.vocab_size)
+    ids = torch.tensor([prompt], device=spec.device)
+
+    def decode(n: int) -> None:
+        with torch.inference_mode():
+            out = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                pad_token_id=0,
+            )
+        assert out.shape[1] - ids.shape[1] == n
+
+    decode(min(8, spec.new_tokens))  # warm-up
+    decode_s = _best_time(lambda: decode(spec.new_tokens), spec.repeats, sync)
+    long = torch.tensor([long_ids], device=spec.device)
+    with torch.inference_mode():
+        prefill_s = _best_time(lambda: model(long, use_cache=True, logits_to_keep=1), spec.repeats, sync)
+    return {"load_s": load_s, "decode_tps": spec.new_tokens / decode_s, "prefill_s": prefill_s}
+
+
+def _check_context(spec: BenchSpec, block_size: int) -> None:
+    if spec.prefill_tokens > block_size or spec.prompt_tokens + spec.new_tokens > block_size:
+        raise InputError(
+            f"the workload does not fit the model's context of {block_size} tokens "
+            f"(prefill {spec.prefill_tokens}, prompt {spec.prompt_tokens} + {spec.new_tokens} new)"
+        )
+
+
+__all__ = ["BenchReport", "BenchSpec", "METRICS", "Metric", "ROWS", "Row", "RowSpec", "machine_info", "run_bench"]

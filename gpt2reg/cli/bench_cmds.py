@@ -1,0 +1,48 @@
+"""``gpt2reg bench``: decode speed, prefill time, memory and load time beside Hugging Face, same run."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.command()
+@click.argument("model", metavar="MODEL")
+@click.option("--rows", help="Comma-separated rows to run (see --list-rows).  [default: all]")
+@click.option("--list-rows", is_flag=True, help="List the available rows and exit.")
+@click.option("--rounds", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Rounds over all rows; each figure keeps its best round.")
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Timed runs per round.")
+@click.option("--prompt-tokens", type=click.IntRange(min=1), default=32, show_default=True, help="Decode prompt length.")
+@click.option("--new-tokens", type=click.IntRange(min=1), default=128, show_default=True, help="Tokens decoded per run.")
+@click.option("--prefill-tokens", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Sequence length of the prefill measurement.")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+def bench(model, rows, list_rows, rounds, repeats, prompt_tokens, new_tokens, prefill_tokens, device, as_json) -> None:
+    """Benchmark MODEL (anything `gpt2reg generate` accepts) with every engine on the same weights.
+
+    Each engine runs in its own process (its own load time and peak memory); rows alternate over the
+    rounds. Ratios compare engines measured in this run only.
+    """
+    from ..bench import ROWS, run_bench
+
+    if list_rows:
+        for row in ROWS:
+            extra = " (baseline)" if row.baseline else ""
+            needs = f"  needs {', '.join(row.requires)}" if row.requires else ""
+            click.echo(f"{row.name}{extra}{needs}")
+        return
+    report = run_bench(
+        model,
+        rows=[r.strip() for r in rows.split(",") if r.strip()] if rows else None,
+        rounds=rounds,
+        repeats=repeats,
+        prompt_tokens=prompt_tokens,
+        new_tokens=new_tokens,
+        prefill_tokens=prefill_tokens,
+        device=device,
+        progress=lambda msg: click.echo(f"bench: {msg}", err=True),
+    )
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.format())

@@ -1,0 +1,431 @@
+"""Text generation: sampling filters, the KV-cache decode loop, batching, streaming, stop strings.
+
+Two halves. The first is pure Python and numpy - options, the sampler, stop strings and streamed
+text, prompt preparation - so the torch-free ONNX runtime reuses it as is (this module imports torch
+only inside the decode functions). The second is the decode loop over a ``GPT``.
+
+Sampling runs on numpy with one random generator per sequence, seeded by ``(seed, sample_index)``:
+a sequence's tokens do not depend on what else is in the batch, so batched output equals running each
+prompt alone, streamed equals not streamed, and a torch and an ONNX model pick the same tokens from
+the same logits.
+"""
+
+from __future__ import annotations
+
+import codecs
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import InputError
+from .tokenizer import EOT_ID, EOT_TOKEN, get_tokenizer
+
+if TYPE_CHECKING:
+    import torch
+
+    from .model import GPT
+
+Prompt = str | Sequence[int]
+StreamCallback = Callable[[int, str], None]  # (sequence index, newly final text)
+
+
+class PromptTruncatedWarning(UserWarning):
+    """A prompt did not fit the context with the requested new tokens; its oldest tokens were dropped."""
+
+
+# -- options ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How the next token is picked: greedy, or temperature, then top-k, then top-p (composable).
+
+    ``temperature == 0`` and ``top_k == 1`` are greedy too.
+    """
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    greedy: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= 0:  # also rejects NaN
+            raise InputError(f"temperature={self.temperature}: must be >= 0 (0 means greedy)")
+        if self.top_k is not None and (isinstance(self.top_k, bool) or int(self.top_k) != self.top_k or self.top_k < 1):
+            raise InputError(f"top_k={self.top_k}: must be an integer >= 1")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise InputError(f"top_p={self.top_p}: must be in (0, 1]")
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.greedy or self.temperature == 0 or self.top_k == 1
+
+
+def filter_logits(logits: np.ndarray, options: SamplingOptions) -> np.ndarray:
+    """Temperature-scaled logits (float64, last axis = vocabulary) with tokens outside top-k/top-p at -inf.
+
+    top-k keeps ties with the k-th largest; top-p keeps the smallest set of most likely tokens whose
+    probability reaches ``top_p`` (at least one token).
+    """
+    scores = np.array(logits, dtype=np.float64)
+    if options.temperature not in (0, 1):
+        scores /= options.temperature
+    if options.top_k is not None and options.top_k < scores.shape[-1]:
+        kth = -np.partition(-scores, options.top_k - 1, axis=-1)[..., options.top_k - 1 : options.top_k]
+        scores[scores < kth] = -np.inf
+    if options.top_p is not None and options.top_p < 1:
+        flat = scores.reshape(-1, scores.shape[-1])
+        for row in flat:
+            row[_outside_nucleus(row, options.top_p)] = -np.inf
+    return scores
+
+
+def _outside_nucleus(row: np.ndarray, top_p: float) -> np.ndarray:
+    """Indices outside the top-p nucleus of one row of scores.
+
+    Sorts only the most likely ``m`` tokens, doubling ``m`` until they hold ``top_p`` of the mass:
+    exact, and far cheaper than sorting a 50k vocabulary when the nucleus is small.
+    """
+    probs = np.exp(row - row.max())
+    probs /= probs.sum()
+    vocab = row.shape[0]
+    m = min(256, vocab)
+    while True:
+        top = np.argpartition(-probs, m - 1)[:m] if m < vocab else np.arange(vocab)
+        top = top[np.argsort(-probs[top], kind="stable")]
+        cumulative = np.cumsum(probs[top])
+        if cumulative[-1] >= top_p or m == vocab:
+            keep = min(int(np.searchsorted(cumulative, top_p)) + 1, m)
+            outside = np.ones(vocab, dtype=bool)
+            outside[top[:keep]] = False
+            return outside
+        m = min(2 * m, vocab)
+
+
+def probabilities(logits: np.ndarray, options: SamplingOptions) -> np.ndarray:
+    """The distribution a token is sampled from, after temperature, top-k and top-p (float64)."""
+    if options.is_greedy:
+        probs = np.zeros(np.shape(logits), dtype=np.float64)
+        np.put_along_axis(probs, np.argmax(logits, axis=-1)[..., None], 1.0, axis=-1)
+        return probs
+    scores = filter_logits(logits, options)
+    scores -= scores.max(axis=-1, keepdims=True)
+    probs = np.exp(scores)
+    return probs / probs.sum(axis=-1, keepdims=True)
+
+
+class Sampler:
+    """Picks next tokens for a batch; sequence ``i`` draws from its own generator seeded ``(seed, sample_index[i])``."""
+
+    def __init__(self, options: SamplingOptions, sample_indices: Sequence[int], seed: int | None = None) -> None:
+        self.options = options
+        self.seed = int(np.random.SeedSequence().entropy) if seed is None else int(seed)
+        self._rngs = [np.random.default_rng([self.seed, int(i)]) for i in sample_indices]
+
+    def __call__(self, logits: np.ndarray, active: Sequence[bool] | None = None) -> list[int]:
+        """One token per row of ``logits`` (batch, vocab); rows not ``active`` get 0 and draw nothing."""
+        if self.options.is_greedy:
+            return [int(t) for t in np.argmax(logits, axis=-1)]
+        tokens = []
+        for i, row in enumerate(logits):
+            if active is not None and not active[i]:
+                tokens.append(0)
+                continue
+            cumulative = np.cumsum(probabilities(row, self.options))
+            u = self._rngs[i].random() * cumulative[-1]
+            tokens.append(int(min(np.searchsorted(cumulative, u, side="right"), len(cumulative) - 1)))
+        return tokens
+
+
+# -- text: stop strings and streaming -----------------------------------------------------------
+
+
+class TextStream:
+    """Decodes one sequence's tokens into text as they come: whole UTF-8 characters only, and text
+    that might be the start of a stop string is held back until it is known not to be one."""
+
+    def __init__(self, stop: Sequence[str] = (), decode_bytes: Callable[[int], bytes] | None = None) -> None:
+        self.stop = [s for s in stop if s]
+        self._decode_bytes = decode_bytes or get_tokenizer().decode_single_token_bytes
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.text = ""  # decoded so far (cut at a stop string once one is found)
+        self.emitted = 0  # characters of ``text`` already handed out
+        self.stopped = False
+        self._searched = 0  # stop strings cannot start before this index any more
+
+    def push(self, token: int) -> str:
+        """Add a generated token; returns the text that became final (may be empty)."""
+        self.text += self._utf8.decode(self._decode_bytes(token))
+        return self._release(final=False)
+
+    def finish(self) -> str:
+        """End of the sequence: flush incomplete bytes and held-back text."""
+        if not self.stopped:
+            self.text += self._utf8.decode(b"", final=True)
+        return self._release(final=True)
+
+    def _release(self, final: bool) -> str:
+        if self.stop and not self.stopped:
+            longest = max(len(s) for s in self.stop)
+            found = [i for i in (self.text.find(s, self._searched) for s in self.stop) if i >= 0]
+            if found:
+                self.text = self.text[: min(found)]
+                self.stopped = True
+            else:
+                self._searched = max(0, len(self.text) - longest + 1)
+        end = len(self.text) if final or self.stopped else len(self.text) - self._held_back()
+        piece = self.text[self.emitted : end]
+        self.emitted = max(self.emitted, end)
+        return piece
+
+    def _held_back(self) -> int:
+        """Length of the longest tail of the text that is a proper prefix of a stop string."""
+        for n in range(min(len(self.text), max((len(s) for s in self.stop), default=1) - 1), 0, -1):
+            tail = self.text[-n:]
+            if any(s.startswith(tail) for s in self.stop):
+                return n
+        return 0
+
+
+# -- prompts and results ------------------------------------------------------------------------
+
+
+def encode_prompts(prompt: Prompt | Sequence[Prompt], vocab_size: int) -> list[list[int]]:
+    """A string, token ids, or a list of either -> one list of token ids per prompt.
+
+    ``<|endoftext|>`` in a string is the special token, so ``"<|endoftext|>"`` starts an
+    unconditional sample as GPT-2 was trained to.
+    """
+    if isinstance(prompt, str) or (isinstance(prompt, Sequence) and prompt and _is_token_id(prompt[0])):
+        prompts: list[Any] = [prompt]
+    elif hasattr(prompt, "tolist"):  # a tensor or array: (seq,) or (batch, seq)
+        ids = prompt.tolist()
+        prompts = [ids] if ids and _is_token_id(ids[0]) else list(ids)
+    else:
+        prompts = list(prompt)
+    if not prompts:
+        raise InputError("no prompt given")
+    encoded = []
+    for i, p in enumerate(prompts):
+        label = "the prompt" if len(prompts) == 1 else f"prompt {i + 1}"
+        if isinstance(p, str):
+            ids = get_tokenizer().encode(p, allowed_special={EOT_TOKEN})
+        elif hasattr(p, "tolist") or isinstance(p, Sequence):
+            ids = p.tolist() if hasattr(p, "tolist") else list(p)
+            if not all(_is_token_id(t) for t in ids):
+                raise InputError(f"{label} must be a string or a list of token ids (ints)")
+        else:
+            raise InputError(f"{label} must be a string or a list of token ids, got {type(p).__name__}")
+        if not ids:
+            raise InputError(f"{label} is empty; give some text (or \"{EOT_TOKEN}\" for an unconditional sample)")
+        bad = [t for t in ids if not 0 <= t < vocab_size]
+        if bad:
+            raise InputError(f"{label} has token id {bad[0]}, outside the model's vocabulary of {vocab_size}")
+        encoded.append([int(t) for t in ids])
+    return encoded
+
+
+def _is_token_id(x: Any) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def fit_context(prompts: list[list[int]], block_size: int, max_new_tokens: int) -> list[list[int]]:
+    """Keep the most recent tokens of each prompt so that it and ``max_new_tokens`` fit the context."""
+    if max_new_tokens < 1:
+        raise InputError(f"max_new_tokens={max_new_tokens}: must be at least 1")
+    room = block_size - max_new_tokens
+    if room < 1:
+        raise InputError(
+            f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the context of {block_size} tokens; "
+            f"ask for at most {block_size - 1}"
+        )
+    fitted = []
+    for i, ids in enumerate(prompts):
+        if len(ids) > room:
+            label = "the prompt" if len(prompts) == 1 else f"prompt {i + 1}"
+            warnings.warn(
+                f"{label} has {len(ids)} tokens; kept the last {room} so that it and {max_new_tokens} new tokens "
+                f"fit the context of {block_size}",
+                PromptTruncatedWarning,
+                stacklevel=3,
+            )
+            ids = ids[-room:]
+        fitted.append(ids)
+    return fitted
+
+
+@dataclass
+class Sample:
+    """One generated sequence. ``generated_ids`` include the token that ended it (end-of-text, or
+    the one completing a stop string); ``text`` is the continuation without either."""
+
+    prompt_ids: list[int]
+    generated_ids: list[int]
+    text: str
+    finish_reason: str  # "length", "eos" or "stop"
+    prompt_index: int = 0
+    sample_index: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- decoding a GPT -----------------------------------------------------------------------------
+
+
+class Decoder:
+    """The state of one batch being decoded: token ids, left-padding mask and (with ``use_cache``) the
+    KV cache. ``prefill`` and ``step`` return the next-token logits (batch, vocab).
+
+    ``use_cache=False`` recomputes the whole sequence every step: slow, and the reference the cached
+    path is tested against.
+    """
+
+    def __init__(self, model: GPT, use_cache: bool = True) -> None:
+        self.model = model
+        self.use_cache = use_cache
+        self.device = next(model.parameters()).device
+        self.ids: torch.Tensor | None = None
+        self.mask: torch.Tensor | None = None  # None while no row is padded
+        self.past = None
+
+    def prefill(self, prompts: list[list[int]], pad_id: int = EOT_ID) -> torch.Tensor:
+        """Left-pad ``prompts`` to one length and run them; returns the logits after each prompt."""
+        import torch
+
+        width = max(len(p) for p in prompts)
+        pad_id = pad_id if pad_id < self.model.config.vocab_size else 0
+        ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=self.device)
+        if any(len(p) != width for p in prompts):
+            self.mask = torch.tensor(
+                [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device
+            )
+        self.ids = ids
+        return self._run(ids)
+
+    def step(self, tokens: Sequence[int]) -> torch.Tensor:
+        """Append one token per row and return the logits that follow."""
+        import torch
+
+        new = torch.tensor(tokens, device=self.device).view(-1, 1)
+        self.ids = torch.cat((self.ids, new), dim=1)
+        if self.mask is not None:
+            self.mask = torch.cat((self.mask, self.mask.new_ones(len(tokens), 1)), dim=1)
+        return self._run(new)
+
+    def repeat(self, n: int) -> None:
+        """Each row becomes ``n`` consecutive rows (samples of one prompt share its prefill)."""
+        if n == 1:
+            return
+        self.ids = self.ids.repeat_interleave(n, dim=0)
+        if self.mask is not None:
+            self.mask = self.mask.repeat_interleave(n, dim=0)
+        if self.past is not None:
+            self.past = [(k.repeat_interleave(n, dim=0), v.repeat_interleave(n, dim=0)) for k, v in self.past]
+
+    def _run(self, new: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        with torch.inference_mode():
+            if self.use_cache:
+                logits, self.past = self.model.forward_cached(new, self.past, attention_mask=self.mask, last_only=True)
+            else:
+                logits = self.model(self.ids, attention_mask=self.mask)[:, -1:]
+        return logits[:, -1]
+
+
+def generate(
+    model: GPT,
+    prompt: Prompt | Sequence[Prompt],
+    *,
+    max_new_tokens: int = 64,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    greedy: bool = False,
+    seed: int | None = None,
+    num_samples: int = 1,
+    stop: str | Sequence[str] | None = None,
+    eos_token_id: int | None = EOT_ID,
+    stream: StreamCallback | None = None,
+    use_cache: bool = True,
+) -> list[Sample]:
+    """Continue ``prompt`` (a string, token ids, or a list of either) with ``model``.
+
+    Returns ``num_samples`` samples per prompt, prompt by prompt. Prompts of different lengths are
+    decoded together with left padding; each sequence stops at ``eos_token_id`` (None: never), at the
+    first of the ``stop`` strings, or after ``max_new_tokens``. ``stream(index, text)`` is called with
+    each piece of text as it becomes final, ``index`` being the sample's place in the returned list.
+    A prompt too long for the context keeps its most recent tokens (``PromptTruncatedWarning``).
+    ``seed`` makes sampling reproducible; the same seed gives the same text however prompts are batched.
+    """
+    options = SamplingOptions(temperature, top_k, top_p, greedy)
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise InputError(f"num_samples={num_samples}: must be an integer >= 1")
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    config = model.config
+    prompts = fit_context(encode_prompts(prompt, config.vocab_size), config.block_size, max_new_tokens)
+    if hasattr(model, "prepare_for_inference"):
+        model.prepare_for_inference()
+    else:
+        model.eval()
+
+    n = len(prompts) * num_samples
+    sampler = Sampler(options, [j for _ in prompts for j in range(num_samples)], seed)
+    texts = [TextStream(stops) for _ in range(n)]
+    generated: list[list[int]] = [[] for _ in range(n)]
+    reasons: list[str | None] = [None] * n
+    vocab = min(config.vocab_size, get_tokenizer().n_vocab)  # never pick an id the tokenizer cannot decode
+
+    filler = eos_token_id if eos_token_id is not None and eos_token_id < config.vocab_size else 0  # fed to finished rows
+    decoder = Decoder(model, use_cache)
+    logits = decoder.prefill(prompts)
+    decoder.repeat(num_samples)
+    logits = logits.repeat_interleave(num_samples, dim=0) if num_samples > 1 else logits
+    for step in range(max_new_tokens):
+        active = [r is None for r in reasons]
+        tokens = sampler(logits[:, :vocab].float().cpu().numpy(), active)
+        for i, token in enumerate(tokens):
+            if not active[i]:
+                tokens[i] = filler
+                continue
+            generated[i].append(token)
+            if token == eos_token_id:
+                reasons[i] = "eos"
+            else:
+                piece = texts[i].push(token)
+                if piece and stream is not None:
+                    stream(i, piece)
+                if texts[i].stopped:
+                    reasons[i] = "stop"
+            if reasons[i] is not None or step == max_new_tokens - 1:
+                reasons[i] = reasons[i] or "length"
+                piece = texts[i].finish()
+                if piece and stream is not None:
+                    stream(i, piece)
+        if all(r is not None for r in reasons):
+            break
+        logits = decoder.step(tokens)
+
+    return [
+        Sample(prompts[i // num_samples], generated[i], texts[i].text, reasons[i] or "length", i // num_samples, i % num_samples)
+        for i in range(n)
+    ]
+
+
+__all__ = [
+    "Decoder",
+    "PromptTruncatedWarning",
+    "Sample",
+    "Sampler",
+    "SamplingOptions",
+    "TextStream",
+    "encode_prompts",
+    "filter_logits",
+    "fit_context",
+    "generate",
+    "probabilities",
+]
