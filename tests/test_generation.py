@@ -282,6 +282,15 @@ def test_generate_is_exported_from_the_package() -> None:
     assert gpt2reg.generate is generate
 
 
+def test_sampling_and_text_helpers_import_without_torch() -> None:
+    """The torch-free ONNX runtime reuses the sampler, TextStream and prompt helpers."""
+    import subprocess
+    import sys
+
+    code = "import sys, gpt2reg.generation as g; g.Sampler; g.TextStream; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 # -- the command line ---------------------------------------------------------------------------
 
 
