@@ -22,6 +22,7 @@ install: $(STAMP)
 demo: install
 	$(BIN)/gpt2reg components
 	$(BIN)/gpt2reg build --pos rope -o models/gpt2-rope --force
+	$(BIN)/gpt2reg generate models/gpt2-rope --prompt "Hello" --max-new-tokens 8 --seed 0
 
 test: install
 	$(BIN)/ruff check gpt2reg tests plugins
