@@ -1,0 +1,116 @@
+"""Training-step throughput: gpt2reg beside Hugging Face's GPT2LMHeadModel at the same config and batch.
+
+A step is what ``gpt2reg train`` does: forward, loss, backward, gradient clipping, fused/foreach AdamW
+step. Both engines get the same random token batches, the same optimizer settings and, on CUDA, the
+same bf16 autocast. On a GPU whose peak is known the model FLOPs utilisation is reported too:
+FLOPs per token = 6 N + 12 L T d (PaLM's accounting: N = parameters that take part in matmuls, the
+learned position table excluded, the tied head counted once), MFU = FLOPs/token x tokens/s / peak.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import GPTConfig
+from .device import autocast, resolve_device, resolve_dtype
+from .optim import make_optimizer
+
+# Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets; MFU is reported only for these.
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
+
+
+def flops_per_token(config: GPTConfig, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward) of a GPT of ``config`` on windows of ``seq_len``."""
+    matmul_params = config.n_layer * (
+        4 * config.n_embd**2 + (3 if config.act in ("swiglu", "geglu") else 2) * config.n_embd * config.hidden_size
+    ) + config.vocab_size * config.n_embd
+    return 6 * matmul_params + 12 * config.n_layer * seq_len * config.n_embd
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16_FLOPS.items() if key in name), None)
+
+
+def _time_steps(step: Callable[[], None], warmup: int, steps: int, device: torch.device) -> float:
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        step()
+    sync()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    return time.perf_counter() - start
+
+
+def measure_training(engine: str, config: GPTConfig, *, batch_size: int = 4, seq_len: int = 256, steps: int = 5,
+                     warmup: int = 2, device: str = "auto", dtype: str = "auto", compile: bool = False,
+                     seed: int = 0) -> dict[str, Any]:
+    """Tokens/s (and MFU on a known GPU) of ``steps`` timed training steps of ``engine``.
+
+    ``engine`` is ``gpt2reg`` or ``transformers`` (GPT2LMHeadModel; only configs it can express:
+    learned positions, LayerNorm, GELU variants).
+    """
+    dev = resolve_device(device)
+    amp = resolve_dtype(dtype, dev)
+    torch.manual_seed(seed)
+    if engine == "gpt2reg":
+        from ..model import GPT
+
+        model: nn.Module = GPT(config)
+        loss_of = lambda m, x, y: m.loss(x, y)  # noqa: E731
+    elif engine == "transformers":
+        model = _hf_model(config)
+        loss_of = lambda m, x, y: m(input_ids=x, labels=y, use_cache=False).loss  # noqa: E731
+    else:
+        raise ValueError(f"unknown engine {engine!r}")
+    model.to(dev).train()
+    optimizer = make_optimizer(model, 1e-4, 0.1, dev)
+    forward = torch.compile(model) if compile else model
+    gen = torch.Generator().manual_seed(seed)
+    vocab = min(config.vocab_size, 50257)
+    batches = [torch.randint(0, vocab, (batch_size, seq_len + 1), generator=gen).to(dev) for _ in range(2)]
+    counter = [0]
+
+    def step() -> None:
+        batch = batches[counter[0] % 2]
+        counter[0] += 1
+        with autocast(dev, amp):
+            loss = loss_of(forward, batch[:, :-1], batch[:, 1:] if engine == "gpt2reg" else batch[:, :-1])
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    seconds = _time_steps(step, warmup, steps, dev)
+    tokens_per_s = batch_size * seq_len * steps / seconds
+    result: dict[str, Any] = {"train_tps": tokens_per_s, "step_s": seconds / steps}
+    peak = peak_flops(dev)
+    if peak is not None:
+        result["mfu"] = 100.0 * flops_per_token(config, seq_len) * tokens_per_s / peak
+    return result
+
+
+def _hf_model(config: GPTConfig) -> nn.Module:
+    """GPT2LMHeadModel with the same shape; refuses what it cannot express."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    activations = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}
+    if config.pos != "learned" or config.norm != "layernorm" or not config.bias or config.act not in activations:
+        raise ValueError(f"GPT2LMHeadModel has no equivalent of pos={config.pos} act={config.act} norm={config.norm}")
+    hf = GPT2Config(vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd,
+                    n_layer=config.n_layer, n_head=config.n_head, n_inner=config.hidden_size,
+                    activation_function=activations[config.act], layer_norm_epsilon=config.norm_eps,
+                    resid_pdrop=config.dropout, embd_pdrop=config.dropout, attn_pdrop=config.dropout,
+                    tie_word_embeddings=config.tie_embeddings)
+    return GPT2LMHeadModel(hf)
