@@ -24,6 +24,10 @@ from .config import GPTConfig
 from .model import GPT, build_model
 
 TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=96)
+# check_component's weights: at GPT-2's init_std=0.02 a tiny model's logits are ~1e-2 and removing a
+# component's effect (ALiBi's bias, say) moves them by ~1e-5, under every tolerance here. At 0.2 the
+# logits are O(1), such a bug moves them by far more than 1e-4, and honest float error stays ~1e-6.
+CHECK_INIT_STD = 0.2
 KIND_FIELDS = {"pos": "pos", "act": "act", "norm": "norm"}
 
 
@@ -165,11 +169,12 @@ def check_component(
     """Build a tiny model with component ``name`` of ``kind`` ("pos", "act", "norm") and run ``checks``.
 
     ``checks`` defaults to all of ``CHECKS``; ``config_overrides`` adjust the tiny config (e.g. a
-    component that needs a wider head).
+    component that needs a wider head, or other components to combine with). Weights are drawn with
+    ``init_std=CHECK_INIT_STD`` unless overridden, so that a wrong result is large enough to see.
     """
     if kind not in KIND_FIELDS:
         raise ValueError(f"unknown kind '{kind}'; choose one of: {', '.join(KIND_FIELDS)}")
-    config = tiny_config(**{KIND_FIELDS[kind]: name, **config_overrides})
+    config = tiny_config(**{"init_std": CHECK_INIT_STD, KIND_FIELDS[kind]: name, **config_overrides})
     for check in checks or CHECKS:
         if check not in CHECKS:
             raise ValueError(f"unknown check '{check}'; choose one of: {', '.join(CHECKS)}")

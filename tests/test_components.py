@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import pytest
+from conftest import component_names
 
 from gpt2reg.registry import KINDS
-from gpt2reg.testing import CHECKS, check_component
-
-from conftest import component_names
+from gpt2reg.testing import CHECKS, SLOW_CHECKS, check_component
 
 CASES = [(kind, name) for kind in KINDS for name in component_names(kind)]
 
 
-@pytest.mark.parametrize("check", list(CHECKS))
+# The onnx check (~10 s each) is not repeated here: tests/test_onnx.py exports and validates the
+# KV-cache graph of every registered component already.
+@pytest.mark.parametrize("check", [c for c in CHECKS if c not in SLOW_CHECKS])
 @pytest.mark.parametrize("kind,name", CASES, ids=[f"{k}-{n}" for k, n in CASES])
 def test_component(kind: str, name: str, check: str) -> None:
     check_component(kind, name, checks=[check])

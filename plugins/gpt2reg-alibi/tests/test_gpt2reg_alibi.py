@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from gpt2reg.testing import CHECKS, check_component, plugin_components, tiny_config
+from gpt2reg.testing import CHECKS, SLOW_CHECKS, check_component, plugin_components, tiny_config
 
 EXPECTED = {("pos", "alibi"), ("act", "star_relu"), ("norm", "dyt")}
 
@@ -16,17 +16,40 @@ def test_plugin_registers_its_components() -> None:
     assert set(plugin_components("alibi")) == EXPECTED
 
 
-# Every check of the kit (shapes, causality, backward, train_step, cache, save_load, onnx) for every
-# component: build, train, decode with the KV cache (cached equals recompute), export and validate.
-@pytest.mark.parametrize("check", list(CHECKS))
+# Every check of the kit for every component: build, backward, train, decode with the KV cache (cached
+# equals recompute), save/load. The slow onnx check (~10 s an export) runs once, on the model below
+# that uses all three components, which puts each of them through export and validation.
+@pytest.mark.parametrize("check", [c for c in CHECKS if c not in SLOW_CHECKS])
 @pytest.mark.parametrize("kind,name", sorted(EXPECTED), ids=lambda v: str(v))
 def test_component(kind: str, name: str, check: str) -> None:
     check_component(kind, name, checks=[check])
 
 
-def test_all_three_together() -> None:
-    """One model using all of the plugin's components at once, with a head count that is not a power of two."""
-    check_component("pos", "alibi", act="star_relu", norm="dyt", n_head=3, n_embd=48)
+TOGETHER = dict(act="star_relu", norm="dyt", n_head=3, n_embd=48)  # 3 heads: not a power of two
+
+
+@pytest.mark.parametrize("check", list(CHECKS))
+def test_all_three_together(check: str) -> None:
+    """One model using all of the plugin's components at once; for ``onnx``: the ALiBi model's export
+    (prefill, cached decoding, left padding) agrees with torch within 1e-4 under onnxruntime."""
+    check_component("pos", "alibi", checks=[check], **TOGETHER)
+
+
+def test_the_checks_would_see_alibi_missing() -> None:
+    """At the kit's weights, dropping ALiBi's bias moves the logits far more than the 1e-4 the cache and
+    ONNX checks allow: agreement within 1e-4 means the bias is really there."""
+    import copy
+
+    from gpt2reg.components.positional import NoPositions
+    from gpt2reg.model import build_model
+    from gpt2reg.testing import CHECK_INIT_STD
+
+    model = build_model(tiny_config(pos="alibi", init_std=CHECK_INIT_STD, **TOGETHER), seed=0).eval()
+    without = copy.deepcopy(model)
+    without.pos = NoPositions(model.config)
+    x = torch.randint(0, model.config.vocab_size, (2, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (model(x) - without(x)).abs().max().item() > 100 * 1e-4
 
 
 def test_alibi_slopes_match_the_paper() -> None:
@@ -54,20 +77,22 @@ def test_alibi_bias_is_minus_slope_times_distance() -> None:
     assert model.num_parameters() == build_model(tiny_config(pos="none", n_head=4), seed=0).num_parameters()
 
 
-def test_alibi_decodes_past_what_it_was_built_for_the_same_as_recompute() -> None:
-    """Cached greedy decoding of a longer run equals recomputing the whole sequence at each step."""
+def test_generation_with_the_cache_equals_recompute() -> None:
+    """gpt2reg's own generate(): batched prompts of different lengths (left padding), sampled with one
+    seed, KV cache on or off: the same tokens."""
+    from gpt2reg.generation import generate
     from gpt2reg.model import build_model
+    from gpt2reg.testing import CHECK_INIT_STD
 
-    model = build_model(tiny_config(pos="alibi"), seed=0).eval()
-    ids = torch.tensor([[5, 17, 3]])
-    with torch.no_grad():
-        logits, past = model.forward_cached(ids, last_only=True)
-        for _ in range(20):
-            nxt = logits[:, -1].argmax(-1, keepdim=True)
-            ids = torch.cat((ids, nxt), dim=1)
-            logits, past = model.forward_cached(nxt, past, last_only=True)
-            full = model(ids)[:, -1:]
-            assert (logits - full).abs().max().item() < 1e-4
+    model = build_model(tiny_config(pos="alibi", init_std=CHECK_INIT_STD, **TOGETHER), seed=0).eval()
+    prompts = [[5, 17, 3, 44, 9, 60, 2], [71, 8]]
+    runs = [
+        generate(model, prompts, max_new_tokens=24, seed=0, eos_token_id=None, use_cache=cache)
+        for cache in (True, False)
+    ]
+    cached, recomputed = ([s.generated_ids for s in run] for run in runs)
+    assert cached == recomputed
+    assert all(len(ids) == 24 for ids in cached) and len(set(cached[0])) > 3
 
 
 def test_dyt_and_star_relu_values() -> None:
