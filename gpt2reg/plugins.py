@@ -141,11 +141,30 @@ def _add(pm: pluggy.PluginManager, plugin: Any, info: PluginInfo) -> None:
         _fail(info, f"could not be registered: {exc}")
 
 
+def _entry_points() -> list[metadata.EntryPoint]:
+    """Our group's entry points, sorted by name. One installed distribution with a malformed
+    ``entry_points.txt`` (any group) breaks ``entry_points()`` as a whole, so then read them one by one."""
+    try:
+        eps = list(metadata.entry_points(group=ENTRY_POINT_GROUP))
+    except Exception:
+        eps, seen = [], set()
+        for dist in metadata.distributions():
+            name = _canonical(dist.metadata["Name"] or "")
+            if name in seen:
+                continue  # importlib.metadata's rule: the first distribution of a name on sys.path wins
+            seen.add(name)
+            try:
+                eps += [ep for ep in dist.entry_points if ep.group == ENTRY_POINT_GROUP]
+            except Exception as exc:
+                _warn(f"distribution '{name}' has an unreadable entry_points.txt, skipped: {type(exc).__name__}: {exc}")
+    return sorted(eps, key=lambda ep: ep.name)
+
+
 def _load_entry_points(pm: pluggy.PluginManager, infos: dict[str, PluginInfo]) -> None:
     allow = _allow_list()
     matched: set[str] = set()
     builtin_loaded = False
-    for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name):
+    for ep in _entry_points():
         dist = ep.dist.name if ep.dist is not None else None
         builtin = dist is not None and _canonical(dist) == DISTRIBUTION
         if builtin and builtin_loaded:

@@ -161,6 +161,18 @@ def test_allow_list(site: Path) -> None:
     assert "GPT2REG_LOAD_PLUGINS names 'nosuch'" in result.stderr and "broken" not in result.stderr
 
 
+def test_a_malformed_entry_points_file_elsewhere_is_skipped(site: Path, tmp_path: Path) -> None:
+    """Any distribution's broken entry_points.txt breaks importlib.metadata.entry_points() as a whole."""
+    info = tmp_path / "mangled-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mangled\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[console_scripts]\nno equals sign here\n")
+    result = gpt2reg_cli(None, "components", PYTHONPATH=f"{tmp_path}{os.pathsep}{site}", GPT2REG_LOAD_PLUGINS="good")
+    assert result.returncode == 0, result.stderr
+    assert "distribution 'mangled' has an unreadable entry_points.txt" in result.stderr
+    assert "good_norm" in result.stdout  # the other plugins still load
+
+
 def test_a_plugin_component_builds_from_the_cli(site: Path, tmp_path: Path) -> None:
     out = tmp_path / "m"
     args = ["build", "--norm", "good_norm", "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "-o", str(out), "--json"]
