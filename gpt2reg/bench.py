@@ -45,6 +45,9 @@ class BenchSpec:
     repeats: int = 3  # timed runs inside one row process; the best counts
     device: str = "cpu"
     seed: int = 0
+    train_batch: int = 4  # the training rows: sequences per step
+    train_seq: int = 256  # and their length (capped at the model's context)
+    train_compile: bool = False
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,8 @@ METRICS: list[Metric] = [
     Metric("peak_rss_mb", "peak RSS MB", "{:.0f}", False),
     Metric("prefill_s", "prefill s", "{:.3f}", False, ratio=True),
     Metric("decode_tps", "decode tok/s", "{:.1f}", True, ratio=True),
+    Metric("train_tps", "train tok/s", "{:.1f}", True, ratio=True),
+    Metric("mfu", "MFU %", "{:.1f}", True),
 ]
 
 
@@ -69,12 +74,17 @@ class RowSpec:
     name: str
     target: str  # "module:function" taking a BenchSpec, returning {metric key: value}
     requires: tuple[str, ...] = ()
-    baseline: bool = False
+    baseline: bool = False  # the first baseline row that has a metric is that metric's reference
+    default: bool = True  # run when no --rows are named
 
 
 ROWS: list[RowSpec] = [
     RowSpec("gpt2reg", "gpt2reg.bench:gpt2reg_row"),
     RowSpec("transformers", "gpt2reg.bench:transformers_row", requires=("transformers",), baseline=True),
+    # Training steps (forward, backward, AdamW) at the model's config; slow on a CPU, so only on request.
+    RowSpec("gpt2reg-train", "gpt2reg.training.bench:gpt2reg_train_row", default=False),
+    RowSpec("transformers-train", "gpt2reg.training.bench:transformers_train_row", requires=("transformers",),
+            baseline=True, default=False),
 ]
 
 
@@ -92,10 +102,19 @@ class BenchReport:
     rows: list[Row]
     baseline: str | None
     rounds: int
+    baselines: tuple[str, ...] = ()  # every baseline row measured, for metrics the first one lacks
+
+    def baseline_row(self, key: str) -> Row | None:
+        """The row ``key`` is compared with: the baseline, or the next baseline row that has ``key``."""
+        for name in (self.baseline, *self.baselines):
+            row = next((r for r in self.rows if r.name == name), None)
+            if row is not None and key in row.metrics:
+                return row
+        return None
 
     def ratio(self, row: Row, key: str) -> float | None:
         """``row``'s speed-up over the baseline for ``key`` (> 1: faster), or None."""
-        base = next((r for r in self.rows if r.name == self.baseline), None)
+        base = self.baseline_row(key)
         if base is None or key not in row.metrics or not base.metrics.get(key) or not row.metrics[key]:
             return None
         metric = next(m for m in METRICS if m.key == key)
@@ -121,12 +140,17 @@ class BenchReport:
             f"decode: batch 1, prompt {s.prompt_tokens} tokens, {s.new_tokens} new tokens, greedy (tokens / whole "
             f"generate call); prefill: 1x{s.prefill_tokens} tokens, one forward pass with cache, last logits; "
             f"best of {s.repeats} runs x {self.rounds} rounds",
-            "",
         ]
+        if any("train_tps" in r.metrics for r in self.rows):
+            lines.append(f"train: {s.train_batch}x{s.train_seq} tokens per step (forward, loss, backward, clip, "
+                         f"fused AdamW){', torch.compile' if s.train_compile else ''}; best of {s.repeats} steps "
+                         f"x {self.rounds} rounds; MFU on GPUs with a known bf16 peak")
+        lines.append("")
         shown = [mt for mt in METRICS if any(mt.key in r.metrics for r in self.rows)]
         headers = ["engine"] + [mt.header for mt in shown]
         ratio_metrics = [mt for mt in shown if mt.ratio] if self.baseline else []
-        headers += [f"{mt.header.split()[0]} vs {self.baseline}" for mt in ratio_metrics]
+        headers += [f"{mt.header.split()[0]} vs {getattr(self.baseline_row(mt.key), 'name', self.baseline)}"
+                    for mt in ratio_metrics]
         table = []
         for row in self.rows:
             cells = [row.name] + [mt.fmt.format(row.metrics[mt.key]) if mt.key in row.metrics else "-" for mt in shown]
@@ -162,13 +186,13 @@ def run_bench(
     """Measure ``rows`` (default: all) on ``model`` (anything ``load_model`` accepts) and return the report."""
     if rounds < 1:
         raise InputError(f"rounds={rounds}: must be at least 1")
-    wanted = rows or row_names()
+    wanted = rows or [r.name for r in ROWS if r.default]
     unknown = [n for n in wanted if n not in row_names()]
     if unknown:
         raise InputError(f"unknown bench row '{unknown[0]}'; choose from: {', '.join(row_names())}")
     specs = [r for r in ROWS if r.name in wanted]
     spec = BenchSpec(model=model, **spec_fields)
-    for name in ("prompt_tokens", "new_tokens", "prefill_tokens", "repeats"):
+    for name in ("prompt_tokens", "new_tokens", "prefill_tokens", "repeats", "train_batch", "train_seq"):
         if getattr(spec, name) < 1:
             raise InputError(f"{name}={getattr(spec, name)}: must be at least 1")
     results = {r.name: Row(r.name) for r in specs}
@@ -191,8 +215,9 @@ def run_bench(
             for r in runnable:
                 say(f"round {round_index + 1}/{rounds}: {r.name}")
                 _merge(results[r.name], _run_row(r, spec))
-    baseline = next((r.name for r in specs if r.baseline and results[r.name].metrics), None)
-    return BenchReport(spec, machine_info(), [results[r.name] for r in specs], baseline, rounds)
+    baselines = tuple(r.name for r in specs if r.baseline and results[r.name].metrics)
+    baseline = baselines[0] if baselines else None
+    return BenchReport(spec, machine_info(), [results[r.name] for r in specs], baseline, rounds, baselines)
 
 
 def _merge(row: Row, measured: dict[str, Any]) -> None:

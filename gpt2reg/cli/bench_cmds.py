@@ -19,8 +19,14 @@ import click
 @click.option("--prefill-tokens", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Sequence length of the prefill measurement.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--train-batch", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Training rows: sequences per step.")
+@click.option("--train-seq", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Training rows: tokens per sequence (capped at the model's context).")
+@click.option("--train-compile", is_flag=True, help="Training rows: torch.compile both models.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
-def bench(model, rows, list_rows, rounds, repeats, prompt_tokens, new_tokens, prefill_tokens, device, as_json) -> None:
+def bench(model, rows, list_rows, rounds, repeats, prompt_tokens, new_tokens, prefill_tokens, device, train_batch,
+          train_seq, train_compile, as_json) -> None:
     """Benchmark MODEL (anything `gpt2reg generate` accepts) with every engine on the same weights.
 
     Each engine runs in its own process (its own load time and peak memory); rows alternate over the
@@ -30,7 +36,7 @@ def bench(model, rows, list_rows, rounds, repeats, prompt_tokens, new_tokens, pr
 
     if list_rows:
         for row in ROWS:
-            extra = " (baseline)" if row.baseline else ""
+            extra = (" (baseline)" if row.baseline else "") + ("" if row.default else " (only when named in --rows)")
             needs = f"  needs {', '.join(row.requires)}" if row.requires else ""
             click.echo(f"{row.name}{extra}{needs}")
         return
@@ -43,6 +49,9 @@ def bench(model, rows, list_rows, rounds, repeats, prompt_tokens, new_tokens, pr
         new_tokens=new_tokens,
         prefill_tokens=prefill_tokens,
         device=device,
+        train_batch=train_batch,
+        train_seq=train_seq,
+        train_compile=train_compile,
         progress=lambda msg: click.echo(f"bench: {msg}", err=True),
     )
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.format())

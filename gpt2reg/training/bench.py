@@ -39,22 +39,25 @@ def peak_flops(device: torch.device) -> float | None:
     return next((peak for key, peak in PEAK_BF16_FLOPS.items() if key in name), None)
 
 
-def _time_steps(step: Callable[[], None], warmup: int, steps: int, device: torch.device) -> float:
+def _best_step(step: Callable[[], None], warmup: int, steps: int, device: torch.device) -> float:
+    """Seconds of the fastest of ``steps`` timed steps: a burst of load elsewhere slows one step, not the figure."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
         step()
-    sync()
-    start = time.perf_counter()
+    best = float("inf")
     for _ in range(steps):
+        sync()
+        start = time.perf_counter()
         step()
-    sync()
-    return time.perf_counter() - start
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def measure_training(engine: str, config: GPTConfig, *, batch_size: int = 4, seq_len: int = 256, steps: int = 5,
                      warmup: int = 2, device: str = "auto", dtype: str = "auto", compile: bool = False,
                      seed: int = 0) -> dict[str, Any]:
-    """Tokens/s (and MFU on a known GPU) of ``steps`` timed training steps of ``engine``.
+    """Tokens/s (and MFU on a known GPU) of the best of ``steps`` timed training steps of ``engine``.
 
     ``engine`` is ``gpt2reg`` or ``transformers`` (GPT2LMHeadModel; only configs it can express:
     learned positions, LayerNorm, GELU variants).
@@ -90,9 +93,9 @@ def measure_training(engine: str, config: GPTConfig, *, batch_size: int = 4, seq
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    seconds = _time_steps(step, warmup, steps, dev)
-    tokens_per_s = batch_size * seq_len * steps / seconds
-    result: dict[str, Any] = {"train_tps": tokens_per_s, "step_s": seconds / steps}
+    seconds = _best_step(step, warmup, steps, dev)
+    tokens_per_s = batch_size * seq_len / seconds
+    result: dict[str, Any] = {"train_tps": tokens_per_s, "train_step_s": seconds}
     peak = peak_flops(dev)
     if peak is not None:
         result["mfu"] = 100.0 * flops_per_token(config, seq_len) * tokens_per_s / peak
@@ -114,3 +117,23 @@ def _hf_model(config: GPTConfig) -> nn.Module:
                     resid_pdrop=config.dropout, embd_pdrop=config.dropout, attn_pdrop=config.dropout,
                     tie_word_embeddings=config.tie_embeddings)
     return GPT2LMHeadModel(hf)
+
+
+# -- rows of `gpt2reg bench` (gpt2reg/bench.py runs each in its own process) ---------------------------
+def _row(engine: str, spec: Any) -> dict[str, float]:
+    from ..checkpoints import load_model
+
+    config = load_model(spec.model).config.replace(dropout=0.0)
+    seq_len = min(spec.train_seq, config.block_size)
+    return measure_training(engine, config, batch_size=spec.train_batch, seq_len=seq_len, steps=spec.repeats,
+                            device=spec.device, compile=spec.train_compile, seed=spec.seed)
+
+
+def gpt2reg_train_row(spec: Any) -> dict[str, float]:
+    """A training step of gpt2reg's model at the config of ``spec.model``."""
+    return _row("gpt2reg", spec)
+
+
+def transformers_train_row(spec: Any) -> dict[str, float]:
+    """The same training step for GPT2LMHeadModel at the same config."""
+    return _row("transformers", spec)
