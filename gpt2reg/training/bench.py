@@ -67,17 +67,19 @@ def measure_training(engine: str, config: GPTConfig, *, batch_size: int = 4, seq
     torch.manual_seed(seed)
     if engine == "gpt2reg":
         from ..model import GPT
+        from .loop import _WithLoss
 
         model: nn.Module = GPT(config)
-        loss_of = lambda m, x, y: m.loss(x, y)  # noqa: E731
+        step_module: nn.Module = _WithLoss(model)  # what `gpt2reg train` compiles: model and loss as one graph
+        loss_of = lambda m, x, y: m(x, y)  # noqa: E731
     elif engine == "transformers":
-        model = _hf_model(config)
+        model = step_module = _hf_model(config)
         loss_of = lambda m, x, y: m(input_ids=x, labels=y, use_cache=False).loss  # noqa: E731
     else:
         raise ValueError(f"unknown engine {engine!r}")
     model.to(dev).train()
     optimizer = make_optimizer(model, 1e-4, 0.1, dev)
-    forward = torch.compile(model) if compile else model
+    forward = torch.compile(step_module) if compile else step_module
     gen = torch.Generator().manual_seed(seed)
     vocab = min(config.vocab_size, 50257)
     batches = [torch.randint(0, vocab, (batch_size, seq_len + 1), generator=gen).to(dev) for _ in range(2)]
