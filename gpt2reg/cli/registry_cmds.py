@@ -11,8 +11,8 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def components(as_json: bool) -> None:
     """List every registered component per kind, with the plugin that provides it."""
-    from ..registry import KINDS
     from ..plugins import get_registry
+    from ..registry import KINDS
 
     registry = get_registry()
     if as_json:
