@@ -435,6 +435,9 @@ def _download(repo_id: str) -> Path:
     offline = any(
         os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
     )
+    # huggingface_hub retries an unreachable host for ~25 s, logging each try: where the Hub cannot be
+    # reached at all, use the local cache only, so an offline user gets the one-line error at once.
+    offline = offline or not _hub_reachable()
     try:
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import EntryNotFoundError
@@ -452,10 +455,28 @@ def _download(repo_id: str) -> Path:
     return Path(config_file).parent
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the Hub's endpoint opens (DNS failure or refusal: no)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    try:
+        from huggingface_hub import constants
+
+        url = urlsplit(constants.ENDPOINT)
+    except Exception:
+        return True  # let the download itself report what is wrong
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def _download_failure(exc: Exception, offline: bool) -> str:
     """Why a download failed, in a few words (huggingface_hub's own messages run to several lines)."""
     if offline:
-        return "offline mode is on (HF_HUB_OFFLINE) and it is not in the local cache"
+        return "the Hub cannot be reached (no network, or HF_HUB_OFFLINE is set) and it is not in the local cache"
     if isinstance(exc, ImportError):
         return "huggingface_hub is not installed"
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from gpt2reg import CheckpointError
+from gpt2reg import CheckpointError, checkpoints
 from gpt2reg.checkpoints import MODEL_CONFIG_FILE, WEIGHTS_FILE, load_model, save_model
 from gpt2reg.model import build_model
 
@@ -441,11 +441,33 @@ def test_hub_unreachable_says_so(tmp_path, monkeypatch) -> None:
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(checkpoints, "_hub_reachable", lambda: True)  # the probe passes, the download fails
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(CheckpointError, match="the Hub could not be reached and it is not in the local cache") as exc:
         load_model("gpt2")
     assert_one_line(exc)
+
+
+def test_unreachable_hub_fails_fast_without_retries(tmp_path, monkeypatch) -> None:
+    """No network at all: the cache is consulted, no retries are made, and the error says why."""
+    import huggingface_hub
+    import huggingface_hub.constants
+
+    calls = []
+
+    def cache_only(repo_id, filename, **kwargs):
+        calls.append(kwargs.get("local_files_only"))
+        raise huggingface_hub.errors.LocalEntryNotFoundError("not cached")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(checkpoints, "_hub_reachable", lambda: False)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", cache_only)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match="the Hub cannot be reached") as exc:
+        load_model("gpt2")
+    assert_one_line(exc)
+    assert calls == [True]
 
 
 def test_hub_download_falls_back_to_pickle(tmp_path, monkeypatch) -> None:
