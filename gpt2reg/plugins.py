@@ -162,7 +162,7 @@ def _entry_points() -> list[metadata.EntryPoint]:
 
 def _load_entry_points(pm: pluggy.PluginManager, infos: dict[str, PluginInfo]) -> None:
     allow = _allow_list()
-    matched: set[str] = set()
+    matched = {DISTRIBUTION}  # the built-ins always load; naming them in the allow-list is harmless
     builtin_loaded = False
     for ep in _entry_points():
         dist = ep.dist.name if ep.dist is not None else None
