@@ -125,6 +125,31 @@ def _name_total_dim(onnx_model) -> None:
             rename(value)
 
 
+def _store_tied_once(onnx_model, parameters: set[str]) -> None:
+    """Undo the optimizer's folding of ``Transpose(wte)`` into a second copy of the table.
+
+    onnxscript's constant folding turns a small tied table's transpose into a new initializer (it
+    leaves GPT-2-sized ones alone); any initializer that is not a parameter but equals a parameter's
+    transpose is replaced by a ``Transpose`` of that parameter, so tied weights are stored once.
+    """
+    import numpy as np
+    import onnx_ir as ir
+
+    graph = onnx_model.graph
+    params = [v for name, v in graph.initializers.items() if name in parameters and v.shape is not None and len(v.shape) == 2]
+    for name, value in list(graph.initializers.items()):
+        if name in parameters or value.shape is None or len(value.shape) != 2 or value.const_value is None:
+            continue
+        folded = value.const_value.numpy()
+        for param in params:
+            if tuple(param.shape) == folded.shape[::-1] and np.array_equal(param.const_value.numpy().T, folded):
+                transpose = ir.node("Transpose", [param], {"perm": [1, 0]}, name=f"{name}_tied")
+                graph.insert_before(graph.node(0), transpose)
+                value.replace_all_uses_with(transpose.outputs[0])
+                graph.initializers.pop(name)
+                break
+
+
 def _package_version() -> str:
     from .. import __version__
 
@@ -149,12 +174,13 @@ def _write_atomically(path: Path, write) -> None:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-def _quantize_int8(src: Path, dst: Path, props: dict[str, str]) -> None:
+def _quantize_int8(src: Path, dst: Path, props: dict[str, str], external_data: bool | None) -> None:
     """onnxruntime dynamic quantization: int8 weights for every MatMul with a constant weight."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    large = src.stat().st_size + (Path(f"{src}.data").stat().st_size if Path(f"{src}.data").exists() else 0) > TWO_GB
+    data = Path(f"{src}.data")
+    large = src.stat().st_size + (data.stat().st_size if data.exists() else 0) > TWO_GB
     with _quiet():
         quantize_dynamic(
             src,
@@ -168,8 +194,9 @@ def _quantize_int8(src: Path, dst: Path, props: dict[str, str]) -> None:
     del model.metadata_props[:]
     for key, value in props.items():
         model.metadata_props.add(key=key, value=value)
+    external = large if external_data is None else external_data
     location = f"{dst.name}.data"
-    onnx.save_model(model, str(dst), save_as_external_data=large, all_tensors_to_one_file=True, location=location)
+    onnx.save_model(model, str(dst), save_as_external_data=external, all_tensors_to_one_file=True, location=location)
 
 
 _GENERIC_STEMS = {"ckpt", "model", "pytorch_model", "gpt2reg"}
@@ -198,12 +225,14 @@ def export_onnx(
     dtype: str = "fp32",
     quantize: str | None = None,
     model_name: str = "",
+    external_data: bool | None = None,
 ) -> Path:
     """Export ``model`` (a ``GPT``) to ``path`` and return it; the caller's model is left unchanged.
 
     ``kv_cache`` picks the decoder-with-cache graph (default) or the full-sequence one; ``dtype`` is
     ``fp32`` or ``fp16``; ``quantize="int8"`` applies onnxruntime dynamic quantization to an fp32
-    export. Files over 2 GB are written with external data (``<path>.data``).
+    export. Weights go to ``<path>.data`` when ``external_data`` is True, or, by default (None),
+    when the file would pass protobuf's 2 GB limit. ``model_name`` is recorded in the metadata.
     """
     if dtype not in DTYPES:
         raise InputError(f"unknown dtype '{dtype}'; choose one of: {', '.join(DTYPES)}")
@@ -251,6 +280,8 @@ def export_onnx(
     )
     props = description.to_props()
     _name_total_dim(program.model)
+    if quantize is None:  # int8 wants the head's own transposed copy (see the module docstring)
+        _store_tied_once(program.model, {name for name, _ in wrapper.named_parameters()})
     program.model.metadata_props.update(props)
     program.model.producer_name = "gpt2reg"
     program.model.producer_version = description.version
@@ -259,12 +290,12 @@ def export_onnx(
     def write(tmp: Path) -> None:
         if quantize is None:
             with _quiet():
-                program.save(tmp)
+                program.save(tmp, external_data=external_data)
             return
         fp32 = tmp.with_name(f"{tmp.stem}-fp32.onnx")
         with _quiet():
             program.save(fp32)
-        _quantize_int8(fp32, tmp, props)
+        _quantize_int8(fp32, tmp, props, external_data)
 
     _write_atomically(path, write)
     return path

@@ -128,9 +128,10 @@ def make_cases(block_size: int, kv_cache: bool, n: int, seed: int = 0) -> list[C
             fit(1, 0, block_size),
             fit(2, mid, 5, padded=True),
             fit(1, block_size - 1, 1),
+            fit(3, 0, 100, padded=True),
         ]
     else:
-        fixed = [fit(1, 0, 1), fit(3, 0, 7), fit(1, 0, block_size), fit(4, 0, 2 * mid + 1)]
+        fixed = [fit(1, 0, 1), fit(3, 0, 7), fit(1, 0, block_size), fit(3, 0, 100), fit(4, 0, 2 * mid + 1)]
     cases = fixed[:n]
     while len(cases) < n:
         batch = int(rng.integers(1, 5))

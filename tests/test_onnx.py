@@ -1,0 +1,208 @@
+"""ONNX export: every registered component and combination exports and matches torch under onnxruntime.
+
+Driven by the registry: a plugin's component is exported and validated with no new test code. The
+full pos x act x norm product uses the full-sequence graph on a one-layer model (export dominates the
+time); every single component also gets the KV-cache graph with the thorough case set (past 0 and
+> 0, left padding, lengths 1, 7, 100 and the full context, batch 1-4).
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from conftest import component_names
+
+from gpt2reg.cli import cli
+from gpt2reg.generation import generate
+from gpt2reg.model import build_model
+from gpt2reg.onnx import ProviderError, export_onnx, validate_onnx
+from gpt2reg.onnx.metadata import BATCH, PAST, SEQ, TOTAL
+from gpt2reg.onnx.providers import CPU, create_session
+from gpt2reg.onnx.validate import describe, make_cases
+from gpt2reg.runtime import OnnxGPT
+
+# Context 128 so the cases reach length 100 and the full context; example sizes used by the exporter
+# (batch 2, seq 3, past 5) appear nowhere in the checks below.
+SMALL = dict(n_layer=2, n_head=2, n_embd=32, block_size=128, vocab_size=101)
+DEFAULTS = {"pos": "learned", "act": "gelu_tanh", "norm": "layernorm"}
+
+
+def _product() -> list[tuple[str, str, str]]:
+    return list(itertools.product(component_names("pos"), component_names("act"), component_names("norm")))
+
+
+@pytest.mark.parametrize("pos,act,norm", _product(), ids=["-".join(c) for c in _product()])
+def test_every_combination_exports_and_matches_torch(tmp_path: Path, pos: str, act: str, norm: str) -> None:
+    model = build_model(**{**SMALL, "n_layer": 1, "n_embd": 16}, pos=pos, act=act, norm=norm, seed=0)
+    path = export_onnx(model, tmp_path / "m.onnx", kv_cache=False)
+    report = validate_onnx(path, model, provider="cpu", cases=4)  # lengths 1, 7, full context, 100; batch 1 and 3
+    assert {(c["batch"], c["seq"]) for c in report.cases} == {(1, 1), (3, 7), (1, 128), (3, 100)}
+    assert report.passed, report.summary()
+
+
+def _single_components() -> list[tuple[str, str]]:
+    return [(kind, name) for kind in ("pos", "act", "norm") for name in component_names(kind)]
+
+
+@pytest.mark.parametrize("kind,name", _single_components(), ids=[f"{k}={n}" for k, n in _single_components()])
+def test_kv_cache_graph_of_every_component_matches_torch(tmp_path: Path, kind: str, name: str) -> None:
+    model = build_model(**SMALL, **{**DEFAULTS, kind: name}, seed=1)
+    path = export_onnx(model, tmp_path / "m.onnx")
+    report = validate_onnx(path, model, provider="cpu", cases=10)
+    seen = {(c["past"], c["seq"], c["padded"]) for c in report.cases}
+    assert (0, 1, False) in seen and (0, 128, False) in seen and (127, 1, False) in seen  # prefill, full context
+    assert any(p > 0 and pad for p, _, pad in seen) and any(p == 0 and pad for p, _, pad in seen)
+    assert report.passed, report.summary()
+    assert report.max_abs_diff <= 1e-4 and report.present_max_abs_diff <= 1e-4
+
+
+@pytest.fixture(scope="module")
+def rope_export(tmp_path_factory) -> tuple[object, Path]:
+    """A RoPE model with a larger init, so its greedy continuations are not one repeated token."""
+    model = build_model(**SMALL, pos="rope", init_std=0.25, seed=3)
+    return model, export_onnx(model, tmp_path_factory.mktemp("rope") / "rope.onnx", model_name="tiny-rope")
+
+
+def test_graph_io_is_optimum_layout_and_fully_dynamic(rope_export) -> None:
+    _, path = rope_export
+    graph = onnx.load(str(path)).graph
+    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in list(graph.input) + list(graph.output)}
+    assert dims["input_ids"] == [BATCH, SEQ] and dims["position_ids"] == [BATCH, SEQ]
+    assert dims["attention_mask"] == [BATCH, TOTAL]
+    assert dims["past_key_values.1.value"] == [BATCH, 2, PAST, 16]
+    assert dims["present.0.key"] == [BATCH, 2, TOTAL, 16]
+    assert dims["logits"] == [BATCH, SEQ, 101]
+    assert [v.name for v in graph.output] == ["logits"] + [f"present.{i}.{kv}" for i in range(2) for kv in ("key", "value")]
+
+
+def test_metadata_describes_the_file(rope_export) -> None:
+    model, path = rope_export
+    d = describe(path)
+    assert d.graph == "kv_cache" and d.dtype == "fp32" and d.quantize == "none" and d.tokenizer == "gpt2"
+    assert d.config == model.config.to_dict() and d.model_name == "tiny-rope" and d.version
+    names = [i["name"] for i in d.io["inputs"]]
+    assert names[:3] == ["input_ids", "attention_mask", "position_ids"] and len(names) == 3 + 2 * 2
+
+
+def test_tied_embedding_is_stored_once(rope_export) -> None:
+    model, path = rope_export
+    shapes = [tuple(t.dims) for t in onnx.load(str(path)).graph.initializer]
+    table = (model.config.vocab_size, model.config.n_embd)
+    assert table in shapes and (table[1], table[0]) not in shapes
+    assert shapes.count(table) == 1
+
+
+def test_greedy_onnx_generation_equals_torch_with_left_padding(rope_export) -> None:
+    model, path = rope_export
+    runtime = OnnxGPT(path, provider="cpu")
+    prompts = [[5, 6, 7], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], [40]]  # different lengths: left-padded batch
+    want = generate(model, prompts, max_new_tokens=24, greedy=True, eos_token_id=None)
+    got = runtime.generate(prompts, max_new_tokens=24, greedy=True, eos_token_id=None)
+    assert [s.generated_ids for s in got] == [s.generated_ids for s in want]
+    assert len(set(want[1].generated_ids)) > 3  # a continuation worth comparing
+    alone = runtime.generate(prompts[1], max_new_tokens=24, greedy=True, eos_token_id=None)
+    assert alone[0].generated_ids == want[1].generated_ids  # padding does not change a row
+
+
+def test_seeded_sampling_onnx_equals_torch(rope_export) -> None:
+    model, path = rope_export
+    runtime = OnnxGPT(path, provider="cpu")
+    kw = dict(max_new_tokens=16, temperature=0.8, top_k=40, top_p=0.95, seed=7, num_samples=3, eos_token_id=None)
+    want = generate(model, [[3, 1, 4, 1, 5]], **kw)
+    got = runtime.generate([[3, 1, 4, 1, 5]], **kw)
+    assert [s.generated_ids for s in got] == [s.generated_ids for s in want]
+    assert len({tuple(s.generated_ids) for s in got}) == 3  # samples differ from each other
+
+
+def test_validate_fails_for_a_different_model(rope_export, tmp_path: Path) -> None:
+    _, path = rope_export
+    other = build_model(**SMALL, pos="rope", init_std=0.25, seed=4)
+    report = validate_onnx(path, other, provider="cpu", cases=2)
+    assert not report.passed and report.max_abs_diff > 1e-2 and "atol" in report.reason
+    bigger = build_model(**{**SMALL, "n_layer": 3}, pos="rope", seed=3)
+    report = validate_onnx(path, bigger, provider="cpu")
+    assert not report.passed and "n_layer 2 (ONNX) vs 3 (model)" in report.reason
+
+
+def test_validate_cli_exit_status(rope_export, tmp_path: Path) -> None:
+    from gpt2reg.checkpoints import save_model
+
+    model, path = rope_export
+    save_model(model, tmp_path / "same")
+    save_model(build_model(**SMALL, pos="rope", init_std=0.25, seed=5), tmp_path / "other")
+    runner = CliRunner()
+    ok = runner.invoke(cli, ["validate", str(path), str(tmp_path / "same"), "--provider", "cpu", "--cases", "3"])
+    assert ok.exit_code == 0 and "PASS" in ok.output and CPU in ok.output, ok.output
+    bad = runner.invoke(cli, ["validate", str(path), str(tmp_path / "other"), "--provider", "cpu", "--json"])
+    assert bad.exit_code == 1 and '"passed": false' in bad.output
+    missing = runner.invoke(cli, ["validate", str(tmp_path / "nope.onnx"), str(tmp_path / "same")])
+    assert missing.exit_code == 1 and missing.output.startswith("Error: ") and "no such ONNX file" in missing.output
+
+
+def test_cuda_provider_that_cannot_load_is_an_error(rope_export, tmp_path: Path) -> None:
+    _, path = rope_export
+    auto = create_session(str(path), "auto")
+    if auto.provider == "CUDAExecutionProvider":
+        pytest.skip("CUDA really loads here")
+    assert auto.provider == CPU
+    assert auto.note  # auto says that it fell back (or that this build has no CUDA)
+    with pytest.raises(ProviderError, match="CUDA"):
+        create_session(str(path), "cuda")
+    from gpt2reg.checkpoints import save_model
+
+    save_model(rope_export[0], tmp_path / "m")
+    result = CliRunner().invoke(cli, ["validate", str(path), str(tmp_path / "m"), "--provider", "cuda"])
+    assert result.exit_code == 1 and result.output.startswith("Error: ") and "CUDA" in result.output
+
+
+@pytest.mark.parametrize("dtype,quantize", [("fp16", None), ("fp32", "int8")])
+def test_fp16_and_int8_exports_validate_with_their_tolerances(tmp_path: Path, dtype: str, quantize: str | None) -> None:
+    model = build_model(**SMALL, pos="rope", seed=2)
+    path = export_onnx(model, tmp_path / "m.onnx", dtype=dtype, quantize=quantize)
+    report = validate_onnx(path, model, provider="cpu", cases=4)
+    assert report.passed, report.summary()
+    assert report.variant == (quantize or dtype) and report.atol > 1e-4
+    assert report.max_abs_diff > 1e-6  # really reduced precision, not an fp32 graph
+    if quantize:
+        graph = onnx.load(str(path)).graph
+        fp32_matrices = [tuple(t.dims) for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2]
+        assert fp32_matrices == [(101, 32)]  # only the embedding table (a Gather); the head is int8
+        assert (32, 101) in [tuple(t.dims) for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
+
+
+def test_external_data_and_nothing_half_written(tmp_path: Path) -> None:
+    model = build_model(**SMALL, seed=0)
+    path = export_onnx(model, tmp_path / "out" / "m.onnx", external_data=True)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["m.onnx", "m.onnx.data"]
+    assert Path(f"{path}.data").stat().st_size > 0.8 * 4 * model.num_parameters()  # the weights are outside
+    assert validate_onnx(path, model, provider="cpu", cases=2).passed
+    export_onnx(model, path)  # re-export inline: the stale data file goes, no temporary folder stays
+    assert sorted(p.name for p in path.parent.iterdir()) == ["m.onnx"]
+
+
+def test_export_cli_default_path_and_validation(tmp_path: Path, monkeypatch) -> None:
+    from gpt2reg.checkpoints import save_model
+
+    save_model(build_model(**SMALL, pos="sinusoidal", seed=0), tmp_path / "models" / "tiny-sin")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["export", "models/tiny-sin", "--provider", "cpu", "--cases", "2"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "exports" / "tiny-sin.onnx").is_file() and "PASS" in result.output
+    bad = CliRunner().invoke(cli, ["export", "models/tiny-sin", "--dtype", "fp16", "--quantize", "int8"])
+    assert bad.exit_code == 2 and "drop --dtype fp16" in bad.output
+
+
+def test_cases_cover_what_the_issue_asks() -> None:
+    cases = make_cases(1024, kv_cache=True, n=8)
+    assert {c.batch for c in cases} >= {1, 3, 4}
+    assert {c.seq for c in cases} >= {1, 7, 100, 1024}
+    assert any(c.past == 0 for c in cases) and any(c.past + c.seq == 1024 and c.past for c in cases)
+    assert any(c.padded and c.past for c in cases)
+    assert all(1 <= c.seq and c.past + c.seq <= 1024 for c in make_cases(16, True, 30, seed=1))
+    assert np.all([c.past == 0 for c in make_cases(64, False, 10)])
