@@ -16,7 +16,7 @@ Every hook receives a ``register`` callback owned by gpt2reg::
   It is called as ``component(config)`` with the model's ``GPTConfig`` and must return an
   ``nn.Module`` following the interface of its kind (see ``gpt2reg.components.base``).
 - ``description``: one line shown by ``gpt2reg components``.
-- ``override``: replace a component of the same name registered by an earlier plugin. Without it a
+- ``override``: replace a component of the same name registered by another plugin. Without it a
   name taken twice is an error that names both plugins.
 
 Built-in components are registered through these same hooks (``gpt2reg.components``).
