@@ -28,26 +28,43 @@ import click
               help="Print a JSON list with prompt_ids, generated_ids and text for each sample (no streaming).")
 @click.option("--device", default="cpu", show_default=True, help="Where to run: cpu, cuda, cuda:1, ...")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), help="Cast the weights.")
+@click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False), metavar="PATH",
+              help="Run an exported ONNX file with the torch-free runtime instead of MODEL (torch not needed).")
+@click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True,
+              help="onnxruntime execution provider for --onnx.")
 def generate(model, prompts, max_new_tokens, temperature, top_k, top_p, greedy, seed, num_samples, stop, stream,
-             as_json, device, dtype) -> None:
+             as_json, device, dtype, onnx_path, provider) -> None:
     """Continue the prompt(s) with MODEL: a model directory, a Hugging Face or nanoGPT checkpoint, or a hub name.
 
     \b
     gpt2reg generate gpt2 --prompt "The meaning of life is" --top-p 0.9 --seed 0
     gpt2reg generate models/gpt2 -p "Once upon a time" -p "In 2026," --greedy --json
+    gpt2reg generate --onnx exports/gpt2.onnx -p "Hello" --seed 0
     """
-    if model is None:
-        raise click.UsageError("give MODEL: a model directory, a checkpoint file or a hub name")
+    if model is None and onnx_path is None:
+        raise click.UsageError("give MODEL: a model directory, a checkpoint file or a hub name (or --onnx PATH)")
+    if model is not None and onnx_path is not None:
+        raise click.UsageError("give MODEL or --onnx PATH, not both")
+    if onnx_path is not None and (dtype or device != "cpu"):
+        raise click.UsageError("--device and --dtype apply to MODEL; an ONNX file runs on --provider")
     if any(not p for p in prompts):
         raise click.BadParameter("must not be empty (use \"<|endoftext|>\" for an unconditional sample)",
                                  param_hint="'--prompt'")
     if greedy and (temperature is not None or top_k is not None or top_p is not None):
         raise click.UsageError("--greedy takes the most likely token; drop --temperature, --top-k and --top-p")
 
-    from ..checkpoints import load_model
-    from ..generation import generate as run
+    if onnx_path is not None:
+        from ..runtime import OnnxGPT  # torch-free: this path works where torch is not installed
 
-    loaded = load_model(model, device=device, dtype=dtype)
+        loaded = OnnxGPT(onnx_path, provider=provider)
+
+        def run(onnx_model, *args, **kwargs):
+            return onnx_model.generate(*args, **kwargs)
+    else:
+        from ..checkpoints import load_model
+        from ..generation import generate as run
+
+        loaded = load_model(model, device=device, dtype=dtype)
     heads = [f"--- prompt {p + 1}, sample {s + 1} ---" for p in range(len(prompts)) for s in range(num_samples)]
     several = len(heads) > 1
     live = stream and not as_json

@@ -12,7 +12,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from ..errors import Gpt2regError
+from ..errors import Gpt2regError, InputError
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -55,6 +55,19 @@ def cuda_listed() -> bool:
     return CUDA in ort.get_available_providers()
 
 
+def _session(path: str, options, providers: list[str]):
+    """``InferenceSession``, with a file onnxruntime cannot read reported in one line."""
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except (RuntimeError, ort.capi.onnxruntime_pybind11_state.Fail,
+            ort.capi.onnxruntime_pybind11_state.InvalidProtobuf, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
+            ort.capi.onnxruntime_pybind11_state.NoSuchFile) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{path}: onnxruntime cannot load it ({first[-300:]})") from None
+
+
 def create_session(path: str, provider: str = "auto", *, threads: int | None = None) -> SessionInfo:
     """An ``InferenceSession`` for ``path`` on ``provider`` (``auto``, ``cuda`` or ``cpu``)."""
     import onnxruntime as ort
@@ -65,7 +78,7 @@ def create_session(path: str, provider: str = "auto", *, threads: int | None = N
     if threads:
         options.intra_op_num_threads = threads
     if provider == "cpu" or (provider == "auto" and not cuda_listed()):
-        session = ort.InferenceSession(str(path), options, providers=[CPU])
+        session = _session(path, options, [CPU])
         note = "" if provider == "cpu" else "CUDA not in this onnxruntime build; running on CPU"
         return SessionInfo(session, session.get_providers()[0], provider, note)
     if not cuda_listed():
@@ -76,7 +89,7 @@ def create_session(path: str, provider: str = "auto", *, threads: int | None = N
     # A failed CUDA load is logged as an error even when we fall back on purpose: we report it ourselves.
     ort.set_default_logger_severity(4)
     try:
-        session = ort.InferenceSession(str(path), options, providers=[CUDA, CPU])
+        session = _session(path, options, [CUDA, CPU])
     finally:
         ort.set_default_logger_severity(2)
     actual = session.get_providers()[0]

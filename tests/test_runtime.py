@@ -1,0 +1,129 @@
+"""The torch-free runtime: an exported file runs with numpy, onnxruntime and tiktoken only.
+
+The proof runs in a subprocess where ``import torch`` fails: the runtime API and
+``gpt2reg generate --onnx`` must both work there and give the torch path's tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpt2reg.errors import InputError
+from gpt2reg.generation import generate
+from gpt2reg.model import build_model
+from gpt2reg.onnx import export_onnx
+from gpt2reg.runtime import OnnxGPT, load
+
+# The GPT-2 vocabulary, so text prompts encode; the rest tiny.
+CONFIG = dict(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=50257, pos="rope", init_std=0.2)
+
+NO_TORCH = """
+import importlib.abc, sys
+class _Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError(f"torch is blocked in this test ({name})")
+sys.meta_path.insert(0, _Block())
+"""
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> tuple[object, Path]:
+    model = build_model(**CONFIG, seed=0)
+    return model, export_onnx(model, tmp_path_factory.mktemp("rt") / "tiny.onnx")
+
+
+def _run_without_torch(code: str, *args: str) -> subprocess.CompletedProcess:
+    script = NO_TORCH + code + "\nassert not any(m == 'torch' or m.startswith('torch.') for m in sys.modules)\n"
+    root = str(Path(__file__).resolve().parent.parent)
+    return subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120, cwd=root)
+
+
+def test_runtime_api_works_where_torch_cannot_be_imported(exported) -> None:
+    model, path = exported
+    code = """
+import json, sys
+try:
+    import torch  # noqa
+    raise SystemExit("torch imported")
+except ImportError:
+    pass
+from gpt2reg.runtime import OnnxGPT
+m = OnnxGPT(sys.argv[1], provider="cpu")
+out = m.generate(["Hello, my dog", "In 2026,"], max_new_tokens=12, greedy=True, eos_token_id=None)
+print(json.dumps([s.generated_ids for s in out]))
+"""
+    result = _run_without_torch(code, str(path))
+    assert result.returncode == 0, result.stderr
+    got = json.loads(result.stdout.strip().splitlines()[-1])
+    want = generate(model, ["Hello, my dog", "In 2026,"], max_new_tokens=12, greedy=True, eos_token_id=None)
+    assert got == [s.generated_ids for s in want]
+
+
+def test_generate_onnx_cli_works_where_torch_cannot_be_imported(exported) -> None:
+    model, path = exported
+    code = """
+import sys
+from gpt2reg.cli import cli
+try:
+    cli(sys.argv[1:], prog_name="gpt2reg")
+except SystemExit as exc:
+    if exc.code:
+        raise
+"""
+    args = ["generate", "--onnx", str(path), "-p", "Once upon a time", "-n", "10", "--greedy", "--json"]
+    result = _run_without_torch(code, *args)
+    assert result.returncode == 0, result.stderr
+    samples = json.loads(result.stdout)
+    want = generate(model, "Once upon a time", max_new_tokens=10, greedy=True)
+    assert samples[0]["generated_ids"] == want[0].generated_ids and samples[0]["text"] == want[0].text
+
+
+def test_runtime_reads_everything_from_the_file(exported) -> None:
+    model, path = exported
+    runtime = load(path, provider="cpu")
+    assert runtime.provider == "CPUExecutionProvider" and runtime.kv_cache
+    assert runtime.config == model.config.to_dict() and runtime.block_size == 64
+    ids = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
+    import torch
+
+    with torch.no_grad():
+        want = model(torch.from_numpy(ids)).numpy()
+    assert np.abs(runtime.logits(ids) - want).max() < 1e-4
+    with pytest.raises(InputError, match="exceeds the context of 64"):
+        runtime.logits(np.zeros((1, 65), dtype=np.int64))
+
+
+def test_full_sequence_file_generates_the_same(tmp_path: Path, exported) -> None:
+    model, _ = exported
+    path = export_onnx(model, tmp_path / "full.onnx", kv_cache=False)
+    runtime = OnnxGPT(path, provider="cpu")
+    assert not runtime.kv_cache
+    prompts = ["A", "The quick brown fox jumps"]
+    want = generate(model, prompts, max_new_tokens=8, greedy=True, eos_token_id=None)
+    got = runtime.generate(prompts, max_new_tokens=8, greedy=True, eos_token_id=None)
+    assert [s.generated_ids for s in got] == [s.generated_ids for s in want]
+
+
+def test_a_foreign_onnx_file_is_a_one_line_error(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    path = tmp_path / "other.onnx"
+    onnx.save(helper.make_model(graph, ir_version=9, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    with pytest.raises(InputError, match="not a gpt2reg ONNX export"):
+        OnnxGPT(path, provider="cpu")
+    path.write_bytes(b"not a protobuf at all")
+    with pytest.raises(InputError, match="onnxruntime cannot load it"):
+        OnnxGPT(path, provider="cpu")
+    with pytest.raises(InputError, match="no such ONNX file"):
+        OnnxGPT(tmp_path / "missing.onnx")
