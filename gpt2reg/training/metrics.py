@@ -65,15 +65,17 @@ def plot_losses(records: list[dict[str, Any]], path: str | os.PathLike, *, basel
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
     ax.plot(steps, losses, color="tab:blue", alpha=0.3, linewidth=0.8)
     if losses:
-        smooth, ema = [], losses[0]
-        for value in losses:  # exponential moving average: the trend through the batch noise
-            ema = 0.9 * ema + 0.1 * value
-            smooth.append(ema)
+        # Debiased exponential moving average over ~1/50 of the run: the trend through the batch noise.
+        beta = 1.0 - 1.0 / max(1, len(losses) // 50)
+        smooth, ema = [], 0.0
+        for i, value in enumerate(losses, start=1):
+            ema = beta * ema + (1.0 - beta) * value
+            smooth.append(ema / (1.0 - beta**i))
         ax.plot(steps, smooth, color="tab:blue", label="train")
     if val:
         ax.plot([s for s, _ in val], [v for _, v in val], "o-", color="tab:orange", markersize=3, label="validation")
     if baseline is not None:
-        ax.axhline(baseline, color="gray", linestyle="--", linewidth=1, label="unigram baseline")
+        ax.axhline(baseline, color="gray", linestyle="--", linewidth=1, label="unigram baseline (validation)")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats/token)")
     if title:
