@@ -56,7 +56,8 @@ def _default(name: str):
 @click.option("--keep-checkpoints", type=click.IntRange(1), default=_default("keep_checkpoints"), show_default=True)
 @click.option("--seed", type=int, default=_default("seed"), show_default=True, help="Initialisation and data order.")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default=_default("dtype"),
-              show_default=True, help="auto: bf16 autocast on CUDA, fp32 on CPU.")
+              show_default=True,
+              help="auto: bf16 autocast where the hardware computes it natively (CUDA, AVX512-BF16/AMX CPUs).")
 @click.option("--device", default=_default("device"), show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (faster steps after warm-up).")
 @click.option("--sample-tokens", type=click.IntRange(0), default=_default("sample_tokens"), show_default=True,
@@ -121,7 +122,8 @@ def train(ctx, out_dir, preset, init, resume, no_progress, as_json, compile_, **
 @click.option("--stride", type=click.IntRange(1), help="Tokens between window starts.  [default: seq-len / 2]")
 @click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True, help="Windows per forward pass.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True)
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="float32", show_default=True,
+              help="auto: bf16 autocast where the hardware computes it natively.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable result.")
 def eval_(model, data, seq_len, stride, batch_size, device, dtype, no_progress, as_json) -> None:

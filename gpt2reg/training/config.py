@@ -33,7 +33,7 @@ class TrainConfig:
     checkpoint_interval: int | None = None  # default eval_interval
     keep_checkpoints: int = 2
     seed: int = 0
-    dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU), float32, bfloat16
+    dtype: str = "auto"  # auto (bf16 autocast where native: CUDA, AVX512-BF16/AMX CPUs), float32, bfloat16
     device: str = "auto"
     compile: bool = False
     sample_tokens: int = 64  # tokens sampled at each evaluation; 0 turns samples off

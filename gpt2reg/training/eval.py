@@ -6,6 +6,7 @@ The text is tokenized as for training (documents followed by ``<|endoftext|>``) 
 the targets the previous window did not reach, so every target after the first ``seq_len`` is
 predicted from at least ``seq_len - stride`` tokens of context. ``stride = seq_len`` gives
 non-overlapping chunks (fastest, least context); ``stride = 1`` gives the most context (slowest).
+Evaluation runs in float32 unless asked otherwise: it is a measurement, and cheap next to training.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def sliding_windows(n_tokens: int, seq_len: int, stride: int) -> list[tuple[int,
 
 @torch.no_grad()
 def evaluate_tokens(model: GPT, tokens: np.ndarray | list[int], *, seq_len: int | None = None,
-                    stride: int | None = None, batch_size: int = 8, dtype: str = "auto",
+                    stride: int | None = None, batch_size: int = 8, dtype: str = "float32",
                     progress: bool = False) -> dict[str, Any]:
     """Mean cross-entropy of ``tokens[1:]`` given what precedes them (see the module docstring)."""
     tokens = np.asarray(tokens, dtype=np.int64)
@@ -88,7 +89,7 @@ def evaluate_tokens(model: GPT, tokens: np.ndarray | list[int], *, seq_len: int 
 
 
 def evaluate(model: GPT | str | os.PathLike, data: str | os.PathLike, *, seq_len: int | None = None,
-             stride: int | None = None, batch_size: int = 8, device: str = "auto", dtype: str = "auto",
+             stride: int | None = None, batch_size: int = 8, device: str = "auto", dtype: str = "float32",
              progress: bool = False) -> dict[str, Any]:
     """Loss and perplexity of ``model`` (a GPT or any checkpoint the loader accepts) on a text file or folder."""
     tokens = np.concatenate([[EOT_ID], tokenize_documents(read_documents(data))]).astype(np.int64)
