@@ -66,6 +66,8 @@ METRICS: list[Metric] = [
     Metric("decode_tps", "decode tok/s", "{:.1f}", True, ratio=True),
     Metric("train_tps", "train tok/s", "{:.1f}", True, ratio=True),
     Metric("mfu", "MFU %", "{:.1f}", True),
+    Metric("export_s", "export s", "{:.1f}", False),
+    Metric("file_mb", "file MB", "{:.1f}", False),
 ]
 
 
@@ -81,6 +83,11 @@ class RowSpec:
 ROWS: list[RowSpec] = [
     RowSpec("gpt2reg", "gpt2reg.bench:gpt2reg_row"),
     RowSpec("transformers", "gpt2reg.bench:transformers_row", requires=("transformers",), baseline=True),
+    # ONNX Runtime on the KV-cache export (fp32 and int8); also export time and file size. Each round
+    # exports the model again (~15 s and ~30 s for 124M here), so only on request: --rows onnxruntime,...
+    RowSpec("onnxruntime", "gpt2reg.onnx.bench:onnxruntime_row", requires=("onnxruntime",), default=False),
+    RowSpec("onnxruntime-int8", "gpt2reg.onnx.bench:onnxruntime_int8_row", requires=("onnxruntime",),
+            default=False),
     # Training steps (forward, backward, AdamW) at the model's config; slow on a CPU, so only on request.
     RowSpec("gpt2reg-train", "gpt2reg.training.bench:gpt2reg_train_row", default=False),
     RowSpec("transformers-train", "gpt2reg.training.bench:transformers_train_row", requires=("transformers",),

@@ -1,0 +1,82 @@
+"""``gpt2reg bench`` rows for ONNX Runtime: export time, file size, load, prefill and decode speed.
+
+Each row exports the model in a child process (torch, timed without the model load) and then runs
+the file through ``gpt2reg.runtime`` in the row's own process, which never imports torch: its load
+time and peak memory are the runtime's alone. Decode is greedy ``OnnxGPT.generate``, exactly as
+``gpt2reg generate --onnx`` runs it. The prefill figure is one KV-cache graph call over the whole
+sequence; the graph returns the logits of every position (Optimum's layout), where the torch rows
+keep only the last.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..bench import BenchSpec, _best_time, _check_context, _workload
+
+_EXPORT = """
+import json, sys, time
+from gpt2reg.checkpoints import load_model
+from gpt2reg.onnx import export_onnx
+model = load_model(sys.argv[1])
+start = time.perf_counter()
+export_onnx(model, sys.argv[2], quantize=sys.argv[3] or None)
+print(json.dumps(time.perf_counter() - start))
+"""
+
+
+def _export(model: str, path: Path, quantize: str | None) -> float:
+    root = str(Path(__file__).resolve().parents[2])
+    proc = subprocess.run([sys.executable, "-c", _EXPORT, model, str(path), quantize or ""],
+                          capture_output=True, text=True, cwd=root)
+    if proc.returncode:
+        raise RuntimeError("export failed: " + (proc.stderr.strip().splitlines() or ["no output"])[-1])
+    return float(proc.stdout.strip().splitlines()[-1])
+
+
+def _row(spec: BenchSpec, quantize: str | None) -> dict[str, float]:
+    from ..runtime import OnnxGPT
+
+    with tempfile.TemporaryDirectory(prefix="gpt2reg-bench-onnx-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        export_s = _export(spec.model, path, quantize)
+        size = sum(p.stat().st_size for p in Path(tmp).iterdir())
+        provider = "cuda" if spec.device.startswith("cuda") else "cpu"
+        start = time.perf_counter()
+        model = OnnxGPT(path, provider=provider)
+        load_s = time.perf_counter() - start
+        _check_context(spec, model.block_size)
+        prompt, long_ids = _workload(spec, model.vocab_size)
+
+        def decode() -> None:
+            out = model.generate(prompt, max_new_tokens=spec.new_tokens, greedy=True, eos_token_id=None)
+            assert len(out[0].generated_ids) == spec.new_tokens
+
+        def no_sync() -> None:
+            return None
+
+        model.generate(prompt, max_new_tokens=min(8, spec.new_tokens), greedy=True)  # warm-up
+        decode_s = _best_time(decode, spec.repeats, no_sync)
+        long = np.array([long_ids], dtype=np.int64)
+        prefill_s = _best_time(lambda: model.run(long), spec.repeats, no_sync)
+    return {"load_s": load_s, "decode_tps": spec.new_tokens / decode_s, "prefill_s": prefill_s,
+            "export_s": export_s, "file_mb": size / 1e6}
+
+
+def onnxruntime_row(spec: BenchSpec) -> dict[str, float]:
+    """The fp32 KV-cache graph under onnxruntime."""
+    return _row(spec, None)
+
+
+def onnxruntime_int8_row(spec: BenchSpec) -> dict[str, float]:
+    """The int8 (dynamically quantized) KV-cache graph under onnxruntime."""
+    return _row(spec, "int8")
+
+
+__all__ = ["onnxruntime_row", "onnxruntime_int8_row"]
