@@ -19,7 +19,14 @@ from gpt2reg.config import GPTConfig
 from gpt2reg.errors import ConfigError, InputError
 from gpt2reg.tokenizer import EOT_ID, get_tokenizer
 from gpt2reg.training import TrainConfig, train
-from gpt2reg.training.data import TokenData, cache_tokens, read_documents, tokenize_documents, unigram_entropy
+from gpt2reg.training.data import (
+    TokenData,
+    cache_tokens,
+    read_documents,
+    tokenize_documents,
+    unigram_entropy,
+    unigram_loss,
+)
 from gpt2reg.training.optim import lr_at, make_optimizer
 
 # Training needs the tokenizer's full vocabulary; everything else stays tiny so a step takes milliseconds.
@@ -94,8 +101,13 @@ def test_a_corpus_too_small_for_one_window_is_a_clear_error() -> None:
         TokenData(np.arange(200, dtype=np.uint16), seq_len=32, val_fraction=0.1)
 
 
-def test_unigram_entropy() -> None:
+def test_unigram_baselines() -> None:
     assert unigram_entropy(np.array([1, 1, 2, 2], dtype=np.uint16)) == pytest.approx(math.log(2))
+    train, val = np.array([1, 1, 1, 2] * 50), np.array([1, 1, 1, 2])
+    loss = unigram_loss(train, val, vocab_size=4)
+    exact = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))  # the training frequencies match val's exactly
+    assert exact < loss < exact + 0.01
+    assert unigram_loss(train, np.array([3, 3]), vocab_size=4) > 5  # unseen tokens: only smoothing mass
 
 
 # -- optimizer and schedule ---------------------------------------------------------------------

@@ -122,6 +122,15 @@ def unigram_entropy(tokens: np.ndarray) -> float:
     return float(-(p * np.log(p)).sum())
 
 
+def unigram_loss(train: np.ndarray, val: np.ndarray, vocab_size: int = 50257) -> float:
+    """Cross-entropy (nats/token) on ``val`` of token frequencies counted on ``train``: the baseline a model
+    must beat. Add-k smoothed, with k chosen on ``val`` itself, so the baseline gets its best case."""
+    counts = np.bincount(np.asarray(train, dtype=np.int64), minlength=vocab_size).astype(np.float64)
+    val = np.asarray(val, dtype=np.int64)
+    losses = [-np.log((counts[val] + k) / (counts.sum() + k * vocab_size)).mean() for k in (0.01, 0.03, 0.1, 0.3, 1.0)]
+    return float(min(losses))
+
+
 @dataclass
 class TokenData:
     """A token stream split into train and validation parts, served as (input, target) windows."""

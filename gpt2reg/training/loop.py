@@ -46,7 +46,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import TrainConfig
-from .data import TOKENS_FILE, TokenData, cache_tokens, load_tokens, unigram_entropy
+from .data import TOKENS_FILE, TokenData, cache_tokens, load_tokens, unigram_entropy, unigram_loss
 from .device import autocast, available_memory, resolve_device, resolve_dtype
 from .metrics import METRICS_FILE, PLOT_FILE, MetricsLog, plot_losses
 from .optim import lr_at, make_optimizer
@@ -211,11 +211,14 @@ class _Trainer:
         if errors:
             raise InputError(errors[0])
         self.data = TokenData(load_tokens(self.run_dir / TOKENS_FILE), self.seq_len, cfg.val_fraction, cfg.seed)
-        self.baseline = unigram_entropy(self.data.val) if self.data.val.size else None
+        has_val = bool(self.data.val.size)
+        self.baseline = unigram_loss(self.data.train, self.data.val) if has_val else None
+        self.val_entropy = unigram_entropy(self.data.val) if has_val else None
 
     def _write_run_file(self) -> None:
         run = {"format": "gpt2reg-run", "train": self.cfg.to_dict(), "model": self.raw.config.to_dict(),
-               "init": self.init_source, "world_size": self.group.world_size, "unigram_val_loss": self.baseline}
+               "init": self.init_source, "world_size": self.group.world_size, "unigram_val_loss": self.baseline,
+               "val_unigram_entropy": self.val_entropy}
         path = self.run_dir / RUN_FILE
         if path.exists():
             run["init"] = read_run(self.run_dir).get("init", self.init_source)
@@ -304,7 +307,7 @@ class _Trainer:
         return {
             "run_dir": str(self.run_dir), "model_dir": str(model_dir), "steps": step,
             "interrupted": step < cfg.max_steps, "loss": last.get("loss"), "val_loss": val_loss,
-            "unigram_val_loss": self.baseline, "tokens": tokens,
+            "unigram_val_loss": self.baseline, "val_unigram_entropy": self.val_entropy, "tokens": tokens,
             "elapsed_s": elapsed + session_time, "session_tokens_per_s": session_steps * tokens_per_step / max(session_time, 1e-9),
             "world_size": group.world_size, "weights_sha256": digests,
         }

@@ -75,7 +75,7 @@ def plot_losses(records: list[dict[str, Any]], path: str | os.PathLike, *, basel
     if val:
         ax.plot([s for s, _ in val], [v for _, v in val], "o-", color="tab:orange", markersize=3, label="validation")
     if baseline is not None:
-        ax.axhline(baseline, color="gray", linestyle="--", linewidth=1, label="unigram baseline (validation)")
+        ax.axhline(baseline, color="gray", linestyle="--", linewidth=1, label="unigram baseline")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats/token)")
     if title:
