@@ -23,6 +23,9 @@ demo: install
 	$(BIN)/gpt2reg components
 	$(BIN)/gpt2reg build --pos rope -o models/gpt2-rope --force
 	$(BIN)/gpt2reg generate models/gpt2-rope --prompt "Hello" --max-new-tokens 8 --seed 0
+	$(BIN)/gpt2reg export models/gpt2-rope --no-validate
+	$(BIN)/gpt2reg validate exports/gpt2-rope.onnx models/gpt2-rope --cases 4
+	$(BIN)/gpt2reg generate --onnx exports/gpt2-rope.onnx --prompt "Hello" --max-new-tokens 8 --seed 0
 
 test: install
 	$(BIN)/ruff check gpt2reg tests plugins
