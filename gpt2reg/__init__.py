@@ -40,6 +40,8 @@ __all__ = [
     "TrainConfig",
     "train",
     "evaluate",
+    "export_onnx",
+    "validate_onnx",
 ]
 
 # name -> module that defines it; imported on first access (PEP 562) to keep `import gpt2reg` light.
@@ -54,6 +56,8 @@ _LAZY = {
     "TrainConfig": "training",
     "train": "training",
     "evaluate": "training",
+    "export_onnx": "onnx",
+    "validate_onnx": "onnx",
 }
 
 
