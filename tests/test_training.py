@@ -162,6 +162,21 @@ def test_tiny_run_learns_and_leaves_a_complete_run_folder(tmp_path: Path) -> Non
     assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
 
 
+def test_gradient_accumulation_averages_the_micro_batches(tmp_path: Path) -> None:
+    from gpt2reg.model import GPT
+    from gpt2reg.training.data import TokenData, load_tokens
+
+    config = tiny_run(tmp_path, max_steps=1, batch_size=2, grad_accum=3, dtype="float32", sample_tokens=0)
+    result = train(config, GPTConfig(**TRAIN_TINY))
+    torch.manual_seed(config.seed)
+    model = GPT(GPTConfig(**TRAIN_TINY))  # the same initial weights: the run seeds its init the same way
+    data = TokenData(load_tokens(tmp_path / "run" / "tokens.bin"), 32, config.val_fraction, config.seed)
+    with torch.no_grad():
+        losses = [model.loss(*(torch.from_numpy(a) for a in data.batch(2, 0, micro))).item() for micro in range(3)]
+    assert result["loss"] == pytest.approx(sum(losses) / 3, rel=1e-5)
+    assert result["tokens"] == 3 * 2 * 32
+
+
 def test_a_run_folder_is_never_reused_without_resume(tmp_path: Path) -> None:
     config = tiny_run(tmp_path, max_steps=1, sample_tokens=0)
     train(config, GPTConfig(**TRAIN_TINY))

@@ -105,7 +105,9 @@ def train(ctx, out_dir, preset, init, resume, no_progress, as_json, compile_, **
         click.echo(json.dumps(result, indent=2))
     else:
         state = "stopped at" if result["interrupted"] else "finished"
-        line = f"{state} step {result['steps']}: train loss {result['loss']:.4f}"
+        line = f"{state} step {result['steps']}"
+        if result["loss"] is not None:
+            line += f": train loss {result['loss']:.4f}"
         if result["val_loss"] is not None:
             line += f", validation loss {result['val_loss']:.4f} (unigram baseline {result['unigram_val_loss']:.4f})"
         click.echo(line)

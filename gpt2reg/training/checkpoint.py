@@ -78,7 +78,7 @@ def load_latest(run_dir: str | os.PathLike) -> dict[str, Any] | None:
 def remove_stale_temporaries(run_dir: str | os.PathLike) -> None:
     """Temporary files a killed process left behind (never valid checkpoints)."""
     root = Path(run_dir)
-    for folder in (root, root / "checkpoints"):
+    for folder in (root, root / "checkpoints", root / "model"):
         if folder.is_dir():
             for p in folder.glob(".*.tmp*"):
                 shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)

@@ -265,8 +265,9 @@ class _Trainer:
                    disable=not (cfg.progress and group.is_main))
         tokens_per_step = cfg.batch_size * self.seq_len * cfg.grad_accum * group.world_size
         session_start, session_steps = time.perf_counter(), 0
-        last: dict[str, Any] = {}
-        val_loss = None
+        # A resumed run that is already at max_steps reports what its log last recorded.
+        last: dict[str, Any] = log.records[-1] if log is not None and log.records else {}
+        val_loss = next((r["val_loss"] for r in reversed(log.records) if "val_loss" in r), None) if log else None
         with self._stop_on_signals(bar):
             while step < cfg.max_steps:
                 t0 = time.perf_counter()
