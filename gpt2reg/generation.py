@@ -121,6 +121,8 @@ class Sampler:
     """Picks next tokens for a batch; sequence ``i`` draws from its own generator seeded ``(seed, sample_index[i])``."""
 
     def __init__(self, options: SamplingOptions, sample_indices: Sequence[int], seed: int | None = None) -> None:
+        if seed is not None and (isinstance(seed, bool) or int(seed) != seed or seed < 0):
+            raise InputError(f"seed={seed}: must be an integer >= 0")
         self.options = options
         self.seed = int(np.random.SeedSequence().entropy) if seed is None else int(seed)
         self._rngs = [np.random.default_rng([self.seed, int(i)]) for i in sample_indices]

@@ -271,6 +271,7 @@ def test_long_prompt_keeps_its_most_recent_tokens() -> None:
         ([1, 2], {"max_new_tokens": 0}, "at least 1"),
         ([1, 2], {"num_samples": 0}, "num_samples"),
         ([1, 2], {"top_p": 2.0}, "top_p"),
+        ([1, 2], {"seed": -1, "max_new_tokens": 4}, "seed"),
     ],
 )
 def test_invalid_input_is_a_clear_error(prompt, kwargs: dict, message: str) -> None:

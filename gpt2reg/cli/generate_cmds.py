@@ -20,7 +20,7 @@ import click
 @click.option("--top-p", type=click.FloatRange(0, 1, min_open=True),
               help="Sample only from the most likely tokens holding probability P (nucleus).")
 @click.option("--greedy", is_flag=True, help="Always take the most likely token (deterministic).")
-@click.option("--seed", type=int, help="Seed for reproducible sampling.")
+@click.option("--seed", type=click.IntRange(min=0), help="Seed for reproducible sampling.")
 @click.option("--num-samples", type=click.IntRange(min=1), default=1, show_default=True, help="Samples per prompt.")
 @click.option("--stop", multiple=True, help="Stop a sample when it produces this text (repeatable). <|endoftext|> always stops.")
 @click.option("--stream/--no-stream", default=True, show_default=True, help="Print text as it is produced.")
