@@ -1,8 +1,10 @@
 """Text generation: sampling filters, the KV-cache decode loop, batching, streaming, stop strings.
 
 Two halves. The first is pure Python and numpy - options, the sampler, stop strings and streamed
-text, prompt preparation - so the torch-free ONNX runtime reuses it as is (this module imports torch
-only inside the decode functions). The second is the decode loop over a ``GPT``.
+text, prompt preparation and the decode loop itself (``decode``), which drives any ``StepDecoder`` -
+so the torch-free ONNX runtime reuses all of it by supplying its own ``StepDecoder`` (this module
+imports torch only inside ``Decoder``). The second is ``Decoder``, the ``StepDecoder`` over a ``GPT``,
+and ``generate``.
 
 Sampling runs on numpy with one random generator per sequence, seeded by ``(seed, sample_index)``:
 a sequence's tokens do not depend on what else is in the batch, so batched output equals running each
@@ -16,7 +18,7 @@ import codecs
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -252,7 +254,7 @@ def fit_context(prompts: list[list[int]], block_size: int, max_new_tokens: int) 
                 f"{label} has {len(ids)} tokens; kept the last {room} so that it and {max_new_tokens} new tokens "
                 f"fit the context of {block_size}",
                 PromptTruncatedWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
             ids = ids[-room:]
         fitted.append(ids)
@@ -275,72 +277,34 @@ class Sample:
         return asdict(self)
 
 
-# -- decoding a GPT -----------------------------------------------------------------------------
+# -- the decode loop, for any backend -----------------------------------------------------------
 
 
-class Decoder:
-    """The state of one batch being decoded: token ids, left-padding mask and (with ``use_cache``) the
-    KV cache. ``prefill`` and ``step`` return the next-token logits (batch, vocab).
+class StepDecoder(Protocol):
+    """A batch being decoded on some backend: ``Decoder`` (torch) below, onnxruntime in ``runtime``.
 
-    ``use_cache=False`` recomputes the whole sequence every step: slow, and the reference the cached
-    path is tested against.
+    ``decode`` drives it: ``prefill`` once, ``repeat`` once, then ``step`` per token. Logits are numpy
+    (batch, vocab) arrays for the position after the last token of each row.
     """
 
-    def __init__(self, model: GPT, use_cache: bool = True) -> None:
-        self.model = model
-        self.use_cache = use_cache
-        self.device = next(model.parameters()).device
-        self.ids: torch.Tensor | None = None
-        self.mask: torch.Tensor | None = None  # None while no row is padded
-        self.past = None
+    vocab_size: int
+    block_size: int
 
-    def prefill(self, prompts: list[list[int]], pad_id: int = EOT_ID) -> torch.Tensor:
-        """Left-pad ``prompts`` to one length and run them; returns the logits after each prompt."""
-        import torch
-
-        width = max(len(p) for p in prompts)
-        pad_id = pad_id if pad_id < self.model.config.vocab_size else 0
-        ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=self.device)
-        if any(len(p) != width for p in prompts):
-            self.mask = torch.tensor(
-                [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device
-            )
-        self.ids = ids
-        return self._run(ids)
-
-    def step(self, tokens: Sequence[int]) -> torch.Tensor:
-        """Append one token per row and return the logits that follow."""
-        import torch
-
-        new = torch.tensor(tokens, device=self.device).view(-1, 1)
-        self.ids = torch.cat((self.ids, new), dim=1)
-        if self.mask is not None:
-            self.mask = torch.cat((self.mask, self.mask.new_ones(len(tokens), 1)), dim=1)
-        return self._run(new)
+    def prefill(self, prompts: list[list[int]]) -> np.ndarray:
+        """Run ``prompts`` (left-padded to one length); the logits after each."""
+        ...
 
     def repeat(self, n: int) -> None:
-        """Each row becomes ``n`` consecutive rows (samples of one prompt share its prefill)."""
-        if n == 1:
-            return
-        self.ids = self.ids.repeat_interleave(n, dim=0)
-        if self.mask is not None:
-            self.mask = self.mask.repeat_interleave(n, dim=0)
-        if self.past is not None:
-            self.past = [(k.repeat_interleave(n, dim=0), v.repeat_interleave(n, dim=0)) for k, v in self.past]
+        """Each row becomes ``n`` consecutive rows: the samples of a prompt share its prefill."""
+        ...
 
-    def _run(self, new: torch.Tensor) -> torch.Tensor:
-        import torch
-
-        with torch.inference_mode():
-            if self.use_cache:
-                logits, self.past = self.model.forward_cached(new, self.past, attention_mask=self.mask, last_only=True)
-            else:
-                logits = self.model(self.ids, attention_mask=self.mask)[:, -1:]
-        return logits[:, -1]
+    def step(self, tokens: Sequence[int]) -> np.ndarray:
+        """Append one token per row; the logits that follow."""
+        ...
 
 
-def generate(
-    model: GPT,
+def decode(
+    decoder: StepDecoder,
     prompt: Prompt | Sequence[Prompt],
     *,
     max_new_tokens: int = 64,
@@ -353,43 +317,27 @@ def generate(
     stop: str | Sequence[str] | None = None,
     eos_token_id: int | None = EOT_ID,
     stream: StreamCallback | None = None,
-    use_cache: bool = True,
 ) -> list[Sample]:
-    """Continue ``prompt`` (a string, token ids, or a list of either) with ``model``.
-
-    Returns ``num_samples`` samples per prompt, prompt by prompt. Prompts of different lengths are
-    decoded together with left padding; each sequence stops at ``eos_token_id`` (None: never), at the
-    first of the ``stop`` strings, or after ``max_new_tokens``. ``stream(index, text)`` is called with
-    each piece of text as it becomes final, ``index`` being the sample's place in the returned list.
-    A prompt too long for the context keeps its most recent tokens (``PromptTruncatedWarning``).
-    ``seed`` makes sampling reproducible; the same seed gives the same text however prompts are batched.
-    """
+    """``generate`` on any ``StepDecoder``: validate, encode, fit the context, sample, stop, stream."""
     options = SamplingOptions(temperature, top_k, top_p, greedy)
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise InputError(f"num_samples={num_samples}: must be an integer >= 1")
     stops = [stop] if isinstance(stop, str) else list(stop or [])
-    config = model.config
-    prompts = fit_context(encode_prompts(prompt, config.vocab_size), config.block_size, max_new_tokens)
-    if hasattr(model, "prepare_for_inference"):
-        model.prepare_for_inference()
-    else:
-        model.eval()
-
+    prompts = fit_context(encode_prompts(prompt, decoder.vocab_size), decoder.block_size, max_new_tokens)
     n = len(prompts) * num_samples
     sampler = Sampler(options, [j for _ in prompts for j in range(num_samples)], seed)
     texts = [TextStream(stops) for _ in range(n)]
     generated: list[list[int]] = [[] for _ in range(n)]
     reasons: list[str | None] = [None] * n
-    vocab = min(config.vocab_size, get_tokenizer().n_vocab)  # never pick an id the tokenizer cannot decode
+    vocab = min(decoder.vocab_size, get_tokenizer().n_vocab)  # never pick an id the tokenizer cannot decode
+    filler = eos_token_id if eos_token_id is not None and eos_token_id < decoder.vocab_size else 0  # finished rows
 
-    filler = eos_token_id if eos_token_id is not None and eos_token_id < config.vocab_size else 0  # fed to finished rows
-    decoder = Decoder(model, use_cache)
     logits = decoder.prefill(prompts)
     decoder.repeat(num_samples)
-    logits = logits.repeat_interleave(num_samples, dim=0) if num_samples > 1 else logits
+    logits = np.repeat(logits, num_samples, axis=0) if num_samples > 1 else logits
     for step in range(max_new_tokens):
         active = [r is None for r in reasons]
-        tokens = sampler(logits[:, :vocab].float().cpu().numpy(), active)
+        tokens = sampler(logits[:, :vocab], active)
         for i, token in enumerate(tokens):
             if not active[i]:
                 tokens[i] = filler
@@ -418,8 +366,115 @@ def generate(
     ]
 
 
+# -- decoding a GPT -----------------------------------------------------------------------------
+
+
+class Decoder:
+    """A ``StepDecoder`` over a ``GPT``: token ids, left-padding mask and (with ``use_cache``) the KV cache.
+
+    ``use_cache=False`` recomputes the whole sequence every step: slow, and the reference the cached
+    path is tested against.
+    """
+
+    def __init__(self, model: GPT, use_cache: bool = True) -> None:
+        self.model = model
+        self.use_cache = use_cache
+        self.vocab_size = model.config.vocab_size
+        self.block_size = model.config.block_size
+        self.device = next(model.parameters()).device
+        self.ids: torch.Tensor | None = None
+        self.mask: torch.Tensor | None = None  # None while no row is padded
+        self.past = None
+
+    def prefill(self, prompts: list[list[int]]) -> np.ndarray:
+        import torch
+
+        width = max(len(p) for p in prompts)
+        pad_id = EOT_ID if EOT_ID < self.vocab_size else 0  # any id: masked out
+        self.ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=self.device)
+        if any(len(p) != width for p in prompts):
+            self.mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        return self._run(self.ids)
+
+    def step(self, tokens: Sequence[int]) -> np.ndarray:
+        import torch
+
+        new = torch.tensor(tokens, device=self.device).view(-1, 1)
+        self.ids = torch.cat((self.ids, new), dim=1)
+        if self.mask is not None:
+            self.mask = torch.cat((self.mask, self.mask.new_ones(len(tokens), 1)), dim=1)
+        return self._run(new)
+
+    def repeat(self, n: int) -> None:
+        if n == 1:
+            return
+        self.ids = self.ids.repeat_interleave(n, dim=0)
+        if self.mask is not None:
+            self.mask = self.mask.repeat_interleave(n, dim=0)
+        if self.past is not None:
+            self.past = [(k.repeat_interleave(n, dim=0), v.repeat_interleave(n, dim=0)) for k, v in self.past]
+
+    def _run(self, new: torch.Tensor) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            if self.use_cache:
+                logits, self.past = self.model.forward_cached(new, self.past, attention_mask=self.mask, last_only=True)
+            else:
+                logits = self.model(self.ids, attention_mask=self.mask)[:, -1:]
+            return logits[:, -1].float().cpu().numpy()
+
+
+def generate(
+    model: GPT,
+    prompt: Prompt | Sequence[Prompt],
+    *,
+    max_new_tokens: int = 64,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    greedy: bool = False,
+    seed: int | None = None,
+    num_samples: int = 1,
+    stop: str | Sequence[str] | None = None,
+    eos_token_id: int | None = EOT_ID,
+    stream: StreamCallback | None = None,
+    use_cache: bool = True,
+) -> list[Sample]:
+    """Continue ``prompt`` (a string, token ids, or a list of either) with ``model``.
+
+    Returns ``num_samples`` samples per prompt, prompt by prompt. Prompts of different lengths are
+    decoded together with left padding; each sequence stops at ``eos_token_id`` (None: never), at the
+    first of the ``stop`` strings, or after ``max_new_tokens``. ``stream(index, text)`` is called with
+    each piece of text as it becomes final, ``index`` being the sample's place in the returned list.
+    A prompt too long for the context keeps its most recent tokens (``PromptTruncatedWarning``).
+    ``seed`` makes sampling reproducible; the same seed gives the same text however prompts are batched.
+    Calls ``model.prepare_for_inference()`` (eval mode, faster CPU linear layers; see ``GPT``).
+    """
+    if hasattr(model, "prepare_for_inference"):
+        model.prepare_for_inference()
+    else:
+        model.eval()
+    return decode(
+        Decoder(model, use_cache),
+        prompt,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        greedy=greedy,
+        seed=seed,
+        num_samples=num_samples,
+        stop=stop,
+        eos_token_id=eos_token_id,
+        stream=stream,
+    )
+
+
 __all__ = [
     "Decoder",
+    "StepDecoder",
+    "decode",
     "PromptTruncatedWarning",
     "Sample",
     "Sampler",

@@ -21,6 +21,7 @@ from gpt2reg.generation import (
     Sampler,
     SamplingOptions,
     TextStream,
+    decode,
     filter_logits,
     generate,
     probabilities,
@@ -54,18 +55,18 @@ def test_cached_decoding_equals_full_recompute(pos: str) -> None:
     model = tiny(pos).prepare_for_inference()
     cached, full = Decoder(model, use_cache=True), Decoder(model, use_cache=False)
     a, b = cached.prefill(PROMPTS), full.prefill(PROMPTS)
-    torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)
     rng = np.random.default_rng(0)
     for _ in range(12):
         tokens = rng.integers(0, TINY["vocab_size"], len(PROMPTS)).tolist()
         a, b = cached.step(tokens), full.step(tokens)
-        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)
     # and each row equals that prompt decoded alone, unpadded
     for i, prompt in enumerate(PROMPTS):
         alone = Decoder(model, use_cache=False)
         alone.prefill([cached.ids[i, -(len(prompt) + 12) : -1].tolist()])
         last = alone.step([cached.ids[i, -1].item()])
-        torch.testing.assert_close(last[0], a[i], atol=1e-4, rtol=0)
+        np.testing.assert_allclose(last[0], a[i], atol=1e-4, rtol=0)
 
 
 def test_prepare_for_inference_keeps_weights_and_results() -> None:
@@ -283,12 +284,38 @@ def test_generate_is_exported_from_the_package() -> None:
     assert gpt2reg.generate is generate
 
 
+class CountingDecoder:
+    """A numpy StepDecoder whose next token is always the last one + 1: what an ONNX backend plugs in."""
+
+    vocab_size, block_size = 50, 32
+
+    def prefill(self, prompts):
+        self.last = [p[-1] for p in prompts]
+        return self._logits()
+
+    def repeat(self, n):
+        self.last = [t for t in self.last for _ in range(n)]
+
+    def step(self, tokens):
+        self.last = list(tokens)
+        return self._logits()
+
+    def _logits(self):
+        return np.eye(self.vocab_size)[[(t + 1) % self.vocab_size for t in self.last]] * 10
+
+
+def test_decode_drives_any_step_decoder() -> None:
+    samples = decode(CountingDecoder(), [[1, 2], [40]], max_new_tokens=5, greedy=True, num_samples=2, eos_token_id=44)
+    assert [s.generated_ids for s in samples] == [[3, 4, 5, 6, 7]] * 2 + [[41, 42, 43, 44]] * 2
+    assert [s.finish_reason for s in samples] == ["length", "length", "eos", "eos"]
+
+
 def test_sampling_and_text_helpers_import_without_torch() -> None:
     """The torch-free ONNX runtime reuses the sampler, TextStream and prompt helpers."""
     import subprocess
     import sys
 
-    code = "import sys, gpt2reg.generation as g; g.Sampler; g.TextStream; assert 'torch' not in sys.modules"
+    code = "import sys, gpt2reg.generation as g; g.decode; g.Sampler; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
