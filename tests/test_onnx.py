@@ -32,6 +32,34 @@ SMALL = dict(n_layer=2, n_head=2, n_embd=32, block_size=128, vocab_size=101)
 DEFAULTS = {"pos": "learned", "act": "gelu_tanh", "norm": "layernorm"}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torchlib_registry():
+    """Speed only: torch's exporter rebuilds its torchlib op registry (~0.3 s) on every export; the ~140
+    exports here share one. Without the private hook the tests run as they are, only slower."""
+    try:
+        from torch.onnx._internal.exporter._registration import ONNXRegistry
+    except ImportError:
+        yield
+        return
+    original = ONNXRegistry.__dict__.get("from_torchlib")
+    if not isinstance(original, classmethod):
+        yield
+        return
+    cache: dict[str, object] = {}
+
+    def from_torchlib(cls, *args, **kwargs):
+        key = repr((args, sorted(kwargs.items())))
+        if key not in cache:
+            cache[key] = original.__func__(cls, *args, **kwargs)
+        return cache[key]
+
+    ONNXRegistry.from_torchlib = classmethod(from_torchlib)
+    try:
+        yield
+    finally:
+        ONNXRegistry.from_torchlib = original
+
+
 def _product() -> list[tuple[str, str, str]]:
     return list(itertools.product(component_names("pos"), component_names("act"), component_names("norm")))
 
