@@ -234,3 +234,11 @@ def test_cases_cover_what_the_issue_asks() -> None:
     assert any(c.padded and c.past for c in cases)
     assert all(1 <= c.seq and c.past + c.seq <= 1024 for c in make_cases(16, True, 30, seed=1))
     assert np.all([c.past == 0 for c in make_cases(64, False, 10)])
+
+
+def test_onnxruntime_and_onnxruntime_gpu_together_is_an_error(rope_export, monkeypatch) -> None:
+    from importlib import metadata
+
+    monkeypatch.setattr(metadata, "version", lambda dist: "1.31.0")  # as if both wheels were installed
+    with pytest.raises(ProviderError, match="onnxruntime and onnxruntime-gpu are both installed"):
+        create_session(str(rope_export[1]), "cpu")

@@ -48,6 +48,20 @@ def _cuda_load_error() -> str:
     return "no usable CUDA device"
 
 
+def conflicting_installs() -> list[str]:
+    """Distributions that all provide the ``onnxruntime`` module; more than one breaks it unpredictably."""
+    from importlib import metadata
+
+    found = []
+    for dist in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            metadata.version(dist)
+            found.append(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return found if len(found) > 1 else []
+
+
 def cuda_listed() -> bool:
     """Whether this onnxruntime build has a CUDA provider at all (onnxruntime-gpu)."""
     import onnxruntime as ort
@@ -74,6 +88,10 @@ def create_session(path: str, provider: str = "auto", *, threads: int | None = N
 
     if provider not in CHOICES:
         raise ProviderError(f"unknown provider '{provider}'; choose one of: {', '.join(CHOICES)}")
+    both = conflicting_installs()
+    if both:
+        raise ProviderError(f"{' and '.join(both)} are both installed and share the module name; "
+                            "uninstall both, then install one (onnxruntime-gpu on CUDA machines)")
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
