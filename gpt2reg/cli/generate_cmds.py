@@ -57,6 +57,8 @@ def generate(model, prompts, max_new_tokens, temperature, top_k, top_p, greedy, 
         from ..runtime import OnnxGPT  # torch-free: this path works where torch is not installed
 
         loaded = OnnxGPT(onnx_path, provider=provider)
+        if loaded.provider_note:  # e.g. auto fell back to the CPU: say so, on stderr
+            click.echo(f"Note: {loaded.provider_note}", err=True)
 
         def run(onnx_model, *args, **kwargs):
             return onnx_model.generate(*args, **kwargs)
