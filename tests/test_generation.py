@@ -79,6 +79,9 @@ def test_prepare_for_inference_keeps_weights_and_results() -> None:
     assert {k: v.data_ptr() for k, v in model.state_dict().items()} == pointers  # replaced, not duplicated
     with torch.no_grad():
         torch.testing.assert_close(model(ids), before, atol=1e-4, rtol=1e-4)
+    with torch.no_grad():  # export traces PyTorch's own kernels, never the oneDNN call
+        exported = torch.export.export(model, (ids,))
+    assert "mkldnn" not in exported.graph_module.code and "linear" in exported.graph_module.code
     model.train()
     model.loss(ids, ids).backward()  # autograd still takes PyTorch's own path
     assert model.h[0].attn.c_attn.weight.grad is not None
