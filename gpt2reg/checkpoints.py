@@ -8,6 +8,7 @@ weights are never held twice. Pickle files are only ever read with ``weights_onl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -16,7 +17,7 @@ import stat
 import uuid
 import warnings
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -493,10 +494,28 @@ def _download_failure(exc: Exception, offline: bool) -> str:
 # -- building the model -------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _init_skipped() -> Iterator[None]:
+    """``torch.nn.init`` functions as no-ops while the meta model is built (as transformers does).
+
+    The checkpoint supplies every weight, and initialising meta tensors goes through torch's
+    reference decompositions, whose first use imports torch._dynamo: about 1 s of every load.
+    """
+    names = [n for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_")]
+    saved = {n: getattr(torch.nn.init, n) for n in names}
+    for n in names:
+        setattr(torch.nn.init, n, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(torch.nn.init, n, fn)
+
+
 def _build(checkpoint: _Checkpoint, device: torch.device, dtype: torch.dtype | None) -> GPT:
     """Assign the checkpoint's tensors to a model built on the meta device: no init, no second copy."""
     config, weights = checkpoint.config, checkpoint.weights
-    with torch.device("meta"):
+    with torch.device("meta"), _init_skipped():
         model = GPT(config)
     expected = {key: tuple(t.shape) for key, t in model.state_dict().items()}
     _check_fit(weights, expected, checkpoint)

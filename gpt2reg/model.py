@@ -141,7 +141,8 @@ class GPT(nn.Module):
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = get_registry().create("norm", config.norm, config)
         self.lm_head = None if config.tie_embeddings else nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.reset_parameters()
+        if self.wte.weight.device.type != "meta":  # on meta the loader assigns weights; init is wasted time
+            self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """GPT-2's init: N(0, 0.02) weights, zero biases, residual projections scaled by 1/sqrt(2L)."""

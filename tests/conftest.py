@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+import torch
 
 from gpt2reg.testing import TINY  # noqa: F401  (re-exported for tests)
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one worker per core: a worker using every core's threads only oversubscribes
+    # them (tiny-model tests ran ~6x slower that way).
+    torch.set_num_threads(1)
 
 
 def component_names(kind: str) -> list[str]:
