@@ -88,6 +88,10 @@ ROWS: list[RowSpec] = [
     RowSpec("onnxruntime", "gpt2reg.onnx.bench:onnxruntime_row", requires=("onnxruntime",), default=False),
     RowSpec("onnxruntime-int8", "gpt2reg.onnx.bench:onnxruntime_int8_row", requires=("onnxruntime",),
             default=False),
+    RowSpec("onnxruntime-opset23", "gpt2reg.onnx.bench:onnxruntime_opset23_row", requires=("onnxruntime",),
+            default=False),
+    RowSpec("onnxruntime-int8-opset23", "gpt2reg.onnx.bench:onnxruntime_int8_opset23_row",
+            requires=("onnxruntime",), default=False),
     # Training steps (forward, backward, AdamW) at the model's config; slow on a CPU, so only on request.
     RowSpec("gpt2reg-train", "gpt2reg.training.bench:gpt2reg_train_row", default=False),
     RowSpec("transformers-train", "gpt2reg.training.bench:transformers_train_row", requires=("transformers",),

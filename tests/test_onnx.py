@@ -242,3 +242,13 @@ def test_onnxruntime_and_onnxruntime_gpu_together_is_an_error(rope_export, monke
     monkeypatch.setattr(metadata, "version", lambda dist: "1.31.0")  # as if both wheels were installed
     with pytest.raises(ProviderError, match="onnxruntime and onnxruntime-gpu are both installed"):
         create_session(str(rope_export[1]), "cpu")
+
+
+@pytest.mark.parametrize("pos", component_names("pos"))
+def test_opset_23_graph_matches_torch(tmp_path: Path, pos: str) -> None:
+    """Opset 23 brings the standard Attention and RMSNormalization ops (faster on CPU; see the README)."""
+    model = build_model(**SMALL, pos=pos, norm="rmsnorm", seed=1)
+    path = export_onnx(model, tmp_path / "m.onnx", opset=23)
+    assert onnx.load(str(path)).opset_import[0].version == 23
+    report = validate_onnx(path, model, provider="cpu")
+    assert report.passed, report.summary()

@@ -26,26 +26,26 @@ from gpt2reg.checkpoints import load_model
 from gpt2reg.onnx import export_onnx
 model = load_model(sys.argv[1])
 start = time.perf_counter()
-export_onnx(model, sys.argv[2], quantize=sys.argv[3] or None)
+export_onnx(model, sys.argv[2], quantize=sys.argv[3] or None, opset=int(sys.argv[4]))
 print(json.dumps(time.perf_counter() - start))
 """
 
 
-def _export(model: str, path: Path, quantize: str | None) -> float:
+def _export(model: str, path: Path, quantize: str | None, opset: int) -> float:
     root = str(Path(__file__).resolve().parents[2])
-    proc = subprocess.run([sys.executable, "-c", _EXPORT, model, str(path), quantize or ""],
+    proc = subprocess.run([sys.executable, "-c", _EXPORT, model, str(path), quantize or "", str(opset)],
                           capture_output=True, text=True, cwd=root)
     if proc.returncode:
         raise RuntimeError("export failed: " + (proc.stderr.strip().splitlines() or ["no output"])[-1])
     return float(proc.stdout.strip().splitlines()[-1])
 
 
-def _row(spec: BenchSpec, quantize: str | None) -> dict[str, float]:
+def _row(spec: BenchSpec, quantize: str | None, opset: int = 18) -> dict[str, float]:
     from ..runtime import OnnxGPT
 
     with tempfile.TemporaryDirectory(prefix="gpt2reg-bench-onnx-") as tmp:
         path = Path(tmp) / "model.onnx"
-        export_s = _export(spec.model, path, quantize)
+        export_s = _export(spec.model, path, quantize, opset)
         size = sum(p.stat().st_size for p in Path(tmp).iterdir())
         provider = "cuda" if spec.device.startswith("cuda") else "cpu"
         start = time.perf_counter()
@@ -79,4 +79,14 @@ def onnxruntime_int8_row(spec: BenchSpec) -> dict[str, float]:
     return _row(spec, "int8")
 
 
-__all__ = ["onnxruntime_row", "onnxruntime_int8_row"]
+def onnxruntime_opset23_row(spec: BenchSpec) -> dict[str, float]:
+    """fp32 at opset 23: the standard Attention and RMSNormalization ops (onnxruntime >= 1.23 on CPU)."""
+    return _row(spec, None, opset=23)
+
+
+def onnxruntime_int8_opset23_row(spec: BenchSpec) -> dict[str, float]:
+    """int8 at opset 23."""
+    return _row(spec, "int8", opset=23)
+
+
+__all__ = ["onnxruntime_row", "onnxruntime_int8_row", "onnxruntime_opset23_row", "onnxruntime_int8_opset23_row"]
