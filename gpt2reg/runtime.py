@@ -23,19 +23,10 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
-from .generation import (
-    Prompt,
-    Sample,
-    Sampler,
-    SamplingOptions,
-    StreamCallback,
-    TextStream,
-    encode_prompts,
-    fit_context,
-)
+from .generation import Prompt, Sample, StreamCallback, decode
 from .onnx.metadata import OnnxDescription, past_names
 from .onnx.providers import create_session
-from .tokenizer import EOT_ID, get_tokenizer
+from .tokenizer import EOT_ID
 
 __all__ = ["OnnxGPT", "load"]
 
@@ -131,52 +122,11 @@ class OnnxGPT:
         Same arguments, same results (``Sample`` per sequence, prompt by prompt); prompts of different
         lengths are left-padded together through the KV-cache graph.
         """
-        options = SamplingOptions(temperature, top_k, top_p, greedy)
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise InputError(f"num_samples={num_samples}: must be an integer >= 1")
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
-        prompts = fit_context(encode_prompts(prompt, self.vocab_size), self.block_size, max_new_tokens)
-        n = len(prompts) * num_samples
-        sampler = Sampler(options, [j for _ in prompts for j in range(num_samples)], seed)
-        texts = [TextStream(stops) for _ in range(n)]
-        generated: list[list[int]] = [[] for _ in range(n)]
-        reasons: list[str | None] = [None] * n
-        vocab = min(self.vocab_size, get_tokenizer().n_vocab)
-        filler = eos_token_id if eos_token_id is not None and eos_token_id < self.vocab_size else 0
-
-        decoder = _Decoder(self)
-        logits = decoder.prefill(prompts)
-        decoder.repeat(num_samples)
-        logits = np.repeat(logits, num_samples, axis=0)
-        for step in range(max_new_tokens):
-            active = [r is None for r in reasons]
-            tokens = sampler(logits[:, :vocab], active)
-            for i, token in enumerate(tokens):
-                if not active[i]:
-                    tokens[i] = filler
-                    continue
-                generated[i].append(token)
-                if token == eos_token_id:
-                    reasons[i] = "eos"
-                else:
-                    piece = texts[i].push(token)
-                    if piece and stream is not None:
-                        stream(i, piece)
-                    if texts[i].stopped:
-                        reasons[i] = "stop"
-                if reasons[i] is not None or step == max_new_tokens - 1:
-                    reasons[i] = reasons[i] or "length"
-                    piece = texts[i].finish()
-                    if piece and stream is not None:
-                        stream(i, piece)
-            if all(r is not None for r in reasons):
-                break
-            logits = decoder.step(tokens)
-        return [
-            Sample(prompts[i // num_samples], generated[i], texts[i].text, reasons[i] or "length",
-                   i // num_samples, i % num_samples)
-            for i in range(n)
-        ]
+        return decode(
+            _Decoder(self), prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+            top_p=top_p, greedy=greedy, seed=seed, num_samples=num_samples, stop=stop,
+            eos_token_id=eos_token_id, stream=stream,
+        )
 
 
 class _Decoder:
@@ -185,6 +135,8 @@ class _Decoder:
 
     def __init__(self, model: OnnxGPT) -> None:
         self.model = model
+        self.vocab_size = model.vocab_size
+        self.block_size = model.block_size
         self.rows: list[list[int]] = []
         self.mask: np.ndarray | None = None
         self.past: list[np.ndarray] | None = None
