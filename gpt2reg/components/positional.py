@@ -29,7 +29,7 @@ class SinusoidalPositions(PositionalEncoding):
 
     def __init__(self, config) -> None:
         super().__init__(config)
-        self.register_buffer("inv_freq", _inverse_frequencies(config.n_embd, 10000.0), persistent=False)
+        self.dim = config.n_embd
 
     @classmethod
     def check_config(cls, config) -> None:
@@ -37,7 +37,10 @@ class SinusoidalPositions(PositionalEncoding):
             raise ValueError(f"n_embd={config.n_embd}: sinusoidal positions need an even n_embd")
 
     def embed(self, x, positions):
-        angles = positions.unsqueeze(-1).float() * self.inv_freq  # (B, T, C/2)
+        # Frequencies are made here in fp32, not kept as a buffer: .half() would cast a buffer, and
+        # fp16 angles go wrong at large positions.
+        inv_freq = _inverse_frequencies(self.dim, 10000.0).to(positions.device)
+        angles = positions.unsqueeze(-1).float() * inv_freq  # (B, T, C/2)
         table = torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)  # interleaved sin, cos
         return x + table.to(x.dtype)
 
@@ -49,8 +52,7 @@ class RotaryPositions(PositionalEncoding):
 
     def __init__(self, config) -> None:
         super().__init__(config)
-        head_dim = config.n_embd // config.n_head
-        self.register_buffer("inv_freq", _inverse_frequencies(head_dim, self.base), persistent=False)
+        self.head_dim = config.n_embd // config.n_head
 
     @classmethod
     def check_config(cls, config) -> None:
@@ -66,7 +68,8 @@ class RotaryPositions(PositionalEncoding):
         return torch.cat((-x2, x1), dim=-1)
 
     def rotate(self, q, k, positions):
-        angles = positions.unsqueeze(-1).float() * self.inv_freq  # (B, T, D/2)
+        inv_freq = _inverse_frequencies(self.head_dim, self.base).to(positions.device)  # fp32 even in a .half() model
+        angles = positions.unsqueeze(-1).float() * inv_freq  # (B, T, D/2)
         angles = torch.cat((angles, angles), dim=-1).unsqueeze(1)  # (B, 1, T, D)
         cos, sin = angles.cos().to(q.dtype), angles.sin().to(q.dtype)
         return q * cos + self._rotate_half(q) * sin, k * cos + self._rotate_half(k) * sin
