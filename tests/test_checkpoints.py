@@ -256,7 +256,7 @@ def test_load_with_dtype_matches_cast_model(tmp_path) -> None:
     model = build_model(**TINY, pos="rope", seed=0).eval()
     save_model(model, tmp_path)
     loaded = load_model(tmp_path, dtype="bf16")
-    assert loaded.pos.inv_freq.dtype == torch.bfloat16 and loaded.wte.weight.dtype == torch.bfloat16
+    assert loaded.wte.weight.dtype == torch.bfloat16
     ids = token_ids(96)
     with torch.no_grad():
         assert torch.equal(loaded(ids), model.to(torch.bfloat16)(ids))
