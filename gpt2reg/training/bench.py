@@ -9,13 +9,13 @@ learned position table excluded, the tied head counted once), MFU = FLOPs/token 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..bench import _best_time
 from ..config import GPTConfig
 from .device import autocast, resolve_device, resolve_dtype
 from .optim import make_optimizer
@@ -41,17 +41,9 @@ def peak_flops(device: torch.device) -> float | None:
 
 def _best_step(step: Callable[[], None], warmup: int, steps: int, device: torch.device) -> float:
     """Seconds of the fastest of ``steps`` timed steps: a burst of load elsewhere slows one step, not the figure."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
         step()
-    best = float("inf")
-    for _ in range(steps):
-        sync()
-        start = time.perf_counter()
-        step()
-        sync()
-        best = min(best, time.perf_counter() - start)
-    return best
+    return _best_time(step, steps, torch.cuda.synchronize if device.type == "cuda" else (lambda: None))
 
 
 def measure_training(engine: str, config: GPTConfig, *, batch_size: int = 4, seq_len: int = 256, steps: int = 5,
