@@ -177,6 +177,47 @@ def test_gradient_accumulation_averages_the_micro_batches(tmp_path: Path) -> Non
     assert result["tokens"] == 3 * 2 * 32
 
 
+def test_the_log_records_what_the_run_saw(tmp_path: Path) -> None:
+    from gpt2reg.training.data import TokenData, load_tokens
+    from gpt2reg.training.loop import _arrays_digest
+
+    config = tiny_run(tmp_path, max_steps=3, batch_size=2, grad_accum=2, eval_interval=3, sample_tokens=0)
+    train(config, GPTConfig(**TRAIN_TINY))
+    run = Path(config.out_dir)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    data = TokenData(load_tokens(run / "tokens.bin"), 32, config.val_fraction, config.seed)
+    for step, record in enumerate(records):
+        batches = [a for micro in range(2) for a in data.batch(2, step, micro)]
+        assert record["batch_sha256"] == _arrays_digest(*batches)
+    assert len({r["batch_sha256"] for r in records}) == 3
+    val = json.loads((run / "run.json").read_text())["val_windows_sha256"]
+    assert val == _arrays_digest(*data.val_windows(config.eval_batches * 2))
+
+
+def test_a_non_finite_loss_ends_the_run_as_diverged(tmp_path: Path) -> None:
+    config = tiny_run(tmp_path, lr=1e6, warmup_steps=0, grad_clip=0, sample_tokens=0)
+    result = train(config, GPTConfig(**TRAIN_TINY))
+    run = Path(config.out_dir)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert result["diverged"] and not result["interrupted"] and result["model_dir"] is None
+    assert records[-1]["diverged"] is True and records[-1]["loss"] is None
+    assert result["steps"] == records[-1]["step"] < 30
+    assert all(math.isfinite(r["loss"]) for r in records[:-1])
+    assert not (run / "model").exists()  # nothing saved from non-finite weights
+    assert not (run / "checkpoints").exists() or not any((run / "checkpoints").iterdir())
+
+
+def test_cli_reports_divergence_in_one_line(tmp_path: Path, monkeypatch) -> None:
+    corpus = write_corpus(tmp_path / "corpus.txt")
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--data", str(corpus), "-o", "run", "--n-layer", "2", "--n-head", "2", "--n-embd", "32",
+            "--block-size", "32", "--batch-size", "2", "--lr", "1e6", "--warmup-steps", "0", "--grad-clip", "0",
+            "--sample-tokens", "0", "--no-progress"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1
+    assert "diverged at step" in result.output and "Traceback" not in result.output
+
+
 def test_a_run_folder_is_never_reused_without_resume(tmp_path: Path) -> None:
     config = tiny_run(tmp_path, max_steps=1, sample_tokens=0)
     train(config, GPTConfig(**TRAIN_TINY))

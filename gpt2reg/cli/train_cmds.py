@@ -7,23 +7,7 @@ import os
 
 import click
 
-from .options import architecture_options, given_architecture
-
-# Option -> TrainConfig field, for options whose value can be taken from a resumed run's run.json.
-_TRAIN_FIELDS = (
-    "data", "max_steps", "batch_size", "grad_accum", "seq_len", "lr", "min_lr", "warmup_steps", "weight_decay",
-    "grad_clip", "eval_interval", "eval_batches", "val_fraction", "checkpoint_interval", "keep_checkpoints",
-    "seed", "dtype", "device", "compile", "sample_tokens", "sample_prompt",
-)
-
-
-def _default(name: str):
-    """The default of a TrainConfig field, so CLI and API defaults are one and the same."""
-    import dataclasses
-
-    from ..training import config as train_config
-
-    return {f.name: f.default for f in dataclasses.fields(train_config.TrainConfig)}[name]
+from .options import TRAIN_FIELDS, architecture_options, given_architecture, training_options
 
 
 @click.command()
@@ -32,37 +16,7 @@ def _default(name: str):
               help="Run folder: checkpoints, metrics.jsonl, loss.png, samples.txt, model/.")
 @architecture_options
 @click.option("--init", metavar="MODEL", help="Start from a checkpoint the loader accepts (fine-tuning), e.g. gpt2.")
-@click.option("--max-steps", type=click.IntRange(1), default=_default("max_steps"), show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=_default("batch_size"), show_default=True,
-              help="Sequences per micro-batch, per process.")
-@click.option("--grad-accum", type=click.IntRange(1), default=_default("grad_accum"), show_default=True,
-              help="Micro-batches per optimizer step.")
-@click.option("--seq-len", type=click.IntRange(1), help="Training window in tokens.  [default: the model's block size]")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=_default("lr"), show_default=True,
-              help="Peak learning rate.")
-@click.option("--min-lr", type=click.FloatRange(min=0), help="Learning rate at the end of the cosine.  [default: lr/10]")
-@click.option("--warmup-steps", type=click.IntRange(0), default=_default("warmup_steps"), show_default=True)
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=_default("weight_decay"), show_default=True,
-              help="AdamW weight decay, on matrices only.")
-@click.option("--grad-clip", type=click.FloatRange(min=0), default=_default("grad_clip"), show_default=True,
-              help="Max global gradient norm (0: off).")
-@click.option("--eval-interval", type=click.IntRange(1), default=_default("eval_interval"), show_default=True,
-              help="Validate, plot and sample every N steps.")
-@click.option("--eval-batches", type=click.IntRange(1), default=_default("eval_batches"), show_default=True,
-              help="Validation windows = this x batch size, at most.")
-@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=_default("val_fraction"),
-              show_default=True, help="Held-out tail of the corpus.")
-@click.option("--checkpoint-interval", type=click.IntRange(1), help="Checkpoint every N steps.  [default: eval interval]")
-@click.option("--keep-checkpoints", type=click.IntRange(1), default=_default("keep_checkpoints"), show_default=True)
-@click.option("--seed", type=int, default=_default("seed"), show_default=True, help="Initialisation and data order.")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default=_default("dtype"),
-              show_default=True,
-              help="auto: bf16 autocast where the hardware computes it natively (CUDA, AVX512-BF16/AMX CPUs).")
-@click.option("--device", default=_default("device"), show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (faster steps after warm-up).")
-@click.option("--sample-tokens", type=click.IntRange(0), default=_default("sample_tokens"), show_default=True,
-              help="Tokens sampled at each evaluation (0: none).")
-@click.option("--sample-prompt", default=_default("sample_prompt"), help="Prompt for the samples.  [default: none]")
+@training_options
 @click.option("--resume", is_flag=True, help="Continue the run in the output folder from its newest checkpoint.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (metrics.jsonl still records every step).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON.")
@@ -82,7 +36,7 @@ def train(ctx, out_dir, preset, init, resume, no_progress, as_json, compile_, **
 
     arch = given_architecture(options)
     options["compile"] = compile_
-    fields = {name: options[name] for name in _TRAIN_FIELDS}
+    fields = {name: options[name] for name in TRAIN_FIELDS}
     if resume:
         if arch or init or preset != "gpt2":
             raise click.UsageError("--resume continues the run's own model; drop the architecture options and --init")
@@ -103,6 +57,9 @@ def train(ctx, out_dir, preset, init, resume, no_progress, as_json, compile_, **
         return
     if as_json:
         click.echo(json.dumps(result, indent=2))
+    elif result["diverged"]:
+        raise click.ClickException(f"diverged at step {result['steps']}: the loss is not finite; lower --lr, "
+                                   f"raise --warmup-steps or keep --grad-clip on (metrics: {result['run_dir']})")
     else:
         state = "stopped at" if result["interrupted"] else "finished"
         line = f"{state} step {result['steps']}"
@@ -112,6 +69,8 @@ def train(ctx, out_dir, preset, init, resume, no_progress, as_json, compile_, **
             line += f", validation loss {result['val_loss']:.4f} (unigram baseline {result['unigram_val_loss']:.4f})"
         click.echo(line)
         click.echo(f"model: {result['model_dir']}   metrics, plot, samples: {result['run_dir']}")
+    if result["diverged"]:
+        ctx.exit(1)
     if result["interrupted"]:
         click.echo(f"continue with: gpt2reg train -o {out_dir} --resume", err=True)
         ctx.exit(130)

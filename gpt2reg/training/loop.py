@@ -4,7 +4,7 @@ A run folder holds everything a run writes (only rank 0 writes)::
 
     run.json            the training settings, the model config and where it started from
     tokens.bin/.json    the tokenized corpus (uint16, memory-mapped) and its fingerprint
-    metrics.jsonl       one JSON object per step: step, loss, lr, grad_norm, tokens, tokens_per_s, ...
+    metrics.jsonl       one JSON object per step: step, loss, lr, grad_norm, tokens, tokens_per_s, batch_sha256, ...
     loss.png            train and validation loss, redrawn at each evaluation
     samples.txt         a sample generated at each evaluation
     checkpoints/        step-NNNNNN.pt: model, optimizer, RNG states (the newest ``keep_checkpoints``)
@@ -12,6 +12,12 @@ A run folder holds everything a run writes (only rank 0 writes)::
 
 Resuming restores weights, optimizer moments, step (hence schedule and data position) and each rank's
 RNG state, so a run killed at any moment and resumed logs the same losses as one never interrupted.
+
+What a run saw is on record, so runs can be shown to have seen the same data: each step's
+``batch_sha256`` digests the windows of that step (this rank's micro-batches), and ``run.json``'s
+``val_windows_sha256`` the validation windows. A step whose loss is not finite ends the run: its
+record has ``"diverged": true`` (loss null), no checkpoint or model is saved from the broken weights,
+and the summary says ``diverged``.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import signal
 import sys
@@ -123,6 +130,14 @@ def _weights_digest(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def _arrays_digest(*arrays) -> str:
+    """A short digest of numpy arrays' contents (what a run saw; 16 hex digits are plenty to compare)."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(array.tobytes())
+    return digest.hexdigest()[:16]
+
+
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
@@ -214,11 +229,12 @@ class _Trainer:
         has_val = bool(self.data.val.size)
         self.baseline = unigram_loss(self.data.train, self.data.val) if has_val else None
         self.val_entropy = unigram_entropy(self.data.val) if has_val else None
+        self.val_digest = _arrays_digest(*self.data.val_windows(cfg.eval_batches * cfg.batch_size)) if has_val else None
 
     def _write_run_file(self) -> None:
         run = {"format": "gpt2reg-run", "train": self.cfg.to_dict(), "model": self.raw.config.to_dict(),
                "init": self.init_source, "world_size": self.group.world_size, "unigram_val_loss": self.baseline,
-               "val_unigram_entropy": self.val_entropy}
+               "val_unigram_entropy": self.val_entropy, "val_windows_sha256": self.val_digest}
         path = self.run_dir / RUN_FILE
         if path.exists():
             run["init"] = read_run(self.run_dir).get("init", self.init_source)
@@ -268,17 +284,24 @@ class _Trainer:
         # A resumed run that is already at max_steps reports what its log last recorded.
         last: dict[str, Any] = log.records[-1] if log is not None and log.records else {}
         val_loss = next((r["val_loss"] for r in reversed(log.records) if "val_loss" in r), None) if log else None
+        diverged = False
         with self._stop_on_signals(bar):
             while step < cfg.max_steps:
                 t0 = time.perf_counter()
-                loss, grad_norm, stop = self._step(step_model, step)
+                loss, grad_norm, stop, batch_digest = self._step(step_model, step)
                 step += 1
                 session_steps += 1
                 tokens += tokens_per_step
                 dt = time.perf_counter() - t0
                 last = {"step": step, "loss": loss, "lr": lr_at(step - 1, **self._schedule()), "grad_norm": grad_norm,
                         "tokens": tokens, "tokens_per_s": tokens_per_step / dt,
-                        "elapsed_s": elapsed + time.perf_counter() - session_start}
+                        "elapsed_s": elapsed + time.perf_counter() - session_start, "batch_sha256": batch_digest}
+                if not math.isfinite(loss):  # the same on every rank: the loss is all-reduced
+                    diverged = True
+                    last.update(loss=None, grad_norm=None, diverged=True)
+                    if log is not None:
+                        log.write(last)
+                    break
                 evaluate = step % cfg.eval_interval == 0 or step == cfg.max_steps
                 if group.is_main:
                     if evaluate and self.data.val.size:
@@ -296,18 +319,19 @@ class _Trainer:
         if log is not None:
             log.close()
         session_time = time.perf_counter() - session_start
-        digests = group.all_gather(_weights_digest(self.raw))
+        digests = [] if diverged else group.all_gather(_weights_digest(self.raw))
         if len(set(digests)) > 1:
             raise RuntimeError(f"ranks hold different weights after training: {digests}")
         model_dir = self.run_dir / MODEL_DIR
-        if group.is_main:
+        if group.is_main and not diverged:  # nothing worth keeping in non-finite weights
             from ..checkpoints import save_model
 
             save_model(self.raw, model_dir, force=True)
         group.barrier()
         return {
-            "run_dir": str(self.run_dir), "model_dir": str(model_dir), "steps": step,
-            "interrupted": step < cfg.max_steps, "loss": last.get("loss"), "val_loss": val_loss,
+            "run_dir": str(self.run_dir), "model_dir": None if diverged else str(model_dir), "steps": step,
+            "interrupted": step < cfg.max_steps and not diverged, "diverged": diverged, "loss": last.get("loss"),
+            "val_loss": val_loss,
             "unigram_val_loss": self.baseline, "val_unigram_entropy": self.val_entropy, "tokens": tokens,
             "elapsed_s": elapsed + session_time, "session_tokens_per_s": session_steps * tokens_per_step / max(session_time, 1e-9),
             "world_size": group.world_size, "weights_sha256": digests,
@@ -317,17 +341,18 @@ class _Trainer:
         c = self.cfg
         return {"lr": c.lr, "min_lr": c.final_lr, "warmup_steps": c.warmup_steps, "max_steps": c.max_steps}
 
-    def _step(self, step_model: nn.Module, step: int) -> tuple[float, float | None, bool]:
-        """One optimizer step over ``grad_accum`` micro-batches; returns (mean loss, grad norm, stop?)."""
+    def _step(self, step_model: nn.Module, step: int) -> tuple[float, float | None, bool, str]:
+        """One optimizer step over ``grad_accum`` micro-batches; returns (mean loss, grad norm, stop?,
+        digest of this rank's batches)."""
         cfg, group = self.cfg, self.group
         lr = lr_at(step, **self._schedule())
         for param_group in self.optimizer.param_groups:
             param_group["lr"] = lr
         total = torch.zeros((), device=self.device)
+        batches = [self.data.batch(cfg.batch_size, step, micro, group.rank) for micro in range(cfg.grad_accum)]
         try:
-            for micro in range(cfg.grad_accum):
-                x, y = (torch.from_numpy(a).to(self.device, non_blocking=True)
-                        for a in self.data.batch(cfg.batch_size, step, micro, group.rank))
+            for micro, batch in enumerate(batches):
+                x, y = (torch.from_numpy(a).to(self.device, non_blocking=True) for a in batch)
                 last_micro = micro == cfg.grad_accum - 1
                 sync = contextlib.nullcontext() if last_micro or not group.enabled else step_model.no_sync()
                 with sync:
@@ -348,7 +373,8 @@ class _Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         # One collective for both: the mean loss over ranks, and whether any rank was asked to stop.
         flags = group.sum(torch.stack([total.float(), torch.tensor(float(self.stop_requested), device=self.device)]))
-        return flags[0].item() / group.world_size, grad_norm, bool(flags[1].item())
+        digest = _arrays_digest(*(a for batch in batches for a in batch))
+        return flags[0].item() / group.world_size, grad_norm, bool(flags[1].item()), digest
 
     @torch.no_grad()
     def _validation_loss(self) -> float:

@@ -59,8 +59,8 @@ def plot_losses(records: list[dict[str, Any]], path: str | os.PathLike, *, basel
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    steps = [r["step"] for r in records if "loss" in r]
-    losses = [r["loss"] for r in records if "loss" in r]
+    steps = [r["step"] for r in records if r.get("loss") is not None]  # None: a diverged step
+    losses = [r["loss"] for r in records if r.get("loss") is not None]
     val = [(r["step"], r["val_loss"]) for r in records if r.get("val_loss") is not None]
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
     ax.plot(steps, losses, color="tab:blue", alpha=0.3, linewidth=0.8)
