@@ -281,21 +281,15 @@ def machine_info() -> dict[str, Any]:
     """CPU, memory, OS and library versions, for the table's header."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from .kernels import cpu_name
+
     try:
         memory_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     except (ValueError, OSError, AttributeError):
         memory_gb = None
     info = {
         "date": datetime.date.today().isoformat(),
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "cpus": os.cpu_count(),
         "memory_gb": memory_gb,
         "os": f"{platform.system()} {platform.release()}",

@@ -95,42 +95,10 @@ class Block(nn.Module):
         return x, present
 
 
-# -- inference speed on CPU ------------------------------------------------------------------------
-# PyTorch's default CPU BLAS path reads a one-token matrix-vector product's weights at ~16 GB/s on our
-# machines; oneDNN reads the same row-major fp32 weights, in place, at ~30 GB/s, which makes decoding
-# ~1.7x faster (and prefill faster too). ``GPT.prepare_for_inference`` opts in; nothing is copied.
-
-
-def _onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Only where the result is the same as F.linear's: CPU fp32, no autograd, no tracing or export."""
-    return (
-        x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and weight.dtype == torch.float32
-        and not torch.is_grad_enabled()
-        and not torch.jit.is_tracing()
-        and not torch.compiler.is_compiling()
-        and not torch.compiler.is_exporting()
-    )
-
-
-def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
-
-
-class _OneDNNLinear(nn.Linear):
-    """``nn.Linear`` (same parameters, same state dict) whose no-grad CPU fp32 forward runs on oneDNN."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _onednn_applies(x, self.weight):
-            return _onednn_linear(x, self.weight, self.bias)
-        return super().forward(x)
-
-
 class GPT(nn.Module):
     """GPT-2 built from ``config``; ``model(input_ids)`` returns logits (batch, seq, vocab)."""
 
-    _onednn = False  # set by prepare_for_inference
+    head_kernel = staticmethod(F.linear)  # the tied head's; prepare_for_inference may choose a faster one
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -159,19 +127,15 @@ class GPT(nn.Module):
                 nn.init.normal_(param, mean=0.0, std=std / math.sqrt(2 * self.config.n_layer))
 
     def prepare_for_inference(self) -> GPT:
-        """Eval mode, and on CPU fp32 every linear layer and the output head routed through oneDNN.
+        """Eval mode, and on CPU fp32 the linear kernels measured fastest on this machine.
 
-        In place and without copying weights: each ``nn.Linear`` becomes an ``nn.Linear`` subclass
-        that calls oneDNN on the same tensors when gradients are off and the model is not being traced
-        or exported, and PyTorch's own kernel otherwise, so training and ONNX export are unaffected.
-        Does nothing more than ``eval()`` where oneDNN is unavailable. Returns the model.
+        In place, no weight copied; see ``gpt2reg.kernels``. Gradients, tracing and export still run
+        PyTorch's own kernels, so training and ONNX export are unaffected. Returns the model.
         """
+        from .kernels import use_fastest_kernels
+
         self.eval()
-        if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
-            for module in self.modules():
-                if type(module) is nn.Linear:
-                    module.__class__ = _OneDNNLinear
-            self._onednn = True
+        self.head_kernel = use_fastest_kernels(self, tied_head=self.wte.weight if self.lm_head is None else None)
         return self
 
     def num_parameters(self) -> int:
@@ -240,9 +204,7 @@ class GPT(nn.Module):
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """Hidden states -> logits; the output projection is the token embedding when tied."""
         if self.lm_head is None:
-            if self._onednn and _onednn_applies(x, self.wte.weight):
-                return _onednn_linear(x, self.wte.weight, None)
-            return F.linear(x, self.wte.weight)
+            return self.head_kernel(x, self.wte.weight)
         return self.lm_head(x)
 
     def forward(

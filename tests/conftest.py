@@ -9,6 +9,10 @@ import torch
 
 from gpt2reg.testing import TINY  # noqa: F401  (re-exported for tests)
 
+# Kernel decisions for tiny test models stay in memory, never in the user's cache (tests of the cache
+# point it at a temporary file).
+os.environ.setdefault("GPT2REG_KERNEL_CACHE", "off")
+
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs one worker per core: a worker using every core's threads only oversubscribes
     # them (tiny-model tests ran ~6x slower that way).

@@ -1,0 +1,398 @@
+"""Which kernel runs each CPU linear layer at inference, chosen by timing the candidates on this machine.
+
+PyTorch's own ``F.linear`` is the reference ("plain"). oneDNN's ``_linear_pointwise`` computes the same
+product from the same row-major fp32 weights, in place (nothing copied): on a 2-core AMD EPYC it decodes
+~1.7x faster, yet on an Intel Sapphire Rapids Xeon it was measured slower. So nothing is assumed about a
+CPU: ``use_fastest_kernels`` times every candidate on the model's own weights, for one row (a decode
+step) and for many rows (a prefill), and keeps a candidate only where it beats plain by ``MARGIN``.
+Decisions are cached in a JSON file keyed by CPU model, torch version, thread count and layer shape, so
+the calibration (a few hundred ms for GPT-2 small) is paid once per machine.
+
+Environment:
+  ``GPT2REG_KERNELS``        ``auto`` (default); ``plain``: PyTorch's kernel everywhere, nothing measured;
+                             a candidate's name (``onednn``): that kernel everywhere it applies, unmeasured.
+  ``GPT2REG_KERNEL_CACHE``   the cache file, default ``$XDG_CACHE_HOME/gpt2reg/kernels.json`` (or
+                             ``~/.cache/gpt2reg/kernels.json``); ``off``: keep decisions in memory only.
+                             Deleting the file makes the next run measure again.
+  ``GPT2REG_KERNELS_DEBUG``  ``1``: log each decision and any fallback to stderr.
+
+Only no-grad CPU fp32 calls outside tracing, ``torch.compile`` and ``torch.export`` take a chosen kernel,
+so training, autograd and ONNX export always run PyTorch's own. Any failure (a missing op, a candidate
+raising or disagreeing with plain, an unreadable cache) falls back to plain and is logged, never raised.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+try:
+    import resource
+except ImportError:  # not on Windows: every pass counts as clean there
+    resource = None
+from torch.nn import functional as F
+
+log = logging.getLogger(__name__)
+
+Kernel = Callable[..., torch.Tensor]  # F.linear's signature: (x, weight, bias=None)
+Layer = tuple[torch.Tensor, torch.Tensor | None]  # (weight (out, in), bias)
+
+MARGIN = 0.10  # a candidate must be at least this much faster than plain to be chosen
+MANY_ROWS = 32  # the row count that stands for prefill and batches; one row stands for a decode step
+PASSES = 2  # timed passes per kernel at least (the first one warms up too), the best counts
+PASSES_MAX = 20  # and at most, while within BUDGET_S
+BUDGET_S = 0.2  # per row count
+CACHE_VERSION = 1
+
+
+def _onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+def candidates() -> dict[str, Kernel]:
+    """Kernels giving ``F.linear``'s result from the same tensors without copying them; plain first."""
+    found: dict[str, Kernel] = {"plain": F.linear}
+    if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        found["onednn"] = _onednn
+    return found
+
+
+def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Where a chosen kernel may replace F.linear: CPU fp32, no autograd, no tracing, compile or export."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and not torch.is_grad_enabled()
+        and not torch.jit.is_tracing()
+        and not torch.compiler.is_compiling()
+        and not torch.compiler.is_exporting()
+    )
+
+
+class LinearKernel:
+    """Called like ``F.linear``: the kernel chosen for one row or for many where it applies, else F.linear."""
+
+    __slots__ = ("one_row", "many_rows")
+
+    def __init__(self, one_row: Kernel, many_rows: Kernel) -> None:
+        self.one_row, self.many_rows = one_row, many_rows
+
+    def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if not applies(x, weight):
+            return F.linear(x, weight, bias)
+        return (self.one_row if x.numel() == x.shape[-1] else self.many_rows)(x, weight, bias)
+
+
+class CalibratedLinear(nn.Linear):
+    """``nn.Linear`` (same parameters, same state dict) whose forward runs the kernel chosen for its shape."""
+
+    kernel: Kernel = F.linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.kernel(x, self.weight, self.bias)
+
+
+# -- the choice ---------------------------------------------------------------------------------
+
+
+def use_fastest_kernels(model: nn.Module, tied_head: torch.Tensor | None = None) -> Kernel:
+    """Give every ``nn.Linear`` in ``model`` the kernel measured fastest here for its shape; in place.
+
+    ``tied_head`` is a weight (vocab, n_embd) used with ``F.linear`` outside any module (a head tied to
+    the embedding); the kernel chosen for it is returned (``F.linear`` when there is none). No weight is
+    copied; layers not on CPU in fp32 keep ``F.linear``. Never raises: a failure means plain, logged.
+    """
+    _debug_to_stderr()
+    linears = [m for m in model.modules() if type(m) in (nn.Linear, CalibratedLinear)]
+    groups: dict[str, list[Layer]] = {}
+    for module in linears:
+        groups.setdefault(shape_key(module.weight, module.bias), []).append((module.weight, module.bias))
+    head_key = shape_key(tied_head, None) if tied_head is not None else None
+    if head_key is not None:
+        groups.setdefault(head_key, []).append((tied_head, None))
+    groups = {k: layers for k, layers in groups.items() if all(_eligible(w) for w, _ in layers)}
+    try:
+        chosen = _choose(groups)
+    except Exception as exc:  # the fast path is an optimisation: never let it stop inference
+        log.warning("kernel choice failed, using PyTorch's own linear kernel: %s: %s", type(exc).__name__, exc)
+        chosen = {}
+    for module in linears:
+        module.__class__ = CalibratedLinear
+        module.kernel = chosen.get(shape_key(module.weight, module.bias), F.linear)
+    return chosen.get(head_key, F.linear) if head_key is not None else F.linear
+
+
+def shape_key(weight: torch.Tensor, bias: torch.Tensor | None) -> str:
+    """``in x out`` of a linear layer, ``+bias`` when it has one: ``768x2304+bias``."""
+    out_features, in_features = weight.shape
+    return f"{in_features}x{out_features}" + ("+bias" if bias is not None else "")
+
+
+def _eligible(weight: torch.Tensor) -> bool:
+    return weight.device.type == "cpu" and weight.dtype == torch.float32 and weight.dim() == 2
+
+
+_used: dict[str, dict[str, str]] = {}  # rows -> shape -> kernel name, for describe()
+
+
+def describe() -> str:
+    """The kernels chosen in this process: ``1 row: onednn 768x2304+bias, ...; 64 rows: ...``."""
+    parts = []
+    for rows, shapes in _used.items():
+        by_kernel: dict[str, list[str]] = {}
+        for shape, name in shapes.items():
+            by_kernel.setdefault(name, []).append(shape)
+        parts.append(f"{rows}: " + "; ".join(f"{name} {', '.join(s)}" for name, s in sorted(by_kernel.items())))
+    return " | ".join(parts) if parts else "plain (no CPU fp32 linear layer prepared)"
+
+
+def _choose(groups: dict[str, list[Layer]]) -> dict[str, Kernel]:
+    """shape key -> the kernel for that shape (absent where plain wins for one row and for many)."""
+    found = candidates()
+    mode = os.environ.get("GPT2REG_KERNELS", "auto").strip().lower() or "auto"
+    if mode not in ("auto", "plain", *found):
+        log.warning("GPT2REG_KERNELS=%s is not auto, plain or one of %s; using auto", mode, ", ".join(found))
+        mode = "auto"
+    if mode != "auto" or len(found) == 1:
+        name = mode if mode in found else "plain"
+        decided = {rows: dict.fromkeys(groups, name) for rows in ROWS}
+    else:
+        cache = _Cache()
+        decided = {rows: {shape: cache.get(shape, rows) for shape in groups} for rows in ROWS}
+        for rows, count in ROWS.items():
+            missing = [shape for shape, name in decided[rows].items() if name not in found]
+            if not missing:
+                continue
+            # One row: a decode step, every layer read in turn, mostly from memory, so the pass goes
+            # over all of them in the model's order. Many rows: compute-bound, one layer per shape.
+            layers = [(s, w, b) for s in groups for w, b in (groups[s] if count == 1 else groups[s][:1])]
+            timings = measure(found, layers, count)
+            for shape in missing:
+                decided[rows][shape] = pick(timings[shape])
+                cache.put(shape, rows, decided[rows][shape], timings[shape])
+            busy = [shape for shape in missing if "busy" in timings[shape]]
+            if busy:
+                log.info("CPU busy while timing %s at %s: decisions kept for this process only", ", ".join(busy), rows)
+        cache.save()
+    _record(decided)
+    one, many = decided["1 row"], decided[f"{MANY_ROWS} rows"]
+    return {
+        shape: LinearKernel(found[one[shape]], found[many[shape]])
+        for shape in groups
+        if one[shape] != "plain" or many[shape] != "plain"
+    }
+
+
+ROWS = {"1 row": 1, f"{MANY_ROWS} rows": MANY_ROWS}  # what each decision is measured at
+
+
+def _record(decided: dict[str, dict[str, str]]) -> None:
+    for rows, shapes in decided.items():
+        _used.setdefault(rows, {}).update(shapes)
+        for shape, name in shapes.items():
+            log.debug("kernel for %s at %s: %s", shape, rows, name)
+
+
+def pick(timings: dict[str, float]) -> str:
+    """The fastest candidate if it beats plain by ``MARGIN``, else plain."""
+    timings = {name: t for name, t in timings.items() if name != "busy"}
+    if not timings:
+        return "plain"
+    plain = timings.get("plain", math.inf)
+    name, best = min(timings.items(), key=lambda item: item[1])
+    return name if math.isfinite(best) and best <= (1 - MARGIN) * plain else "plain"
+
+
+def measure(kernels: dict[str, Kernel], layers: list[tuple[str, torch.Tensor, torch.Tensor | None]], rows: int,
+            ) -> dict[str, dict[str, float]]:
+    """shape -> kernel -> best seconds for that shape's layers in one pass over ``layers`` (shape, weight, bias).
+
+    Each pass runs one kernel on every layer in order, timing each call alone; kernels alternate pass
+    by pass and the best pass counts. A pass during which the OS preempted one of our threads
+    (another process wanted the core) is not clean; a kernel with no clean pass for a shape is
+    reported under ``"busy"`` so its decision is not cached. A kernel that raises, or whose result
+    differs from F.linear's beyond fp32 rounding, is left out for that shape (logged).
+    Passes: at least ``PASSES``, more while within ``BUDGET_S`` and ``PASSES_MAX``.
+    """
+    generator = torch.Generator().manual_seed(0)
+    inputs = {w.shape[1]: torch.randn(rows, w.shape[1], generator=generator) for _, w, _ in layers}
+    usable: dict[str, dict[str, Kernel]] = {}  # shape -> the kernels that work for it
+    with torch.inference_mode():
+        for shape, weight, bias in layers:
+            if shape not in usable:
+                usable[shape] = _working(kernels, shape, inputs[weight.shape[1]], weight, bias)
+        clean = {shape: dict.fromkeys(works, math.inf) for shape, works in usable.items()}
+        any_pass = {shape: dict.fromkeys(works, math.inf) for shape, works in usable.items()}
+        start = time.perf_counter()
+        for done in range(PASSES_MAX):
+            if done >= PASSES and time.perf_counter() - start > BUDGET_S:
+                break
+            for name in kernels:
+                spent = dict.fromkeys(usable, 0.0)
+                preempted = dict.fromkeys(usable, False)
+                for shape, weight, bias in layers:
+                    kernel = usable[shape].get(name)
+                    if kernel is None:
+                        continue
+                    switches = _preemptions()
+                    began = time.perf_counter()
+                    kernel(inputs[weight.shape[1]], weight, bias)
+                    spent[shape] += time.perf_counter() - began
+                    preempted[shape] |= _preemptions() != switches
+                for shape in usable:
+                    if name in usable[shape]:
+                        any_pass[shape][name] = min(any_pass[shape][name], spent[shape])
+                        if not preempted[shape]:
+                            clean[shape][name] = min(clean[shape][name], spent[shape])
+    timings = {}
+    for shape, times in clean.items():
+        busy = any(not math.isfinite(t) for t in times.values())
+        timings[shape] = {**any_pass[shape], "busy": 1.0} if busy else times
+    return timings
+
+
+def _working(kernels: dict[str, Kernel], shape: str, x: torch.Tensor, weight: torch.Tensor,
+             bias: torch.Tensor | None) -> dict[str, Kernel]:
+    """The kernels that run and give F.linear's result within fp32 rounding for this layer."""
+    reference = F.linear(x, weight, bias)
+    tolerance = 1e-4 * float(reference.abs().max()) + 1e-6
+    works = {}
+    for name, kernel in kernels.items():
+        try:
+            diff = float((kernel(x, weight, bias) - reference).abs().max())
+        except Exception as exc:
+            log.info("kernel %s unusable for %s: %s: %s", name, shape, type(exc).__name__, exc)
+            continue
+        if diff <= tolerance:
+            works[name] = kernel
+        else:
+            log.info("kernel %s differs from F.linear by %.3g on %s; not used", name, diff, shape)
+    return works
+
+
+def _preemptions() -> int:
+    """Involuntary context switches of this process's threads so far (0 where the OS does not say)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw if resource is not None else 0
+
+
+# -- the cache ----------------------------------------------------------------------------------
+
+
+def cache_path() -> Path | None:
+    """Where decisions persist (``GPT2REG_KERNEL_CACHE``; ``off``: nowhere)."""
+    override = os.environ.get("GPT2REG_KERNEL_CACHE")
+    if override is not None:
+        return None if override.strip().lower() in ("", "off", "0", "none") else Path(override).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "gpt2reg" / "kernels.json"
+
+
+def cpu_name() -> str:
+    """The CPU's model name as /proc/cpuinfo gives it (else what ``platform`` knows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_key() -> str:
+    """What a decision depends on besides the shape: CPU model, torch version, thread count."""
+    return f"{cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+
+
+_memory: dict[str, dict[str, dict[str, Any]]] = {}  # machine key -> entry key -> decision, this process
+
+
+class _Cache:
+    """Decisions for this machine: this process's, then the JSON file's; new ones written back atomically."""
+
+    def __init__(self) -> None:
+        self.machine = machine_key()
+        self.path = cache_path()
+        self.entries = _memory.setdefault(self.machine, {})
+        self.new: dict[str, dict[str, Any]] = {}
+        if not self.entries and self.path is not None:
+            self.entries.update(self._read().get(self.machine, {}))
+
+    def get(self, shape: str, rows: str) -> str | None:
+        entry = self.entries.get(f"{shape} @ {rows}")
+        return entry.get("kernel") if isinstance(entry, dict) else None
+
+    def put(self, shape: str, rows: str, name: str, timings: dict[str, float]) -> None:
+        """Remember a decision; write it to the file only if measured on an otherwise idle CPU."""
+        entry = {"kernel": name, "us": {k: round(v * 1e6, 1) for k, v in timings.items() if k != "busy"}}
+        self.entries[f"{shape} @ {rows}"] = entry
+        if "busy" not in timings:
+            self.new[f"{shape} @ {rows}"] = entry
+        log.debug("measured %s @ %s: %s%s", shape, rows, entry, " (CPU busy)" if "busy" in timings else "")
+
+    def _read(self) -> dict[str, dict[str, Any]]:
+        """The file's machines; a missing file is empty, an unreadable one too (logged, then rewritten)."""
+        try:
+            data = json.loads(self.path.read_text())
+            if data.get("version") == CACHE_VERSION and isinstance(data.get("machines"), dict):
+                return data["machines"]
+            log.info("kernel cache %s has another format; measuring again", self.path)
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, AttributeError) as exc:
+            log.info("kernel cache %s unreadable (%s); measuring again", self.path, exc)
+        return {}
+
+    def save(self) -> None:
+        """Merge this run's new decisions into the file: a temporary file renamed over it."""
+        if not self.new or self.path is None:
+            return
+        try:
+            machines = self._read()
+            machines.setdefault(self.machine, {}).update(self.new)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".kernels-", suffix=".json")
+            try:
+                with os.fdopen(fd, "w") as f:
+                    json.dump({"version": CACHE_VERSION, "machines": machines}, f, indent=1, sort_keys=True)
+                os.replace(tmp, self.path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        except OSError as exc:
+            log.info("kernel cache %s not written (%s); decisions kept for this process", self.path, exc)
+        self.new = {}
+
+
+def _debug_to_stderr() -> None:
+    if os.environ.get("GPT2REG_KERNELS_DEBUG", "") not in ("", "0") and not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("gpt2reg.kernels: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.DEBUG)
+
+
+__all__ = [
+    "CalibratedLinear",
+    "LinearKernel",
+    "applies",
+    "cache_path",
+    "candidates",
+    "cpu_name",
+    "describe",
+    "machine_key",
+    "measure",
+    "pick",
+    "use_fastest_kernels",
+]

@@ -1,0 +1,195 @@
+"""Kernel choice (gpt2reg.kernels): it changes no result, failures fall back to plain, decisions are cached.
+
+Timings are never asserted: which kernel wins depends on the machine. The choice is forced where a
+test needs a particular kernel to run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, component_names
+from torch.nn import functional as F
+
+import gpt2reg
+from gpt2reg import kernels
+
+IDS = torch.tensor([[1, 2, 3, 4, 5, 6, 7], [9, 8, 7, 6, 5, 4, 3]])
+
+
+@pytest.fixture(autouse=True)
+def fresh(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Each test: its own cache file, nothing remembered from earlier tests, one thread (tiny models)."""
+    cache = tmp_path / "kernels.json"
+    monkeypatch.setenv("GPT2REG_KERNEL_CACHE", str(cache))
+    monkeypatch.delenv("GPT2REG_KERNELS", raising=False)
+    monkeypatch.setattr(kernels, "_memory", {})
+    monkeypatch.setattr(kernels, "_used", {})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield cache
+    torch.set_num_threads(threads)
+
+
+def tiny(pos: str = "learned", **overrides) -> gpt2reg.GPT:
+    return gpt2reg.build_model(**{**TINY, "pos": pos, "init_std": 0.2, **overrides}, seed=0).eval()
+
+
+def logits(model: gpt2reg.GPT) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Full-sequence logits (many rows), a prefill's last logits and one decode step's (one row)."""
+    with torch.inference_mode():
+        full = model(IDS)
+        prefill, past = model.forward_cached(IDS[:1], last_only=True)
+        step, _ = model.forward_cached(torch.tensor([[11]]), past)
+    return full, prefill, step
+
+
+def routed_kernels(model: gpt2reg.GPT) -> set:
+    """Every kernel function a prepared model calls for CPU fp32 inference."""
+    found = set()
+    for kernel in [m.kernel for m in model.modules() if isinstance(m, kernels.CalibratedLinear)] + [model.head_kernel]:
+        found |= {kernel.one_row, kernel.many_rows} if isinstance(kernel, kernels.LinearKernel) else {kernel}
+    return found
+
+
+@pytest.mark.parametrize("pos", component_names("pos"))
+@pytest.mark.parametrize("kernel", ["auto", *kernels.candidates()])
+def test_kernel_choice_changes_no_result(pos: str, kernel: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tiny(pos)
+    plain = logits(model)
+    monkeypatch.setenv("GPT2REG_KERNELS", kernel)
+    model.prepare_for_inference()
+    if kernel != "auto":  # the forced kernel is the one that runs, everywhere
+        assert routed_kernels(model) == {kernels.candidates()[kernel]}
+    for chosen, reference in zip(logits(model), plain, strict=True):
+        torch.testing.assert_close(chosen, reference, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", list(kernels.candidates()))
+def test_untied_head_and_weights_untouched(kernel: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tiny(tie_embeddings=False)
+    plain = logits(model)
+    pointers = {k: v.data_ptr() for k, v in model.state_dict().items()}
+    monkeypatch.setenv("GPT2REG_KERNELS", kernel)
+    model.prepare_for_inference()
+    assert {k: v.data_ptr() for k, v in model.state_dict().items()} == pointers  # nothing copied
+    assert isinstance(model.lm_head, kernels.CalibratedLinear)
+    for chosen, reference in zip(logits(model), plain, strict=True):
+        torch.testing.assert_close(chosen, reference, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", list(kernels.candidates()))
+def test_training_and_export_take_pytorchs_own_path(kernel: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GPT2REG_KERNELS", kernel)
+    model = tiny().prepare_for_inference()
+    with torch.no_grad():  # export traces PyTorch's own kernels, never a chosen one
+        exported = torch.export.export(model, (IDS,))
+    assert "mkldnn" not in exported.graph_module.code and "linear" in exported.graph_module.code
+    model.train()
+    model.loss(IDS, IDS).backward()  # autograd takes PyTorch's own path
+    assert model.h[0].attn.c_attn.weight.grad is not None
+
+
+# -- failures fall back to plain ----------------------------------------------------------------
+
+
+def _broken(x, weight, bias=None):
+    raise RuntimeError("no such kernel here")
+
+
+def _wrong(x, weight, bias=None):
+    return F.linear(x, weight, bias) + 1.0
+
+
+@pytest.mark.parametrize("bad", [_broken, _wrong])
+def test_a_failing_or_wrong_kernel_is_never_chosen(bad, monkeypatch, caplog) -> None:
+    monkeypatch.setattr(kernels, "candidates", lambda: {"plain": F.linear, "bad": bad})
+    model = tiny()
+    plain = logits(model)
+    with caplog.at_level(logging.INFO, logger="gpt2reg.kernels"):
+        model.prepare_for_inference()
+    assert routed_kernels(model) == {F.linear}
+    assert "kernel bad" in caplog.text  # logged, not raised
+    for chosen, reference in zip(logits(model), plain, strict=True):
+        torch.testing.assert_close(chosen, reference, rtol=0, atol=0)
+
+
+def test_calibration_crash_falls_back_to_plain(monkeypatch, caplog) -> None:
+    def crash(*args, **kwargs):
+        raise RuntimeError("calibration exploded")
+
+    monkeypatch.setattr(kernels, "measure", crash)
+    model = tiny()
+    with caplog.at_level(logging.WARNING, logger="gpt2reg.kernels"):
+        model.prepare_for_inference()
+    assert routed_kernels(model) == {F.linear}
+    assert "calibration exploded" in caplog.text
+
+
+def test_unreadable_cache_is_measured_again_and_rewritten(fresh: Path, caplog) -> None:
+    fresh.write_text("{not json")
+    with caplog.at_level(logging.INFO, logger="gpt2reg.kernels"):
+        tiny().prepare_for_inference()
+    assert "unreadable" in caplog.text
+    assert kernels.machine_key() in json.loads(fresh.read_text())["machines"]
+
+
+def test_plain_mode_measures_nothing(monkeypatch, fresh: Path) -> None:
+    monkeypatch.setenv("GPT2REG_KERNELS", "plain")
+    monkeypatch.setattr(kernels, "measure", lambda *a, **k: pytest.fail("measured in plain mode"))
+    model = tiny().prepare_for_inference()
+    assert routed_kernels(model) == {F.linear} and not fresh.exists()
+
+
+# -- the cache ----------------------------------------------------------------------------------
+
+
+def test_decisions_are_cached_per_machine_torch_threads_and_shape(monkeypatch, fresh: Path) -> None:
+    calls = []
+    real_measure = kernels.measure
+    monkeypatch.setattr(kernels, "measure", lambda *a, **k: calls.append(a[2]) or real_measure(*a, **k))
+    tiny().prepare_for_inference()
+    assert sorted(calls) == [1, kernels.MANY_ROWS]  # one row and many rows, every shape in one pass each
+    machines = json.loads(fresh.read_text())["machines"]
+    key = kernels.machine_key()
+    assert kernels.cpu_name() in key and torch.__version__ in key and "1 threads" in key
+    n = TINY["n_embd"]
+    shapes = {f"{n}x{3 * n}+bias", f"{n}x{n}+bias", f"{n}x{4 * n}+bias", f"{4 * n}x{n}+bias", f"{n}x{TINY['vocab_size']}"}
+    assert set(machines[key]) == {f"{s} @ {rows}" for s in shapes for rows in kernels.ROWS}
+    assert all(entry["kernel"] in kernels.candidates() for entry in machines[key].values())
+
+    calls.clear()
+    monkeypatch.setattr(kernels, "_memory", {})  # as a new process would: only the file remembers
+    tiny(pos="rope").prepare_for_inference()  # other weights, same shapes
+    assert calls == []
+
+    torch.set_num_threads(2)  # another thread count is another machine key
+    tiny().prepare_for_inference()
+    assert sorted(calls) == [1, kernels.MANY_ROWS]
+    assert len(json.loads(fresh.read_text())["machines"]) == 2
+
+    calls.clear()
+    torch.set_num_threads(1)
+    tiny(n_embd=48).prepare_for_inference()  # new shapes are measured, in the same file
+    assert sorted(calls) == [1, kernels.MANY_ROWS]
+    assert f"48x{3 * 48}+bias @ 1 row" in json.loads(fresh.read_text())["machines"][key]
+
+
+def test_decisions_measured_on_a_busy_cpu_are_not_cached(monkeypatch, fresh: Path) -> None:
+    counter = iter(range(10**9))
+    monkeypatch.setattr(kernels, "_preemptions", lambda: next(counter))  # every call was preempted
+    tiny().prepare_for_inference()
+    assert not fresh.exists()
+    assert len(kernels._memory[kernels.machine_key()]) == 10  # 5 shapes x 2 row counts, for this process
+
+
+def test_pick_needs_a_clear_margin() -> None:
+    assert kernels.pick({"plain": 1.0, "x": 0.95}) == "plain"
+    assert kernels.pick({"plain": 1.0, "x": 0.8, "y": 0.7}) == "y"
+    assert kernels.pick({"plain": 1.0, "x": 0.5, "busy": 1.0}) == "x"
+    assert kernels.pick({"x": 0.5}) == "x"  # plain failed to run: anything that works
+    assert kernels.pick({}) == "plain"
