@@ -23,8 +23,10 @@ IDS = torch.tensor([[1, 2, 3, 4, 5, 6, 7], [9, 8, 7, 6, 5, 4, 3]])
 
 @pytest.fixture(autouse=True)
 def fresh(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """Each test: its own cache file, nothing remembered from earlier tests, one thread (tiny models)."""
+    """Each test: its own cache file, nothing remembered from earlier tests, one thread (tiny models),
+    and every timing clean (on a busy machine decisions would not be cached, whatever the test)."""
     cache = tmp_path / "kernels.json"
+    monkeypatch.setattr(kernels, "_preemptions", lambda: 0)
     monkeypatch.setenv("GPT2REG_KERNEL_CACHE", str(cache))
     monkeypatch.delenv("GPT2REG_KERNELS", raising=False)
     monkeypatch.setattr(kernels, "_memory", {})
