@@ -11,6 +11,13 @@ returns metric values keyed by ``Metric.key`` (any subset; add a ``Metric`` to `
 figure) and append ``RowSpec(name, "module:function", requires=("some_module",))`` to ``ROWS``.
 The function runs in its own process; ``peak_rss_mb`` is added for it. A row whose ``requires``
 cannot be imported is listed as skipped. ``ratio`` metrics are divided by the baseline row's.
+
+How close each engine comes to the machine's limit: every round also measures the machine's read
+bandwidth (a streaming read of a buffer far larger than any cache, with the engines' thread count; the
+best round counts). A decode row that returns ``weight_bytes``, the bytes of weights one batch-1 decode
+step reads (``decode_weight_bytes`` for a torch model; an ONNX file's initializers), gets the GB/s it
+achieved (bytes x tokens/s) and that as a fraction of the bandwidth: the bound is bandwidth / bytes.
+A row may also return ``info``, a line of text printed under the table (gpt2reg's kernel choice).
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -57,6 +64,7 @@ class Metric:
     fmt: str
     higher_is_better: bool
     ratio: bool = False  # also show row / baseline as a speed-up (> 1 is better)
+    scale: float = 1.0  # shown as value x scale (bytes as MB)
 
 
 METRICS: list[Metric] = [
@@ -64,6 +72,7 @@ METRICS: list[Metric] = [
     Metric("peak_rss_mb", "peak RSS MB", "{:.0f}", False),
     Metric("prefill_s", "prefill s", "{:.3f}", False, ratio=True),
     Metric("decode_tps", "decode tok/s", "{:.1f}", True, ratio=True),
+    Metric("weight_bytes", "weights MB/tok", "{:.0f}", False, scale=1e-6),
     Metric("train_tps", "train tok/s", "{:.1f}", True, ratio=True),
     Metric("mfu", "MFU %", "{:.1f}", True),
     Metric("export_s", "export s", "{:.1f}", False),
@@ -104,6 +113,7 @@ class Row:
     name: str
     metrics: dict[str, float] = field(default_factory=dict)
     note: str = ""  # why a row was skipped or failed
+    info: str = ""  # what the row wants said under the table (the kernels it chose, ...)
 
 
 @dataclass
@@ -114,6 +124,7 @@ class BenchReport:
     baseline: str | None
     rounds: int
     baselines: tuple[str, ...] = ()  # every baseline row measured, for metrics the first one lacks
+    read_gbps: float | None = None  # the machine's streaming read bandwidth, measured in the same run
 
     def baseline_row(self, key: str) -> Row | None:
         """The row ``key`` is compared with: the baseline, or the next baseline row that has ``key``."""
@@ -132,12 +143,25 @@ class BenchReport:
         a, b = row.metrics[key], base.metrics[key]
         return a / b if metric.higher_is_better else b / a
 
+    def achieved_gbps(self, row: Row) -> float | None:
+        """The weight bytes ``row`` read per second while decoding: bytes/token x tokens/s."""
+        if "weight_bytes" not in row.metrics or "decode_tps" not in row.metrics:
+            return None
+        return row.metrics["weight_bytes"] * row.metrics["decode_tps"] / 1e9
+
+    def bound_fraction(self, row: Row) -> float | None:
+        """``row``'s decode speed over the bandwidth bound (bandwidth / weight bytes per token)."""
+        achieved = self.achieved_gbps(row)
+        return achieved / self.read_gbps if achieved is not None and self.read_gbps else None
+
     def to_dict(self) -> dict[str, Any]:
         rows = []
         for row in self.rows:
             ratios = {m.key: self.ratio(row, m.key) for m in METRICS if m.ratio}
-            rows.append({**asdict(row), "vs_baseline": {k: v for k, v in ratios.items() if v is not None}})
-        return {"spec": asdict(self.spec), "machine": self.machine, "baseline": self.baseline, "rounds": self.rounds, "rows": rows}
+            rows.append({**asdict(row), "vs_baseline": {k: v for k, v in ratios.items() if v is not None},
+                         "achieved_gbps": self.achieved_gbps(row), "bound_fraction": self.bound_fraction(row)})
+        return {"spec": asdict(self.spec), "machine": self.machine, "read_gbps": self.read_gbps,
+                "baseline": self.baseline, "rounds": self.rounds, "rows": rows}
 
     def format(self) -> str:
         """The machine, the workload, and the table."""
@@ -148,10 +172,15 @@ class BenchReport:
             + (f", transformers {m['transformers']}" if m.get("transformers") else "")
             + (f", device {s.device}" + (f" ({m['gpu']})" if m.get("gpu") else "")),
             f"date: {m['date']}; model: {s.model}",
-            f"decode: batch 1, prompt {s.prompt_tokens} tokens, {s.new_tokens} new tokens, greedy (tokens / whole "
-            f"generate call); prefill: 1x{s.prefill_tokens} tokens, one forward pass with cache, last logits; "
-            f"best of {s.repeats} runs x {self.rounds} rounds",
         ]
+        if self.read_gbps:
+            lines.append(f"memory: streaming read {self.read_gbps:.1f} GB/s ({BANDWIDTH_MB} MB buffer, "
+                         f"{m['torch_threads']} threads, best round of {self.rounds}); a decode step's bound is "
+                         f"that over its weights MB/tok")
+        if any(k in r.metrics for r in self.rows for k in ("decode_tps", "prefill_s")):
+            lines.append(f"decode: batch 1, prompt {s.prompt_tokens} tokens, {s.new_tokens} new tokens, greedy "
+                         f"(tokens / whole generate call); prefill: 1x{s.prefill_tokens} tokens, one forward pass "
+                         f"with cache, last logits; best of {s.repeats} runs x {self.rounds} rounds")
         if any("train_tps" in r.metrics for r in self.rows):
             lines.append(f"train: {s.train_batch}x{s.train_seq} tokens per step (forward, loss, backward, clip, "
                          f"fused AdamW){', torch.compile' if s.train_compile else ''}; best of {s.repeats} steps "
@@ -159,12 +188,20 @@ class BenchReport:
         lines.append("")
         shown = [mt for mt in METRICS if any(mt.key in r.metrics for r in self.rows)]
         headers = ["engine"] + [mt.header for mt in shown]
+        bound = any(self.achieved_gbps(r) is not None for r in self.rows)
+        if bound:
+            headers += ["GB/s", "of bound"]
         ratio_metrics = [mt for mt in shown if mt.ratio] if self.baseline else []
         headers += [f"{mt.header.split()[0]} vs {getattr(self.baseline_row(mt.key), 'name', self.baseline)}"
                     for mt in ratio_metrics]
         table = []
         for row in self.rows:
-            cells = [row.name] + [mt.fmt.format(row.metrics[mt.key]) if mt.key in row.metrics else "-" for mt in shown]
+            cells = [row.name] + [mt.fmt.format(row.metrics[mt.key] * mt.scale) if mt.key in row.metrics else "-"
+                                  for mt in shown]
+            if bound:
+                achieved, fraction = self.achieved_gbps(row), self.bound_fraction(row)
+                cells.append(f"{achieved:.1f}" if achieved is not None else "-")
+                cells.append(f"{fraction:.0%}" if fraction is not None else "-")
             for mt in ratio_metrics:
                 r = self.ratio(row, mt.key)
                 cells.append(f"{r:.2f}x" if r is not None else "-")
@@ -176,6 +213,7 @@ class BenchReport:
         lines.append(join(headers))
         for cells, note in table:
             lines.append(join(cells) + (f"  ({note})" if note else ""))
+        lines += [f"{row.name}: {row.info}" for row in self.rows if row.info]
         return "\n".join(lines)
 
 
@@ -222,19 +260,25 @@ def run_bench(
                 results["transformers"].note = f"skipped: {why}"
                 runnable = [r for r in runnable if r.name != "transformers"]
             spec = replace(spec, hf_dir=hf_dir)
+        read_gbps = None
         for round_index in range(rounds):
+            say(f"round {round_index + 1}/{rounds}: read bandwidth")
+            measured = _run_target("gpt2reg.bench:bandwidth_probe", spec).get("read_gbps")
+            read_gbps = max(filter(None, (read_gbps, measured)), default=None)
             for r in runnable:
                 say(f"round {round_index + 1}/{rounds}: {r.name}")
-                _merge(results[r.name], _run_row(r, spec))
+                _merge(results[r.name], _run_target(r.target, spec))
     baselines = tuple(r.name for r in specs if r.baseline and results[r.name].metrics)
     baseline = baselines[0] if baselines else None
-    return BenchReport(spec, machine_info(), [results[r.name] for r in specs], baseline, rounds, baselines)
+    return BenchReport(spec, machine_info(), [results[r.name] for r in specs], baseline, rounds, baselines,
+                       read_gbps)
 
 
 def _merge(row: Row, measured: dict[str, Any]) -> None:
     if "error" in measured:
         row.note = f"failed: {measured['error']}"
         return
+    row.info = measured.get("info", row.info)
     for metric in METRICS:
         if metric.key in measured:
             value = float(measured[metric.key])
@@ -246,9 +290,9 @@ def _merge(row: Row, measured: dict[str, Any]) -> None:
                 row.metrics[metric.key] = value
 
 
-def _run_row(row: RowSpec, spec: BenchSpec) -> dict[str, Any]:
-    """Run one row in a fresh interpreter; its last stdout line is a JSON object of metrics."""
-    request = json.dumps({"target": row.target, "spec": asdict(spec)})
+def _run_target(target: str, spec: BenchSpec) -> dict[str, Any]:
+    """Run ``target`` ("module:function") in a fresh interpreter; its last stdout line is a JSON object."""
+    request = json.dumps({"target": target, "spec": asdict(spec)})
     code = "from gpt2reg.bench import _child_main; _child_main()"
     root = str(Path(__file__).resolve().parent.parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
@@ -263,18 +307,57 @@ def _run_row(row: RowSpec, spec: BenchSpec) -> dict[str, Any]:
 
 def _child_main() -> None:
     """Entry point of a row subprocess: run the row, add peak RSS, print one JSON line."""
-    import resource
-
     request = json.loads(sys.stdin.read())
     module_name, _, attr = request["target"].partition(":")
     try:
         function = getattr(importlib.import_module(module_name), attr)
         metrics = dict(function(BenchSpec(**request["spec"])))
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-        metrics.setdefault("peak_rss_mb", rss / (2**20 if sys.platform == "darwin" else 2**10))
+        metrics.setdefault("peak_rss_mb", _peak_rss_mb())
     except Exception as exc:  # reported in the table, never a traceback in the middle of it
         metrics = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
     print(json.dumps(metrics))
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory. Linux: VmHWM, which starts afresh at exec; ru_maxrss would
+    carry over the parent's peak (a bench that loaded the model itself made every row look as big)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**10  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+# -- the bandwidth bound ------------------------------------------------------------------------
+
+BANDWIDTH_MB = 512  # far beyond any L3 a few cores share, and about GPT-2 small's weights
+
+
+def read_bandwidth(megabytes: int = BANDWIDTH_MB, repeats: int = 5) -> float:
+    """GB/s of the best streaming read (a sum, a max) over a ``megabytes`` fp32 buffer, torch's threads."""
+    import torch
+
+    buffer = torch.ones(megabytes * 2**20 // 4)
+    best = min(_best_time(read, repeats, lambda: None) for read in (buffer.sum, buffer.amax))
+    return buffer.numel() * 4 / best / 1e9
+
+
+def bandwidth_probe(spec: BenchSpec) -> dict[str, float]:
+    """The bench's bandwidth figure, measured in a child process like the rows."""
+    return {"read_gbps": read_bandwidth()}
+
+
+def decode_weight_bytes(model: Any, tables: Iterable[Any] = ()) -> int:
+    """Bytes of parameters one batch-1 decode step reads: every parameter in full, except lookup
+    tables (a token embedding that is not also the output head, a position table), of which it
+    reads one row."""
+    lookups = {id(t) for t in tables}
+    return sum((p[0] if id(p) in lookups else p).numel() * p.element_size() for p in model.parameters())
 
 
 def machine_info() -> dict[str, Any]:
@@ -388,6 +471,7 @@ def gpt2reg_row(spec: BenchSpec) -> dict[str, float]:
 
     from .checkpoints import load_model
     from .generation import generate
+    from .kernels import describe as describe_kernels
 
     sync = _sync(spec.device)
     start = time.perf_counter()
@@ -406,7 +490,10 @@ def gpt2reg_row(spec: BenchSpec) -> dict[str, float]:
     ids = torch.tensor([long_ids], device=spec.device)
     with torch.inference_mode():
         prefill_s = _best_time(lambda: model.forward_cached(ids, last_only=True), spec.repeats, sync)
-    return {"load_s": load_s, "decode_tps": spec.new_tokens / decode_s, "prefill_s": prefill_s}
+    # a position encoding's parameters are per-position tables; the token table is read in full as a tied head
+    tables = [*model.pos.parameters(), *([model.wte.weight] if model.lm_head is not None else [])]
+    return {"load_s": load_s, "decode_tps": spec.new_tokens / decode_s, "prefill_s": prefill_s,
+            "weight_bytes": decode_weight_bytes(model, tables), "info": f"linear kernels: {describe_kernels()}"}
 
 
 def transformers_row(spec: BenchSpec) -> dict[str, float]:
@@ -442,7 +529,10 @@ def transformers_row(spec: BenchSpec) -> dict[str, float]:
     long = torch.tensor([long_ids], device=spec.device)
     with torch.inference_mode():
         prefill_s = _best_time(lambda: model(long, use_cache=True, logits_to_keep=1), spec.repeats, sync)
-    return {"load_s": load_s, "decode_tps": spec.new_tokens / decode_s, "prefill_s": prefill_s}
+    head_tied = model.lm_head.weight is model.transformer.wte.weight
+    tables = [model.transformer.wpe.weight, *([] if head_tied else [model.transformer.wte.weight])]
+    return {"load_s": load_s, "decode_tps": spec.new_tokens / decode_s, "prefill_s": prefill_s,
+            "weight_bytes": decode_weight_bytes(model, tables)}
 
 
 def _check_context(spec: BenchSpec, block_size: int) -> None:
@@ -453,4 +543,5 @@ def _check_context(spec: BenchSpec, block_size: int) -> None:
         )
 
 
-__all__ = ["BenchReport", "BenchSpec", "METRICS", "Metric", "ROWS", "Row", "RowSpec", "machine_info", "run_bench"]
+__all__ = ["BenchReport", "BenchSpec", "METRICS", "Metric", "ROWS", "Row", "RowSpec", "decode_weight_bytes", "machine_info",
+           "read_bandwidth", "run_bench"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,28 +34,63 @@ def test_bench_runs_every_row_on_a_tiny_model(tmp_path: Path, monkeypatch: pytes
         assert row["metrics"]["decode_tps"] > 0 and row["metrics"]["prefill_s"] > 0
         assert 50 < row["metrics"]["peak_rss_mb"] < 4000
     assert rows["transformers"]["vs_baseline"]["decode_tps"] == pytest.approx(1.0)
+    # both read the same weights per token: every parameter but one row of each position table
+    model = gpt2reg.load_model(model_dir)
+    expected = 4 * (model.num_parameters() - (TINY["block_size"] - 1) * TINY["n_embd"])
+    assert rows["gpt2reg"]["metrics"]["weight_bytes"] == rows["transformers"]["metrics"]["weight_bytes"] == expected
+    assert report["read_gbps"] > 0
+    for row in rows.values():
+        gbps = row["metrics"]["weight_bytes"] * row["metrics"]["decode_tps"] / 1e9
+        assert row["achieved_gbps"] == pytest.approx(gbps)
+        assert row["bound_fraction"] == pytest.approx(gbps / report["read_gbps"])
+    assert rows["gpt2reg"]["info"].startswith("linear kernels: 1 row: ")
     ratio = rows["gpt2reg"]["metrics"]["decode_tps"] / rows["transformers"]["metrics"]["decode_tps"]
     assert rows["gpt2reg"]["vs_baseline"]["decode_tps"] == pytest.approx(ratio)
     assert report["machine"]["cpus"] >= 1 and report["machine"]["torch"]
 
 
-def test_table_shows_ratios_and_skipped_rows() -> None:
+MACHINE = {"cpu": "cpu", "cpus": 2, "memory_gb": 8, "os": "os", "python": "3", "torch": "2", "torch_threads": 2,
+           "date": "2026-11-23"}
+
+
+def test_table_shows_ratios_bandwidth_and_skipped_rows() -> None:
     report = BenchReport(
         spec=BenchSpec(model="m"),
-        machine={"cpu": "cpu", "cpus": 2, "memory_gb": 8, "os": "os", "python": "3", "torch": "2",
-                 "torch_threads": 2, "date": "2026-11-23"},
+        machine=MACHINE,
         rows=[
-            Row("gpt2reg", {"decode_tps": 50.0, "prefill_s": 1.0}),
+            Row("gpt2reg", {"decode_tps": 50.0, "prefill_s": 1.0, "weight_bytes": 400e6}, info="linear kernels: x"),
             Row("transformers", {"decode_tps": 25.0, "prefill_s": 1.5}),
             Row("onnxruntime", note="skipped: onnxruntime not installed"),
         ],
         baseline="transformers",
         rounds=1,
+        read_gbps=25.0,
     )
     text = report.format()
-    gpt2reg_line = next(line for line in text.splitlines() if line.startswith("gpt2reg"))
+    gpt2reg_line = next(line for line in text.splitlines() if line.startswith("gpt2reg "))
     assert "2.00x" in gpt2reg_line and "1.50x" in gpt2reg_line  # decode faster x2, prefill 1.5x faster
+    # 400 MB/token x 50 tokens/s = 20 GB/s, 80% of a 25 GB/s read
+    assert " 400 " in gpt2reg_line and " 20.0 " in gpt2reg_line and " 80% " in gpt2reg_line
+    assert "streaming read 25.0 GB/s" in text and "gpt2reg: linear kernels: x" in text
     assert "(skipped: onnxruntime not installed)" in text
+    assert report.bound_fraction(report.rows[1]) is None  # no weight_bytes: no bound
+
+
+def test_training_only_table_has_no_decode_line() -> None:
+    report = BenchReport(BenchSpec(model="m"), MACHINE, [Row("gpt2reg-train", {"train_tps": 100.0})], None, 1)
+    text = report.format()
+    assert "train:" in text and "decode:" not in text and "GB/s" not in text
+
+
+def test_peak_rss_is_the_row_process_own(tmp_path: Path) -> None:
+    """A row process is exec'd by a bench that may have held the model: ru_maxrss carries the parent's
+    peak over exec, VmHWM does not. A process that touched 400 MB execs a small one."""
+    if not Path("/proc/self/status").exists():
+        pytest.skip("VmHWM is Linux's")
+    child = "from gpt2reg.bench import _peak_rss_mb; print(_peak_rss_mb())"
+    parent = (f"import os, sys; big = bytearray(400 * 2**20); os.execv(sys.executable, [sys.executable, '-c', {child!r}])")
+    out = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, check=True).stdout
+    assert float(out) < 300
 
 
 def test_unknown_row_is_a_clear_error(tmp_path: Path) -> None:
