@@ -277,6 +277,50 @@ class Sample:
         return asdict(self)
 
 
+class Continuation:
+    """One sequence as its tokens arrive: the generated ids, the final text, and why it ended.
+
+    ``decode`` keeps one per row; the server's continuous batcher keeps one per request row, so both
+    stop (end-of-text, stop string, length) and stream the same text for the same tokens.
+    """
+
+    def __init__(self, max_new_tokens: int, stop: Sequence[str] = (), eos_token_id: int | None = EOT_ID) -> None:
+        self.max_new_tokens = max_new_tokens
+        self.eos_token_id = eos_token_id
+        self.generated: list[int] = []  # includes the token that ended it (end-of-text or a stop string's last)
+        self.reason: str | None = None  # "eos", "stop" or "length" once done
+        self._text = TextStream(stop)
+
+    @property
+    def done(self) -> bool:
+        return self.reason is not None
+
+    @property
+    def text(self) -> str:
+        return self._text.text
+
+    def push(self, token: int) -> str:
+        """Add a sampled token; returns the text that became final (everything left once it ends)."""
+        self.generated.append(token)
+        piece = ""
+        if token == self.eos_token_id:
+            self.reason = "eos"
+        else:
+            piece = self._text.push(token)
+            if self._text.stopped:
+                self.reason = "stop"
+        if self.reason is None and len(self.generated) >= self.max_new_tokens:
+            self.reason = "length"
+        if self.reason is not None:
+            piece += self._text.finish()
+        return piece
+
+
+def sampling_vocab(vocab_size: int) -> int:
+    """How many leading logits may be sampled: never an id the tokenizer cannot decode."""
+    return min(vocab_size, get_tokenizer().n_vocab)
+
+
 # -- the decode loop, for any backend -----------------------------------------------------------
 
 
@@ -326,43 +370,30 @@ def decode(
     prompts = fit_context(encode_prompts(prompt, decoder.vocab_size), decoder.block_size, max_new_tokens)
     n = len(prompts) * num_samples
     sampler = Sampler(options, [j for _ in prompts for j in range(num_samples)], seed)
-    texts = [TextStream(stops) for _ in range(n)]
-    generated: list[list[int]] = [[] for _ in range(n)]
-    reasons: list[str | None] = [None] * n
-    vocab = min(decoder.vocab_size, get_tokenizer().n_vocab)  # never pick an id the tokenizer cannot decode
+    sequences = [Continuation(max_new_tokens, stops, eos_token_id) for _ in range(n)]
+    vocab = sampling_vocab(decoder.vocab_size)
     filler = eos_token_id if eos_token_id is not None and eos_token_id < decoder.vocab_size else 0  # finished rows
 
     logits = decoder.prefill(prompts)
     decoder.repeat(num_samples)
     logits = np.repeat(logits, num_samples, axis=0) if num_samples > 1 else logits
-    for step in range(max_new_tokens):
-        active = [r is None for r in reasons]
+    for _ in range(max_new_tokens):
+        active = [not s.done for s in sequences]
         tokens = sampler(logits[:, :vocab], active)
         for i, token in enumerate(tokens):
             if not active[i]:
                 tokens[i] = filler
                 continue
-            generated[i].append(token)
-            if token == eos_token_id:
-                reasons[i] = "eos"
-            else:
-                piece = texts[i].push(token)
-                if piece and stream is not None:
-                    stream(i, piece)
-                if texts[i].stopped:
-                    reasons[i] = "stop"
-            if reasons[i] is not None or step == max_new_tokens - 1:
-                reasons[i] = reasons[i] or "length"
-                piece = texts[i].finish()
-                if piece and stream is not None:
-                    stream(i, piece)
-        if all(r is not None for r in reasons):
+            piece = sequences[i].push(token)
+            if piece and stream is not None:
+                stream(i, piece)
+        if all(s.done for s in sequences):
             break
         logits = decoder.step(tokens)
 
     return [
-        Sample(prompts[i // num_samples], generated[i], texts[i].text, reasons[i] or "length", i // num_samples, i % num_samples)
-        for i in range(n)
+        Sample(prompts[i // num_samples], s.generated, s.text, s.reason or "length", i // num_samples, i % num_samples)
+        for i, s in enumerate(sequences)
     ]
 
 
@@ -472,6 +503,7 @@ def generate(
 
 
 __all__ = [
+    "Continuation",
     "Decoder",
     "StepDecoder",
     "decode",
@@ -485,4 +517,5 @@ __all__ = [
     "fit_context",
     "generate",
     "probabilities",
+    "sampling_vocab",
 ]
