@@ -316,6 +316,15 @@ class Continuation:
         return piece
 
 
+def left_padded(prompts: list[list[int]], vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids and attention mask, both (batch, longest prompt), for prompts left-padded to one length."""
+    width = max(len(p) for p in prompts)
+    pad_id = EOT_ID if EOT_ID < vocab_size else 0  # any id: masked out
+    ids = np.array([[pad_id] * (width - len(p)) + p for p in prompts], dtype=np.int64)
+    mask = np.array([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=np.int64)
+    return ids, mask
+
+
 def sampling_vocab(vocab_size: int) -> int:
     """How many leading logits may be sampled: never an id the tokenizer cannot decode."""
     return min(vocab_size, get_tokenizer().n_vocab)
@@ -420,11 +429,10 @@ class Decoder:
     def prefill(self, prompts: list[list[int]]) -> np.ndarray:
         import torch
 
-        width = max(len(p) for p in prompts)
-        pad_id = EOT_ID if EOT_ID < self.vocab_size else 0  # any id: masked out
-        self.ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=self.device)
-        if any(len(p) != width for p in prompts):
-            self.mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        ids, mask = left_padded(prompts, self.vocab_size)
+        self.ids = torch.from_numpy(ids).to(self.device)
+        if not mask.all():
+            self.mask = torch.from_numpy(mask).to(self.device)
         return self._run(self.ids)
 
     def step(self, tokens: Sequence[int]) -> np.ndarray:
@@ -516,6 +524,7 @@ __all__ = [
     "filter_logits",
     "fit_context",
     "generate",
+    "left_padded",
     "probabilities",
     "sampling_vocab",
 ]

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
-from .generation import Prompt, Sample, StreamCallback, decode
+from .generation import Prompt, Sample, StreamCallback, decode, left_padded
 from .onnx.metadata import OnnxDescription, past_names
 from .onnx.providers import create_session
 from .tokenizer import EOT_ID
@@ -141,14 +141,11 @@ class _Decoder:
         self.mask: np.ndarray | None = None
         self.past: list[np.ndarray] | None = None
 
-    def prefill(self, prompts: list[list[int]], pad_id: int = EOT_ID) -> np.ndarray:
+    def prefill(self, prompts: list[list[int]]) -> np.ndarray:
         self.rows = [list(p) for p in prompts]
         if not self.model.kv_cache:
             return self._full()
-        width = max(len(p) for p in prompts)
-        pad_id = pad_id if pad_id < self.model.vocab_size else 0
-        ids = np.array([[pad_id] * (width - len(p)) + p for p in prompts], dtype=np.int64)
-        self.mask = np.array([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=np.int64)
+        ids, self.mask = left_padded(prompts, self.model.vocab_size)
         logits, self.past = self.model.run(ids, self.mask)
         return logits[:, -1]
 

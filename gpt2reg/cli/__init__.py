@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "eval": "train_cmds:eval_",
     "export": "onnx_cmds:export",
     "validate": "onnx_cmds:validate",
+    "serve": "serve_cmds:serve",
 }
 
 

@@ -1,0 +1,46 @@
+"""``gpt2reg serve``: an OpenAI-compatible completion server over a model or an exported ONNX file."""
+
+from __future__ import annotations
+
+import math
+
+import click
+
+
+@click.command()
+@click.argument("model", metavar="MODEL_OR_ONNX")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port to listen on.")
+@click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True,
+              help="Where to run: onnxruntime provider for an .onnx file; CUDA or CPU for a torch model.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Most sequences decoded together (continuous batching).")
+@click.option("--max-queue", type=click.IntRange(min=0), default=64, show_default=True,
+              help="Requests that may wait for a place in the batch; beyond it, 429.")
+@click.option("--max-tokens", type=click.IntRange(min=1),
+              help="Largest max_tokens a request may ask for.  [default: the context minus one]")
+@click.option("--api-key", envvar="GPT2REG_API_KEY", show_envvar=True,
+              help="Require 'Authorization: Bearer KEY' on /v1/ requests.")
+@click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Seconds requests in flight may take to finish after SIGTERM.")
+@click.option("--threads", type=click.IntRange(min=1), help="onnxruntime intra-op threads.  [default: all cores]")
+@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
+              show_default=True)
+def serve(model, host, port, provider, max_batch, max_queue, max_tokens, api_key, grace, threads, log_level) -> None:
+    """Serve MODEL_OR_ONNX over HTTP with the OpenAI completions API; a page to try it at /.
+
+    An .onnx file runs on onnxruntime without torch; a model directory, checkpoint or hub name on torch.
+
+    \b
+    gpt2reg serve exports/gpt2-rope.onnx --port 8000
+    curl localhost:8000/v1/completions -H 'Content-Type: application/json' \\
+         -d '{"prompt": "Hello", "max_tokens": 20, "seed": 0}'
+    """
+    if not math.isfinite(grace):
+        raise click.BadParameter(f"{grace} is not a finite number of seconds", param_hint="'--grace'")
+    if api_key is not None and not api_key.strip():
+        raise click.BadParameter("must not be empty", param_hint="'--api-key'")
+    from ..serve import serve as run
+
+    run(model, host=host, port=port, provider=provider, max_batch=max_batch, max_queue=max_queue,
+        max_tokens=max_tokens, api_key=api_key, grace=grace, threads=threads, log_level=log_level)

@@ -1,0 +1,17 @@
+"""``gpt2reg serve``: an OpenAI-compatible completion server with continuous batching.
+
+::
+
+    from gpt2reg.serve import serve
+
+    serve("exports/gpt2-rope.onnx", port=8000, max_batch=16)   # blocks until SIGINT/SIGTERM
+
+Modules: ``protocol`` (request checks, response shapes), ``batcher`` (the decode thread and its
+scheduler), ``engine`` (batches whose rows join and leave: onnxruntime), ``torch_engine`` (torch models,
+imported only for them), ``app`` (Starlette routes, streaming, errors), ``server`` (loading, uvicorn).
+An ``.onnx`` file is served without importing torch.
+"""
+
+from .server import serve
+
+__all__ = ["serve"]

@@ -1,0 +1,258 @@
+"""The continuous-batching scheduler: one thread owns the model and decodes every running request together.
+
+Each loop turn is one step boundary: requests that were cancelled (their client went away) leave,
+waiting requests join while ``max_batch`` rows allow (their prompts prefilled, their cache aligned
+with the others' by the engine), every row samples its next token, finished rows leave, and the rest
+take one decode step together. A request beyond the batch waits in a queue of ``max_queue``;
+``submit`` refuses more with ``QueueFull`` (the server's 429).
+
+Sampling is ``gpt2reg.generation``'s: each row has its own ``Sampler`` seeded ``(seed, sample index)``
+and its own ``Continuation``, exactly as ``decode`` gives each sequence, so a request gets the tokens
+it would get alone with its seed, whoever else is in the batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..generation import Continuation, Sampler, SamplingOptions, sampling_vocab
+from ..tokenizer import EOT_ID
+from .engine import BatchEngine
+
+log = logging.getLogger("gpt2reg.serve")
+
+
+class QueueFull(Exception):
+    """The batch and its waiting queue are full."""
+
+
+class Closed(Exception):
+    """The batcher is shutting down and takes no more requests."""
+
+
+@dataclass
+class TokenEvent:
+    """One sampled token of one choice (``index`` = prompt index * n + sample index)."""
+
+    index: int
+    token: int
+    text: str  # text that became final with this token (may be empty; all the rest when it ends)
+    finish_reason: str | None = None  # "eos", "stop" or "length" on the choice's last token
+    logprob: float | None = None  # the chosen token's, under the model's (unfiltered) distribution
+    top_logprobs: dict[int, float] | None = None  # the most likely tokens' when asked for
+
+
+@dataclass
+class Failure:
+    """The request could not be decoded (the server stays up; this request gets a 500)."""
+
+    message: str
+
+
+Deliver = Callable[[list[TokenEvent] | Failure], None]
+
+
+@dataclass(eq=False)  # identity: two equal requests are still two jobs
+class Job:
+    """One completion request as the batcher sees it: validated, encoded, with a way to hand back tokens.
+
+    ``deliver`` is called from the decode thread, once per step with that step's events.
+    """
+
+    prompts: list[list[int]]
+    max_tokens: int
+    options: SamplingOptions
+    seed: int
+    deliver: Deliver
+    n: int = 1
+    stop: list[str] = field(default_factory=list)
+    logprobs: int | None = None  # None: none; k: the chosen token's and the k most likely
+    eos_token_id: int | None = EOT_ID
+    cancelled: bool = False
+
+    @property
+    def rows(self) -> int:
+        return len(self.prompts) * self.n
+
+
+@dataclass
+class _Row:
+    job: Job
+    index: int
+    sampler: Sampler
+    sequence: Continuation
+
+
+@dataclass
+class BatchStats:
+    """What the batch does, for ``/health``: rows now, the most ever held at once, waiting requests, totals."""
+
+    batch: int = 0
+    max_batch_seen: int = 0
+    queued: int = 0
+    requests: int = 0
+    rejected: int = 0
+    tokens: int = 0
+    steps: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+class Batcher:
+    """Runs ``engine`` on a daemon thread; ``submit`` jobs, ``cancel`` them, ``close`` at shutdown."""
+
+    def __init__(self, engine: BatchEngine, *, max_batch: int, max_queue: int) -> None:
+        self.engine = engine
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self.stats = BatchStats()
+        self._vocab = sampling_vocab(engine.vocab_size)
+        self._waiting: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._running_rows = 0  # rows in the batch, as of the last step boundary
+        self._thread = threading.Thread(target=self._run, name="gpt2reg-decode", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        """Queue ``job``; raises ``QueueFull`` or ``Closed`` instead when it cannot be taken."""
+        if job.rows > self.max_batch:
+            raise ValueError(f"a job of {job.rows} rows never fits a batch of {self.max_batch}")
+        with self._cond:
+            if self._closed:
+                raise Closed()
+            if self._waiting_beyond_batch(job) > self.max_queue:
+                self.stats.rejected += 1
+                raise QueueFull()
+            self._waiting.append(job)
+            self.stats.queued = len(self._waiting)
+            self.stats.requests += 1
+            self._cond.notify()
+
+    def _waiting_beyond_batch(self, job: Job) -> int:
+        """How many waiting jobs, ``job`` last, would not join at the next step (lock held)."""
+        free = self.max_batch - self._running_rows
+        beyond = 0
+        for waiting in (*self._waiting, job):
+            if beyond == 0 and waiting.rows <= free:  # first come first served: none overtakes
+                free -= waiting.rows
+            else:
+                beyond += 1
+        return beyond
+
+    def cancel(self, job: Job) -> None:
+        """Stop decoding ``job``: its rows leave at the next step boundary and it gets nothing more."""
+        with self._cond:
+            job.cancelled = True
+            if job in self._waiting:
+                self._waiting.remove(job)
+                self.stats.queued = len(self._waiting)
+
+    def close(self, timeout: float | None = 5.0) -> None:
+        """Take no more jobs, drop the running ones, and end the decode thread."""
+        with self._cond:
+            self._closed = True
+            for job in self._waiting:
+                job.cancelled = True
+            self._waiting.clear()
+            self._cond.notify()
+        self._thread.join(timeout)
+
+    # -- the decode thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        rows: list[_Row] = []
+        logits = np.zeros((0, self.engine.vocab_size), dtype=np.float32)
+        while True:
+            with self._cond:
+                while not rows and not self._waiting and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    for row in rows:
+                        row.job.cancelled = True
+                    return
+                joining = self._take_waiting(self.max_batch - len(rows))
+                self._running_rows = len(rows) + sum(job.rows for job in joining)
+            rows, logits = self._drop(rows, logits, [i for i, r in enumerate(rows) if not r.job.cancelled])
+            for job in joining:
+                try:
+                    new = self.engine.add(job.prompts, job.n)
+                except Exception as exc:  # this request fails; the batch goes on
+                    log.exception("prefill failed")
+                    job.deliver(Failure(f"prefill failed: {exc}"))
+                    continue
+                rows += [_Row(job, i, Sampler(job.options, [i % job.n], job.seed),
+                              Continuation(job.max_tokens, job.stop, job.eos_token_id)) for i in range(job.rows)]
+                logits = np.concatenate((logits, new))
+            self.stats.batch = self._running_rows = len(rows)
+            if not rows:
+                continue
+            self.stats.max_batch_seen = max(self.stats.max_batch_seen, len(rows))
+            tokens = self._sample(rows, logits)
+            running = [i for i, r in enumerate(rows) if not r.sequence.done]
+            rows, logits = self._drop(rows, logits, running)
+            tokens = [tokens[i] for i in running]
+            self.stats.batch = self._running_rows = len(rows)
+            if not rows:
+                continue
+            try:
+                logits = self.engine.step(tokens)
+                self.stats.steps += 1
+            except Exception as exc:  # every running request fails; the server stays up
+                log.exception("decode step failed")
+                for job in {id(r.job): r.job for r in rows}.values():
+                    job.deliver(Failure(f"decode step failed: {exc}"))
+                rows, logits = self._drop(rows, logits, [])
+                self.stats.batch = self._running_rows = 0
+
+    def _take_waiting(self, free: int) -> list[Job]:
+        """Pop waiting jobs, first come first served, while their rows fit in ``free`` (lock held)."""
+        joining = []
+        while self._waiting and self._waiting[0].rows <= free:
+            job = self._waiting.popleft()
+            joining.append(job)
+            free -= job.rows
+        self.stats.queued = len(self._waiting)
+        return joining
+
+    def _drop(self, rows: list[_Row], logits: np.ndarray, keep: list[int]) -> tuple[list[_Row], np.ndarray]:
+        if len(keep) == len(rows):
+            return rows, logits
+        self.engine.keep(keep)
+        return [rows[i] for i in keep], logits[keep]
+
+    def _sample(self, rows: list[_Row], logits: np.ndarray) -> list[int]:
+        """Each row's next token from its own sampler; every job gets its events for this step."""
+        tokens = []
+        events: dict[int, tuple[Job, list[TokenEvent]]] = {}
+        for row, row_logits in zip(rows, logits[:, : self._vocab], strict=True):
+            token = row.sampler(row_logits[None])[0]
+            tokens.append(token)
+            text = row.sequence.push(token)
+            event = TokenEvent(row.index, token, text, row.sequence.reason)
+            if row.job.logprobs is not None:
+                event.logprob, event.top_logprobs = token_logprobs(row_logits, token, row.job.logprobs)
+            events.setdefault(id(row.job), (row.job, []))[1].append(event)
+        self.stats.tokens += len(tokens)
+        for job, job_events in events.values():
+            job.deliver(job_events)
+        return tokens
+
+
+def token_logprobs(logits: np.ndarray, token: int, top: int) -> tuple[float, dict[int, float] | None]:
+    """The log-probability of ``token`` under softmax(``logits``), and the ``top`` most likely tokens' (or None)."""
+    scores = logits.astype(np.float64)
+    peak = scores.max()
+    log_total = peak + np.log(np.exp(scores - peak).sum())
+    if top <= 0:
+        return float(scores[token] - log_total), None
+    best = np.argpartition(-scores, top - 1)[:top]
+    best = best[np.argsort(-scores[best], kind="stable")]
+    return float(scores[token] - log_total), {int(t): float(scores[t] - log_total) for t in best}
