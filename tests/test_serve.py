@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from gpt2reg.cli import cli
 from gpt2reg.model import build_model
 from gpt2reg.onnx import export_onnx
 from gpt2reg.runtime import OnnxGPT
+from gpt2reg.serve.bench import free_port
 from gpt2reg.tokenizer import get_tokenizer
 
 # The GPT-2 vocabulary so text prompts encode; a long context so one request can outlast a disconnect.
@@ -50,17 +50,11 @@ cli(sys.argv[1:], prog_name="gpt2reg")
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     """`gpt2reg serve MODEL ARGS` in a subprocess (torch blocked unless ``torch_ok``), ready on return."""
 
     def __init__(self, model: Path, *args: str, torch_ok: bool = False) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.TemporaryFile(mode="w+")
         launch = ["-m", "gpt2reg"] if torch_ok else ["-c", LAUNCH]
@@ -275,6 +269,44 @@ def test_16_concurrent_clients_each_get_what_they_get_alone(server: Server, refe
                                                      for r in requests)
 
 
+def test_health_is_503_while_loading_and_a_failed_load_is_reported(tiny) -> None:
+    from starlette.testclient import TestClient
+
+    from gpt2reg.serve.app import LoadedModel, ServerOptions, create_app
+    from gpt2reg.serve.engine import onnx_engine
+
+    release = threading.Event()
+
+    def load() -> LoadedModel:
+        assert release.wait(60)
+        return LoadedModel(onnx_engine(OnnxGPT(tiny[1], provider="cpu")), "onnxruntime", 50256)
+
+    with TestClient(create_app(load, "tiny", ServerOptions())) as client:
+        assert client.get("/health").status_code == 503 and client.get("/health").json()["status"] == "loading"
+        loading = client.post("/v1/completions", json={"prompt": "x"})
+        assert loading.status_code == 503 and "loading" in loading.json()["error"]["message"]
+        release.set()
+        deadline = time.monotonic() + 30
+        while client.get("/health").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert client.post("/v1/completions", json={"prompt": "x", "max_tokens": 3}).status_code == 200
+
+    def broken() -> LoadedModel:
+        raise ValueError("weights are missing")
+
+    fatal: list[str] = []
+    with TestClient(create_app(broken, "broken", ServerOptions(), fatal.append)) as client:
+        deadline = time.monotonic() + 30
+        while not fatal:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        health = client.get("/health")
+        assert health.status_code == 503 and health.json() == {"status": "error", "model": "broken",
+                                                               "error": "weights are missing"}
+    assert fatal == ["weights are missing"]
+
+
 # -- bad requests -------------------------------------------------------------------------------
 
 BAD = [
@@ -472,7 +504,7 @@ def test_cli_refuses_bad_options_and_files(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "no such ONNX file" in result.output
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not an onnx file")
-    port = str(_free_port())
+    port = str(free_port())
     run = subprocess.run([sys.executable, "-m", "gpt2reg", "serve", str(bad), "--port", port, "--provider", "cpu"],
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert run.returncode == 1 and "cannot serve" in run.stderr and "Traceback" not in run.stderr

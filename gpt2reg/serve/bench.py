@@ -1,0 +1,142 @@
+"""Measure ``gpt2reg serve`` on an export against ``OnnxGPT.generate`` on the same file, in one run.
+
+::
+
+    python -m gpt2reg.serve.bench exports/gpt2-rope.onnx --clients 16 --tokens 128 --rounds 3
+
+Starts the server (a subprocess on a free local port), then per round: ``OnnxGPT.generate`` alone
+in this process (the server idle), one streaming client, and ``--clients`` streaming clients at once,
+each ``--tokens`` new tokens with its own seed. Prints per-token latency at one client (server vs.
+``generate``: the added latency) and the throughput of the concurrent clients over one client's
+(continuous batching), medians over the rounds, with the CPU and the load. The machine may be shared:
+the ratios compare figures taken in the same run. Torch-free; the client is ``http.client``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+
+from ..runtime import OnnxGPT
+
+PROMPT = "The history of the city begins"
+
+
+def stream_completion(port: int, body: dict) -> tuple[float, int]:
+    """Seconds from sending ``body`` (streamed) to ``data: [DONE]``, and the completion tokens."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    started = time.perf_counter()
+    connection.request("POST", "/v1/completions", json.dumps(body | {"stream": True}),
+                       {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    if response.status != 200:
+        raise RuntimeError(f"HTTP {response.status}: {response.read()[:200]!r}")
+    tokens = 0
+    for line in response:
+        if line.startswith(b"data: [DONE]"):
+            break
+        if line.startswith(b"data: "):
+            usage = json.loads(line[6:]).get("usage")
+            tokens = usage["completion_tokens"] if usage else tokens
+    elapsed = time.perf_counter() - started
+    connection.close()
+    return elapsed, tokens
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def free_port() -> int:
+    """A local TCP port free right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_ready(server: subprocess.Popen, port: int, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError("the server exited before it was ready")
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            connection.request("GET", "/health")
+            if connection.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("the server did not become ready")
+
+
+def run(path: str, clients: int, tokens: int, rounds: int) -> dict:
+    load_before = os.getloadavg()
+    model = OnnxGPT(path, provider="cpu")
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "gpt2reg", "serve", path, "--port", str(port), "--provider", "cpu",
+                               "--max-batch", str(clients), "--log-level", "warning"])
+    try:
+        _wait_ready(server, port)
+        body = {"prompt": PROMPT, "max_tokens": tokens}
+        stream_completion(port, body | {"max_tokens": 4, "seed": 0})  # warm up both
+        model.generate(PROMPT, max_new_tokens=4, seed=0)
+        generate_s, single_s, concurrent_tps, single_tps = [], [], [], []
+        for r in range(rounds):
+            started = time.perf_counter()
+            sample = model.generate(PROMPT, max_new_tokens=tokens, seed=r)[0]
+            generate_s.append((time.perf_counter() - started) / len(sample.generated_ids))
+            elapsed, produced = stream_completion(port, body | {"seed": r})
+            assert produced == len(sample.generated_ids), "the server and generate disagree"
+            single_s.append(elapsed / produced)
+            single_tps.append(produced / elapsed)
+            started = time.perf_counter()
+            seeds = [1000 * r + i for i in range(clients)]
+            with ThreadPoolExecutor(clients) as pool:
+                results = list(pool.map(lambda seed: stream_completion(port, body | {"seed": seed}), seeds))
+            concurrent_tps.append(sum(n for _, n in results) / (time.perf_counter() - started))
+    finally:
+        server.terminate()
+        server.wait(60)
+    generate_ms, single_ms = statistics.median(generate_s) * 1e3, statistics.median(single_s) * 1e3
+    single, concurrent = statistics.median(single_tps), statistics.median(concurrent_tps)
+    return {
+        "file": path, "cpu": _cpu_model(), "cores": os.cpu_count(),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "load_before": load_before, "load_after": os.getloadavg(),
+        "rounds": rounds, "tokens": tokens, "clients": clients,
+        "generate_ms_per_token": round(generate_ms, 2), "server_ms_per_token": round(single_ms, 2),
+        "added_latency": round(single_ms / generate_ms - 1, 4),
+        "single_client_tokens_per_s": round(single, 1), "concurrent_tokens_per_s": round(concurrent, 1),
+        "speedup": round(concurrent / single, 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("onnx", help="an exported .onnx file (KV-cache graph)")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    print(json.dumps(run(args.onnx, args.clients, args.tokens, args.rounds), indent=2))
+
+
+if __name__ == "__main__":
+    main()
