@@ -242,6 +242,26 @@ def test_logprobs_of_the_chosen_tokens(server: Server, reference: OnnxGPT) -> No
     assert all(e["choices"][0]["logprobs"]["top_logprobs"] is None for e in events)
 
 
+def test_the_openai_client_works_unchanged(server: Server, reference: OnnxGPT) -> None:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0)
+    assert [m.id for m in client.models.list()] == ["tiny"]
+    want = reference.generate("Hello, my dog", max_new_tokens=12, seed=0, top_p=0.9)[0]
+    reply = client.completions.create(model="tiny", prompt="Hello, my dog", max_tokens=12, seed=0, top_p=0.9)
+    assert reply.choices[0].text == want.text and reply.usage.completion_tokens == len(want.generated_ids)
+    chunks = list(client.completions.create(model="tiny", prompt="Hello, my dog", max_tokens=12, seed=0, top_p=0.9,
+                                            stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == want.text
+    assert chunks[-1].usage.total_tokens == reply.usage.total_tokens
+    import openai
+
+    with pytest.raises(openai.BadRequestError, match="context of 1024"):
+        client.completions.create(model="tiny", prompt="hi " * 1020, max_tokens=10)
+    with pytest.raises(openai.AuthenticationError):
+        OpenAI(base_url=f"{server.url}/v1", api_key="wrong", max_retries=0).models.list()
+
+
 def test_16_concurrent_clients_each_get_what_they_get_alone(server: Server, reference: OnnxGPT) -> None:
     words = ["Hello", "The quick brown fox", "In a hole in the ground there lived", "Once", "Why is the sky blue?"]
     requests = [{"prompt": words[i % 5] + f" {i}", "max_tokens": 40 + 7 * i, "seed": 100 + i,
@@ -489,6 +509,20 @@ def test_a_model_directory_is_served_on_torch(tiny) -> None:
 
         with ThreadPoolExecutor(2) as pool:
             assert [t for texts in pool.map(client, range(2)) for t in texts] == want
+    finally:
+        server.stop()
+
+
+def test_an_export_without_kv_cache_is_served_too(tiny, tmp_path: Path) -> None:
+    from gpt2reg.checkpoints import load_model
+
+    path = export_onnx(load_model(tiny[0]), tmp_path / "full.onnx", kv_cache=False)
+    prompts = ["One", "Two words more"]
+    want = [s.text for s in OnnxGPT(path, provider="cpu").generate(prompts, max_new_tokens=6, seed=2, num_samples=2)]
+    server = Server(path)
+    try:
+        reply = server.post({"prompt": prompts, "n": 2, "max_tokens": 6, "seed": 2}).json()
+        assert [c["text"] for c in reply["choices"]] == want
     finally:
         server.stop()
 
