@@ -488,6 +488,15 @@ def test_load_200_requests_from_32_clients(tiny) -> None:
         server.stop()
 
 
+def test_bench_compares_the_server_with_generate_in_one_run(tiny) -> None:
+    from gpt2reg.serve.bench import run
+
+    figures = run(str(tiny[1]), clients=4, tokens=8, rounds=1)
+    assert figures["clients"] == 4 and figures["tokens"] == 8 and figures["cpu"]
+    assert figures["generate_ms_per_token"] > 0 and figures["server_ms_per_token"] > 0
+    assert figures["concurrent_tokens_per_s"] > 0 and figures["speedup"] > 0  # ratios only: the machine is shared
+
+
 # -- other models, the command line --------------------------------------------------------------
 
 
