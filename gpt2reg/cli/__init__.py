@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "generate": "generate_cmds:generate",
     "bench": "bench_cmds:bench",
     "train": "train_cmds:train",
+    "compare": "compare_cmds:compare",
     "eval": "train_cmds:eval_",
     "export": "onnx_cmds:export",
     "validate": "onnx_cmds:validate",
