@@ -48,12 +48,22 @@ def corpus(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def grid_run(corpus: Path, tmp_path_factory):
-    """learned/plugin pos x gelu_tanh/swiglu, 2 seeds, two runs at a time."""
-    out = tmp_path_factory.mktemp("grid") / "cmp"
-    comparison = Comparison(out, grid({"pos": ["learned", PLUGIN_POS], "act": ["gelu_tanh", "swiglu"]}),
-                            settings={"data": str(corpus), **TINY}, seeds=2)
-    results = run_comparison(comparison, jobs=2)
+def grid_run(tmp_path_factory):
+    """learned/plugin pos x gelu_tanh/swiglu, 2 seeds, two runs at a time: trained once per session, whichever
+    xdist worker gets there first (the other one's run_comparison then finds every run done)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # shared by the workers
+    folder = root / "compare-grid"
+    folder.mkdir(exist_ok=True)
+    with open(root / "compare-grid.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        corpus = folder / "verse.txt"
+        if not corpus.exists():
+            corpus.write_text(VERSE * 60, encoding="utf-8")
+        comparison = Comparison(folder / "cmp", grid({"pos": ["learned", PLUGIN_POS], "act": ["gelu_tanh", "swiglu"]}),
+                                settings={"data": str(corpus), **TINY}, seeds=2)
+        results = run_comparison(comparison, jobs=2)
     return comparison, results
 
 
@@ -107,7 +117,7 @@ def test_the_report_numbers_are_those_of_the_runs_metrics(grid_run) -> None:
         assert v["vs_baseline"]["verdict"] in (out / "report.md").read_text()
 
 
-def test_every_variant_saw_the_same_batches_and_validation_windows_per_seed(grid_run) -> None:
+def test_every_variant_saw_the_same_batches_and_validation_windows_per_seed(grid_run, tmp_path: Path) -> None:
     comparison, results = grid_run
     out = comparison.out_dir
     for seed in (0, 1):
@@ -123,7 +133,7 @@ def test_every_variant_saw_the_same_batches_and_validation_windows_per_seed(grid
     s1 = [r["batch_sha256"] for r in read_metrics(out / "runs" / "learned-gelu_tanh-s1" / "metrics.jsonl")]
     assert s0 != s1  # the seed does change the data order
     # ... and a run whose batches differ is reported as such.
-    copy = out.parent / "tampered"
+    copy = tmp_path / "tampered"
     shutil.copytree(out, copy)
     metrics = copy / "runs" / "learned-swiglu-s0" / "metrics.jsonl"
     records = read_metrics(metrics)
