@@ -327,6 +327,49 @@ def test_health_is_503_while_loading_and_a_failed_load_is_reported(tiny) -> None
     assert fatal == ["weights are missing"]
 
 
+def test_the_batcher_survives_a_failing_step_and_a_client_that_cannot_take_tokens(reference: OnnxGPT) -> None:
+    import queue
+
+    from gpt2reg.generation import SamplingOptions
+    from gpt2reg.serve.batcher import Batcher, Failure, Job
+    from gpt2reg.serve.engine import onnx_engine
+
+    engine = onnx_engine(reference)
+    real_step, failures = engine.step, [RuntimeError("out of memory")]
+
+    def step(tokens):
+        if failures:
+            raise failures.pop()
+        return real_step(tokens)
+
+    engine.step = step
+    batcher = Batcher(engine, max_batch=4, max_queue=4)
+    try:
+        got: queue.Queue = queue.Queue()
+        greedy = SamplingOptions(greedy=True)
+        batcher.submit(Job([[1, 2, 3]], 5, greedy, 0, got.put))
+        assert len(got.get(timeout=30)) == 1  # the first token, sampled from the prefill
+        failure = got.get(timeout=30)
+        assert isinstance(failure, Failure) and "out of memory" in failure.message
+
+        def closed(events) -> None:
+            raise RuntimeError("Event loop is closed")
+
+        batcher.submit(Job([[4, 5]], 5, greedy, 0, closed))
+        batcher.submit(Job([[1, 2, 3]], 5, greedy, 0, got.put))
+        tokens = []
+        while not tokens or tokens[-1].finish_reason is None:
+            tokens += got.get(timeout=30)
+        want = reference.generate([[1, 2, 3]], max_new_tokens=5, greedy=True)[0].generated_ids
+        assert [e.token for e in tokens] == want
+        deadline = time.monotonic() + 10  # the finished row leaves just after its last token is handed over
+        while batcher.stats.batch and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert batcher.stats.batch == 0
+    finally:
+        batcher.close()
+
+
 # -- bad requests -------------------------------------------------------------------------------
 
 BAD = [

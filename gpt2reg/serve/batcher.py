@@ -186,7 +186,7 @@ class Batcher:
                     new = self.engine.add(job.prompts, job.n)
                 except Exception as exc:  # this request fails; the batch goes on
                     log.exception("prefill failed")
-                    job.deliver(Failure(f"prefill failed: {exc}"))
+                    _deliver(job, Failure(f"prefill failed: {exc}"))
                     continue
                 rows += [_Row(job, i, Sampler(job.options, [i % job.n], job.seed),
                               Continuation(job.max_tokens, job.stop, job.eos_token_id)) for i in range(job.rows)]
@@ -208,7 +208,7 @@ class Batcher:
             except Exception as exc:  # every running request fails; the server stays up
                 log.exception("decode step failed")
                 for job in {id(r.job): r.job for r in rows}.values():
-                    job.deliver(Failure(f"decode step failed: {exc}"))
+                    _deliver(job, Failure(f"decode step failed: {exc}"))
                 rows, logits = self._drop(rows, logits, [])
                 self.stats.batch = self._running_rows = 0
 
@@ -242,8 +242,18 @@ class Batcher:
             events.setdefault(id(row.job), (row.job, []))[1].append(event)
         self.stats.tokens += len(tokens)
         for job, job_events in events.values():
-            job.deliver(job_events)
+            _deliver(job, job_events)
         return tokens
+
+
+def _deliver(job: Job, events: list[TokenEvent] | Failure) -> None:
+    """Hand ``events`` to the request; one that cannot take them any more (its event loop closed at
+    shutdown) is cancelled rather than allowed to stop the decode thread."""
+    try:
+        job.deliver(events)
+    except Exception:
+        log.warning("a request could not take its tokens any more; dropping it")
+        job.cancelled = True
 
 
 def token_logprobs(logits: np.ndarray, token: int, top: int) -> tuple[float, dict[int, float] | None]:
