@@ -1,8 +1,8 @@
 """The continuous-batching scheduler: one thread owns the model and decodes every running request together.
 
 Each loop turn is one step boundary: requests that were cancelled (their client went away) leave,
-waiting requests join while ``max_batch`` rows allow (their prompts prefilled, their cache aligned
-with the others' by the engine), every row samples its next token, finished rows leave, and the rest
+waiting requests join while ``max_batch`` rows allow (their prompts prefilled together, their cache
+aligned with the others' by the engine), every row samples its next token, finished rows leave, and the rest
 take one decode step together. A request beyond the batch waits in a queue of ``max_queue``;
 ``submit`` refuses more with ``QueueFull`` (the server's 429).
 
@@ -181,16 +181,8 @@ class Batcher:
                 joining = self._take_waiting(self.max_batch - len(rows))
                 self._running_rows = len(rows) + sum(job.rows for job in joining)
             rows, logits = self._drop(rows, logits, [i for i, r in enumerate(rows) if not r.job.cancelled])
-            for job in joining:
-                try:
-                    new = self.engine.add(job.prompts, job.n)
-                except Exception as exc:  # this request fails; the batch goes on
-                    log.exception("prefill failed")
-                    _deliver(job, Failure(f"prefill failed: {exc}"))
-                    continue
-                rows += [_Row(job, i, Sampler(job.options, [i % job.n], job.seed),
-                              Continuation(job.max_tokens, job.stop, job.eos_token_id)) for i in range(job.rows)]
-                logits = np.concatenate((logits, new))
+            if joining:
+                rows, logits = self._join(joining, rows, logits)
             self.stats.batch = self._running_rows = len(rows)
             if not rows:
                 continue
@@ -211,6 +203,20 @@ class Batcher:
                     _deliver(job, Failure(f"decode step failed: {exc}"))
                 rows, logits = self._drop(rows, logits, [])
                 self.stats.batch = self._running_rows = 0
+
+    def _join(self, jobs: list[Job], rows: list[_Row], logits: np.ndarray) -> tuple[list[_Row], np.ndarray]:
+        """Prefill the joining jobs' prompts together and append their rows (all fail together, the batch goes on)."""
+        try:
+            new = self.engine.add([p for job in jobs for p in job.prompts], [job.n for job in jobs for _ in job.prompts])
+        except Exception as exc:
+            log.exception("prefill failed")
+            for job in jobs:
+                _deliver(job, Failure(f"prefill failed: {exc}"))
+            return rows, logits
+        for job in jobs:
+            rows = rows + [_Row(job, i, Sampler(job.options, [i % job.n], job.seed),
+                                Continuation(job.max_tokens, job.stop, job.eos_token_id)) for i in range(job.rows)]
+        return rows, np.concatenate((logits, new))
 
     def _take_waiting(self, free: int) -> list[Job]:
         """Pop waiting jobs, first come first served, while their rows fit in ``free`` (lock held)."""

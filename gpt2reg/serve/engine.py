@@ -3,7 +3,7 @@
 ``KVCacheBatch`` keeps every row left-padded to one width: the KV cache is (batch, heads, width,
 head_dim) and ``attention_mask`` (batch, width) marks each row's real positions, so position ids
 (the count of real tokens before each one) and attention ignore the pads. A joining request is
-prefilled alone, then its cache and mask are left-padded to the batch's width (or the batch's to
+prefilled (with the others joining at the same step), then its cache and mask are left-padded to the batch's width (or the batch's to
 its own) and appended; a leaving row is dropped and any leading column that no row uses any more is
 cut, so the width is always the longest row and never exceeds the context.
 
@@ -28,8 +28,8 @@ class BatchEngine(Protocol):
     vocab_size: int
     block_size: int
 
-    def add(self, prompts: list[list[int]], n: int) -> np.ndarray:
-        """Append ``n`` rows per prompt (prompt by prompt); the logits (rows, vocab) after each."""
+    def add(self, prompts: list[list[int]], copies: Sequence[int]) -> np.ndarray:
+        """Append ``copies[i]`` rows for prompt ``i``, in order; the logits (rows, vocab) after each."""
         ...
 
     def step(self, tokens: Sequence[int]) -> np.ndarray:
@@ -63,8 +63,8 @@ class CacheBackend(Protocol):
         """The given rows, positions from ``start`` on."""
         ...
 
-    def repeat(self, past: Any, n: int) -> Any:
-        """Each row ``n`` times in a row."""
+    def repeat(self, past: Any, copies: np.ndarray) -> Any:
+        """Row ``i`` ``copies[i]`` times in a row."""
         ...
 
 
@@ -86,11 +86,13 @@ class KVCacheBatch:
     def width(self) -> int:
         return self.mask.shape[1]
 
-    def add(self, prompts: list[list[int]], n: int) -> np.ndarray:
-        ids, mask = left_padded(prompts, self.vocab_size)
+    def add(self, prompts: list[list[int]], copies: Sequence[int]) -> np.ndarray:
+        ids, mask = left_padded(prompts, self.vocab_size)  # all joining prompts in one prefill
         logits, past = self.backend.run(ids, mask, None)
-        if n > 1:
-            logits, mask, past = np.repeat(logits, n, axis=0), np.repeat(mask, n, axis=0), self.backend.repeat(past, n)
+        if any(c != 1 for c in copies):
+            counts = np.asarray(copies, dtype=np.int64)
+            logits, mask = np.repeat(logits, counts, axis=0), np.repeat(mask, counts, axis=0)
+            past = self.backend.repeat(past, counts)
         if self.rows == 0:
             self.mask, self.past = mask, past
             return logits
@@ -142,8 +144,8 @@ class OnnxCache:
     def take(self, past: list[np.ndarray], rows: np.ndarray, start: int) -> list[np.ndarray]:
         return [np.ascontiguousarray(p[rows, :, start:]) for p in past]
 
-    def repeat(self, past: list[np.ndarray], n: int) -> list[np.ndarray]:
-        return [np.repeat(p, n, axis=0) for p in past]
+    def repeat(self, past: list[np.ndarray], copies: np.ndarray) -> list[np.ndarray]:
+        return [np.repeat(p, copies, axis=0) for p in past]
 
 
 class FullSequenceBatch:
@@ -156,9 +158,9 @@ class FullSequenceBatch:
         self.block_size = model.block_size
         self.sequences: list[list[int]] = []
 
-    def add(self, prompts: list[list[int]], n: int) -> np.ndarray:
-        self.sequences += [list(p) for p in prompts for _ in range(n)]
-        return np.repeat(np.concatenate([self._last_logits(p) for p in prompts]), n, axis=0)
+    def add(self, prompts: list[list[int]], copies: Sequence[int]) -> np.ndarray:
+        self.sequences += [list(p) for p, c in zip(prompts, copies, strict=True) for _ in range(c)]
+        return np.repeat(np.concatenate([self._last_logits(p) for p in prompts]), copies, axis=0)
 
     def step(self, tokens: Sequence[int]) -> np.ndarray:
         for row, token in zip(self.sequences, tokens, strict=True):

@@ -45,8 +45,9 @@ class TorchCache:
         return [(k.index_select(0, index)[:, :, start:].contiguous(), v.index_select(0, index)[:, :, start:].contiguous())
                 for k, v in past]
 
-    def repeat(self, past: KVCache, n: int) -> KVCache:
-        return [(k.repeat_interleave(n, dim=0), v.repeat_interleave(n, dim=0)) for k, v in past]
+    def repeat(self, past: KVCache, copies: np.ndarray) -> KVCache:
+        counts = torch.from_numpy(copies).to(self.device)
+        return [(k.repeat_interleave(counts, dim=0), v.repeat_interleave(counts, dim=0)) for k, v in past]
 
 
 def torch_engine(model: GPT) -> BatchEngine:
