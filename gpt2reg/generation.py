@@ -451,14 +451,20 @@ class Decoder:
         if self.mask is not None:
             self.mask = self.mask.repeat_interleave(n, dim=0)
         if self.past is not None:
-            self.past = [(k.repeat_interleave(n, dim=0), v.repeat_interleave(n, dim=0)) for k, v in self.past]
+            from .model import GrowingKV
+
+            self.past = [GrowingKV(p[0].repeat_interleave(n, dim=0), p[1].repeat_interleave(n, dim=0)) for p in self.past]
 
     def _run(self, new: torch.Tensor) -> np.ndarray:
         import torch
 
+        from .model import GrowingKV
+
         with torch.inference_mode():
             if self.use_cache:
-                logits, self.past = self.model.forward_cached(new, self.past, attention_mask=self.mask, last_only=True)
+                logits, past = self.model.forward_cached(new, self.past, attention_mask=self.mask, last_only=True)
+                # from now on each step writes its keys and values in place (see GrowingKV)
+                self.past = [p if isinstance(p, GrowingKV) else GrowingKV(*p) for p in past]
             else:
                 logits = self.model(self.ids, attention_mask=self.mask)[:, -1:]
             return logits[:, -1].float().cpu().numpy()

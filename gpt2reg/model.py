@@ -17,7 +17,40 @@ from .config import GPTConfig
 from .errors import InputError
 from .plugins import get_registry
 
-KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (key, value): (batch, heads, len, head_dim)
+
+class GrowingKV:
+    """One layer's cached keys and values with room to grow: ``extend`` writes the new tokens in place
+    and returns views of the whole cache, where ``torch.cat`` copies the whole cache at every step.
+
+    ``past[0]``/``past[1]`` are the keys/values so far, (batch, heads, len, head_dim), as in a tuple. A
+    cache is extended in place: a decoder that wants an earlier state back keeps tuples instead.
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        self._keys, self._values, self.length = keys, values, keys.shape[2]
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return (self._keys, self._values)[index][:, :, : self.length]
+
+    def extend(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self.length + keys.shape[2]
+        if end > self._keys.shape[2]:  # double the room: copies stay proportional to the final length
+            self._keys, self._values = (self._grown(buffer, max(end, 2 * self._keys.shape[2]))
+                                        for buffer in (self._keys, self._values))
+        self._keys[:, :, self.length : end] = keys
+        self._values[:, :, self.length : end] = values
+        self.length = end
+        return self[0], self[1]
+
+    def _grown(self, buffer: torch.Tensor, capacity: int) -> torch.Tensor:
+        B, H, _, D = buffer.shape
+        grown = buffer.new_empty(B, H, capacity, D)
+        grown[:, :, : self.length] = buffer[:, :, : self.length]
+        return grown
+
+
+# per layer (key, value), each (batch, heads, len, head_dim): tuples, or GrowingKV to extend in place
+KVCache = list[tuple[torch.Tensor, torch.Tensor] | GrowingKV]
 
 
 @dataclass
@@ -43,15 +76,19 @@ class CausalSelfAttention(nn.Module):
         self,
         x: torch.Tensor,
         inputs: AttentionInputs,
-        past: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        past: tuple[torch.Tensor, torch.Tensor] | GrowingKV | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | GrowingKV]:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         q, k = inputs.rotate(q, k, inputs.positions)
-        if past is not None:
-            k = torch.cat((past[0], k), dim=2)
-            v = torch.cat((past[1], v), dim=2)
+        if isinstance(past, GrowingKV):
+            k, v = past.extend(k, v)
+            present = past
+        else:
+            if past is not None:
+                k, v = torch.cat((past[0], k), dim=2), torch.cat((past[1], v), dim=2)
+            present = (k, v)
         y = F.scaled_dot_product_attention(
             q,
             k,
@@ -61,7 +98,7 @@ class CausalSelfAttention(nn.Module):
             is_causal=inputs.is_causal,
         )
         y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.c_proj(y)), (k, v)
+        return self.resid_dropout(self.c_proj(y)), present
 
 
 class MLP(nn.Module):
@@ -161,8 +198,9 @@ class GPT(nn.Module):
         positions = position_ids if position_ids is not None else all_positions[:, past_len:]
         k_positions = torch.cat((all_positions[:, :past_len], positions), dim=1)
         bias = self.pos.score_bias(positions, k_positions)
-        if attention_mask is None and past_len == 0 and bias is None:
-            return AttentionInputs(positions, None, True, self.pos.rotate)
+        if attention_mask is None and bias is None and (past_len == 0 or T == 1):
+            # causal over the new tokens only; or one new token, which may attend to every key: no mask
+            return AttentionInputs(positions, None, past_len == 0, self.pos.rotate)
         q_index = torch.arange(T, device=device).unsqueeze(1) + past_len
         k_index = torch.arange(total, device=device).unsqueeze(0)
         allowed = (k_index <= q_index).view(1, 1, T, total)

@@ -69,6 +69,27 @@ def test_cached_decoding_equals_full_recompute(pos: str) -> None:
         np.testing.assert_allclose(last[0], a[i], atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("pos", component_names("pos"))
+def test_growing_cache_equals_concatenation(pos: str) -> None:
+    """Unpadded decoding (no attention mask) with the in-place cache, across several regrowths, gives the
+    logits of the concatenating cache; the cache keeps its objects and writes past the prompt in place."""
+    from gpt2reg.model import GrowingKV
+
+    model = tiny(pos).prepare_for_inference()
+    ids = torch.randint(0, TINY["vocab_size"], (2, 20), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        want, tuples = model.forward_cached(ids[:, :3])
+        got, _ = model.forward_cached(ids[:, :3])
+        growing = [GrowingKV(k, v) for k, v in tuples]
+        for t in range(3, ids.shape[1]):  # room for 3 keys, then 6, 12, 24
+            want, tuples = model.forward_cached(ids[:, t : t + 1], tuples)
+            got, presents = model.forward_cached(ids[:, t : t + 1], growing)
+            assert all(a is b for a, b in zip(presents, growing, strict=True))
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert growing[0][0].shape == tuples[0][0].shape == (2, TINY["n_head"], 20, TINY["n_embd"] // TINY["n_head"])
+    torch.testing.assert_close(growing[-1][1], tuples[-1][1], rtol=1e-5, atol=1e-5)
+
+
 # -- parity with Hugging Face -------------------------------------------------------------------
 
 
