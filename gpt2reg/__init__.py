@@ -9,7 +9,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .config import GPTConfig
-from .errors import CheckpointError, ConfigError, Gpt2regError, PluginError, UnknownComponentError
+from .errors import (
+    CheckpointError,
+    ConfigError,
+    Gpt2regError,
+    InputError,
+    OutputError,
+    PluginError,
+    UnknownComponentError,
+)
 from .hookspecs import hookimpl
 from .plugins import get_registry, list_plugins, register_plugin, unregister_plugin
 
@@ -36,6 +44,8 @@ __all__ = [
     "ConfigError",
     "CheckpointError",
     "PluginError",
+    "InputError",
+    "OutputError",
     "UnknownComponentError",
     "TrainConfig",
     "train",

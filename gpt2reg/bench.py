@@ -430,8 +430,11 @@ def _hf_copy(model: str, directory: Path) -> tuple[str | None, str]:
         if key.endswith(conv1d):
             tensor = tensor.t()  # nn.Linear (out, in) -> Conv1D (in, out)
         tensors[name if name == "lm_head.weight" else f"transformer.{name}"] = tensor.contiguous()
-    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
-    (directory / "config.json").write_text(json.dumps(hf_config, indent=2))
+    from .files import staged
+
+    with staged(directory, what="the transformers row's copy of the model", option="set TMPDIR") as stage:
+        save_file(tensors, str(stage.path("model.safetensors")), metadata={"format": "pt"})
+        stage.path("config.json").write_text(json.dumps(hf_config, indent=2))
     return str(directory), ""
 
 

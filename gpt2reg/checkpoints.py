@@ -14,7 +14,6 @@ import os
 import pickle
 import re
 import stat
-import uuid
 import warnings
 import zipfile
 from collections.abc import Iterable, Iterator
@@ -28,6 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import GPTConfig
 from .errors import CheckpointError, Gpt2regError, InputError
+from .files import check_folder, staged
 from .model import GPT
 from .plugins import get_registry
 
@@ -82,12 +82,7 @@ def save_model(model: GPT, directory: str | Path, *, force: bool = False) -> Pat
     config = getattr(model, "config", None)
     if not isinstance(config, GPTConfig):
         raise TypeError(f"save_model needs a gpt2reg GPT model, got {type(model).__name__}")
-    directory = Path(directory).expanduser()
-    if directory.exists():
-        if not directory.is_dir():
-            raise CheckpointError(f"{directory} exists and is not a directory")
-        if not force and any(directory.iterdir()):
-            raise CheckpointError(f"{directory} is not empty; pass --force (force=True) to overwrite it")
+    directory = check_folder(directory, what="the model", force=force)
     from . import __version__
 
     meta = {
@@ -97,30 +92,13 @@ def save_model(model: GPT, directory: str | Path, *, force: bool = False) -> Pat
         "config": config.to_dict(),
     }
     tensors = _tensors_to_save(model)
-    created = not directory.exists()
-    temps: list[Path] = []
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        weights_tmp = _temp_file(directory, WEIGHTS_FILE, temps)
-        save_file(tensors, str(weights_tmp), metadata={"format": "pt"})
-        config_tmp = _temp_file(directory, MODEL_CONFIG_FILE, temps)
-        config_tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    # The config goes last: a directory with a gpt2reg.json always has its weights in place.
+    with staged(directory, what="the model") as stage:
+        save_file(tensors, str(stage.path(WEIGHTS_FILE)), metadata={"format": "pt"})
+        config_path = stage.path(MODEL_CONFIG_FILE)
+        config_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         # safetensors creates its file private (0600); give it the mode a plain open() got under the umask.
-        os.chmod(weights_tmp, stat.S_IMODE(config_tmp.stat().st_mode))
-        # The config goes last: a directory with a gpt2reg.json always has its weights in place.
-        os.replace(weights_tmp, directory / WEIGHTS_FILE)
-        os.replace(config_tmp, directory / MODEL_CONFIG_FILE)
-    except BaseException as exc:
-        for temp in temps:
-            temp.unlink(missing_ok=True)
-        if created:
-            try:
-                directory.rmdir()
-            except OSError:
-                pass
-        if isinstance(exc, OSError):
-            raise CheckpointError(f"could not write the model to {directory}: {_one_line(exc)}") from None
-        raise
+        os.chmod(stage.path(WEIGHTS_FILE), stat.S_IMODE(config_path.stat().st_mode))
     return directory
 
 
@@ -143,13 +121,6 @@ def _tensors_to_save(model: GPT) -> dict[str, torch.Tensor]:
             tensors[name] = tensor.clone()
         last_end = max(last_end, start + tensor.nbytes)
     return tensors
-
-
-def _temp_file(directory: Path, name: str, temps: list[Path]) -> Path:
-    """A fresh hidden name beside the target (same file system, so os.replace is atomic)."""
-    temp = directory / f".{name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
-    temps.append(temp)
-    return temp
 
 
 # -- loading ------------------------------------------------------------------------------------

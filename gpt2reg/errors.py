@@ -26,3 +26,7 @@ class PluginError(Gpt2regError):
 
 class InputError(Gpt2regError, ValueError):
     """Input a command or function cannot use as given (too long, empty, out of range)."""
+
+
+class OutputError(Gpt2regError):
+    """A file or folder that cannot be written where the user asked (read-only, full, name too long, taken)."""

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from gpt2reg import CheckpointError, checkpoints
 from gpt2reg.checkpoints import MODEL_CONFIG_FILE, WEIGHTS_FILE, load_model, save_model
+from gpt2reg.errors import OutputError
 from gpt2reg.model import build_model
 
 transformers = pytest.importorskip("transformers")
@@ -273,14 +274,14 @@ def test_save_refuses_non_empty_directory_without_force(tmp_path) -> None:
     first, second = build_model(**TINY, seed=0), build_model(**TINY, seed=1)
     save_model(first, tmp_path)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    with pytest.raises(CheckpointError, match="--force"):
+    with pytest.raises(OutputError, match="--force"):
         save_model(second, tmp_path)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("keep me")
-    with pytest.raises(CheckpointError, match="not empty"):
+    with pytest.raises(OutputError, match="not empty"):
         save_model(second, other)
     assert [p.name for p in other.iterdir()] == ["notes.txt"]
 
@@ -297,12 +298,12 @@ def test_failed_save_leaves_nothing(tmp_path, monkeypatch) -> None:
         raise OSError("No space left on device")
 
     monkeypatch.setattr(checkpoints, "save_file", broken_save_file)
-    with pytest.raises(CheckpointError, match="No space left"):
+    with pytest.raises(OutputError, match="no space left on device; free some space"):
         save_model(build_model(**TINY), tmp_path / "new")
     assert not (tmp_path / "new").exists()
     existing = tmp_path / "existing"
     existing.mkdir()
-    with pytest.raises(CheckpointError):
+    with pytest.raises(OutputError):
         save_model(build_model(**TINY), existing)
     assert list(existing.iterdir()) == []
 

@@ -26,10 +26,12 @@ def _print_summary(summary: dict, as_json: bool) -> None:
 def build(preset, pretrained, seed, output, force, as_json, **arch) -> None:
     """Assemble a GPT-2 variant from registry components and save it as a model directory."""
     from ..checkpoints import load_model, save_model
+    from ..files import check_folder
     from ..model import build_model
     from ..summary import summarize
 
     given = given_architecture(arch)
+    check_folder(output, what="the model", force=force)  # before the (possibly long) build or download
     if pretrained:
         if given:
             raise click.UsageError(

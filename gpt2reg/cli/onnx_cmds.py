@@ -28,34 +28,54 @@ def _print_report(report, as_json: bool) -> None:
 @click.option("--atol", type=click.FloatRange(min=0), help="Validation tolerance.  [default: per dtype, see validate]")
 @click.option("--provider", type=_PROVIDER, default="auto", show_default=True, help="Execution provider for validation.")
 @click.option("--cases", type=click.IntRange(1), default=8, show_default=True, help="Validation cases.")
+@click.option("--force", is_flag=True, help="Overwrite an existing file that gpt2reg did not write.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def export(model_source, output, kv_cache, opset, dtype, quantize, validate, atol, provider, cases, as_json) -> None:
-    """Export MODEL (model dir, checkpoint or hub name) to ONNX and, by default, validate it."""
+def export(model_source, output, kv_cache, opset, dtype, quantize, validate, atol, provider, cases, force,
+           as_json) -> None:
+    """Export MODEL (model dir, checkpoint or hub name) to ONNX and, by default, validate it.
+
+    The file is written only when it loads in onnxruntime and, with validation, matches the torch model.
+    """
     from ..checkpoints import load_model
-    from ..onnx.export import default_export_path, export_onnx
+    from ..errors import InputError
+    from ..files import check_file
+    from ..onnx.export import default_export_path, export_onnx, is_export
     from ..onnx.validate import validate_onnx
 
     if quantize and dtype != "fp32":
         raise click.UsageError("--quantize int8 starts from fp32 weights; drop --dtype fp16")
+    path = output if output is not None else default_export_path(model_source, kv_cache=kv_cache, dtype=dtype, quantize=quantize)
+    # Before the model is loaded and exported: a read-only or taken location fails at once.
+    check_file(path, what="the ONNX file", force=force, owned=is_export)
     model = load_model(model_source)
-    path = output or default_export_path(model_source, kv_cache=kv_cache, dtype=dtype, quantize=quantize)
+    reports, timing = [], {"validation": 0.0}
+
+    def verify(tmp) -> None:
+        started = time.perf_counter()
+        report = validate_onnx(tmp, model, provider=provider, atol=atol, cases=cases)
+        reports.append(report)
+        timing["validation"] = time.perf_counter() - started
+        if not report.passed:
+            if not as_json:
+                click.echo(report.summary())
+            raise InputError(f"the export of {model_source} does not match the torch model ({report.reason}); "
+                             f"nothing was written (--no-validate writes it anyway)")
+
     start = time.perf_counter()
     path = export_onnx(model, path, kv_cache=kv_cache, opset=opset, dtype=dtype, quantize=quantize,
-                       model_name=str(model_source))
-    seconds = time.perf_counter() - start
+                       model_name=str(model_source), force=force, verify=verify if validate else None)
+    seconds = time.perf_counter() - start - timing["validation"]
     data = path.with_name(path.name + ".data")
     size = path.stat().st_size + (data.stat().st_size if data.exists() else 0)
     result = {"path": str(path), "bytes": size, "export_seconds": round(seconds, 2),
               "graph": "kv_cache" if kv_cache else "full_sequence", "dtype": dtype, "quantize": quantize}
-    report = validate_onnx(path, model, provider=provider, atol=atol, cases=cases) if validate else None
+    report = reports[0] if reports else None
     if as_json:
         click.echo(json.dumps({**result, "validation": report.to_dict() if report else None}, indent=2))
     else:
         click.echo(f"wrote {path} ({size / 1e6:.1f} MB, {result['graph']}, {quantize or dtype}) in {seconds:.1f} s")
         if report:
             click.echo(report.summary())
-    if report and not report.passed:
-        click.get_current_context().exit(1)
 
 
 @click.command()

@@ -17,21 +17,23 @@ import contextlib
 import copy
 import logging
 import os
-import shutil
-import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..errors import InputError
+from ..files import check_file, staged
 from .metadata import BATCH, GRAPH_FULL, GRAPH_KV, PAST, SEQ, TOTAL, OnnxDescription, past_names, present_names
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 QUANTIZE = (None, "int8")
 DEFAULT_OPSET = 18
 TWO_GB = 2**31
+PRODUCER = "gpt2reg"
+PRODUCER_TAG = b"\x12" + bytes([len(PRODUCER)]) + PRODUCER.encode()  # protobuf: field 2 (producer_name)
 
 
 class _Graph(nn.Module):
@@ -156,22 +158,36 @@ def _package_version() -> str:
     return __version__
 
 
-def _write_atomically(path: Path, write) -> None:
-    """``write(tmp_path)`` in a private folder beside ``path``, then move the file (and ``.data``) in place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+def is_export(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an ONNX file gpt2reg wrote (its producer name, the second field, says so).
+
+    Reads a few bytes only: an earlier export of the same name may be replaced without --force.
+    """
     try:
-        tmp = tmpdir / path.name
-        write(tmp)
-        data = Path(f"{path}.data")
-        tmp_data = tmpdir / data.name
-        if tmp_data.exists():
-            os.replace(tmp_data, data)
-        elif data.exists():
-            data.unlink()  # left from an earlier, larger export of the same name
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return False
+    return PRODUCER_TAG in head
+
+
+def _check_loads(path: Path, opset: int) -> None:
+    """onnxruntime must accept the file (at an opset it does not implement, the graph is refused)."""
+    import re
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    try:
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        text = str(exc)
+        node = re.search(r'In Node, \("([^"]*)", (\w+),', text)
+        detail = f"its {node.group(2)} node is invalid there" if node else text.split("failed:", 1)[-1].strip()[:120]
+        raise InputError(f"the graph exported at opset {opset} does not load in onnxruntime {ort.__version__} "
+                         f"({detail}); nothing was written; use a lower --opset (default {DEFAULT_OPSET})") from None
 
 
 def _quantize_int8(src: Path, dst: Path, props: dict[str, str], external_data: bool | None) -> None:
@@ -191,6 +207,7 @@ def _quantize_int8(src: Path, dst: Path, props: dict[str, str], external_data: b
             extra_options={"MatMulConstBOnly": True},
         )
     model = onnx.load(str(dst))
+    model.producer_name = PRODUCER
     del model.metadata_props[:]
     for key, value in props.items():
         model.metadata_props.add(key=key, value=value)
@@ -226,6 +243,8 @@ def export_onnx(
     quantize: str | None = None,
     model_name: str = "",
     external_data: bool | None = None,
+    force: bool = False,
+    verify: Callable[[Path], None] | None = None,
 ) -> Path:
     """Export ``model`` (a ``GPT``) to ``path`` and return it; the caller's model is left unchanged.
 
@@ -233,6 +252,9 @@ def export_onnx(
     ``fp32`` or ``fp16``; ``quantize="int8"`` applies onnxruntime dynamic quantization to an fp32
     export. Weights go to ``<path>.data`` when ``external_data`` is True, or, by default (None),
     when the file would pass protobuf's 2 GB limit. ``model_name`` is recorded in the metadata.
+    An existing file at ``path`` is replaced only if gpt2reg wrote it, or with ``force``; the file
+    must load in onnxruntime, or nothing is written. ``verify(tmp_path)`` runs on the finished file
+    before it is moved into place (e.g. validation); if it raises, nothing is written either.
     """
     if dtype not in DTYPES:
         raise InputError(f"unknown dtype '{dtype}'; choose one of: {', '.join(DTYPES)}")
@@ -242,7 +264,12 @@ def export_onnx(
         raise InputError("int8 quantization starts from fp32 weights: drop --dtype fp16")
     if opset < 18:
         raise InputError(f"opset {opset} is too old: the exporter needs opset 18 or newer")
-    path = Path(path)
+    import onnx
+
+    if opset > onnx.defs.onnx_opset_version():
+        raise InputError(f"opset {opset} does not exist yet: this onnx {onnx.__version__} knows opsets up to "
+                         f"{onnx.defs.onnx_opset_version()} (default {DEFAULT_OPSET})")
+    path = check_file(path, what="the ONNX file", force=force, owned=is_export)
     param = next(model.parameters())
     source = model
     if param.dtype != DTYPES[dtype] or param.device.type != "cpu":
@@ -283,19 +310,25 @@ def export_onnx(
     if quantize is None:  # int8 wants the head's own transposed copy (see the module docstring)
         _store_tied_once(program.model, {name for name, _ in wrapper.named_parameters()})
     program.model.metadata_props.update(props)
-    program.model.producer_name = "gpt2reg"
+    program.model.producer_name = PRODUCER
     program.model.producer_version = description.version
     program.model.doc_string = f"GPT-2 variant exported by gpt2reg ({description.graph}); see gpt2reg.* metadata"
 
-    def write(tmp: Path) -> None:
+    stale_data = Path(f"{path}.data")
+    with staged(path.parent, what="the ONNX file") as stage:
+        tmp = stage.path(path.name)
         if quantize is None:
             with _quiet():
                 program.save(tmp, external_data=external_data)
-            return
-        fp32 = tmp.with_name(f"{tmp.stem}-fp32.onnx")
-        with _quiet():
-            program.save(fp32)
-        _quantize_int8(fp32, tmp, props, external_data)
-
-    _write_atomically(path, write)
+        else:
+            fp32 = stage.extra(f"{tmp.stem}-fp32.onnx")
+            with _quiet():
+                program.save(fp32)
+            _quantize_int8(fp32, tmp, props, external_data)
+        _check_loads(tmp, opset)
+        if verify is not None:
+            verify(tmp)
+        written_data = stage.temp.joinpath(stale_data.name).exists()
+    if not written_data and stale_data.exists():
+        stale_data.unlink()  # left from an earlier, larger export of the same name
     return path

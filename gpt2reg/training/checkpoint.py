@@ -2,14 +2,14 @@
 
 ``RUN_DIR/checkpoints/step-000500.pt`` is a plain ``torch.save`` dict of tensors, numbers and strings,
 so it loads with ``weights_only=True``. It is written to a hidden temporary file, synced, then renamed:
-a kill at any moment leaves either the previous checkpoint or the new one, never half of one.
+a kill at any moment leaves either the previous checkpoint or the new one, never half of one, and a
+full disk leaves no temporary file behind (``gpt2reg.files``).
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
+from ..files import remove_temporaries, staged
 
 FORMAT = "gpt2reg-train-checkpoint"
 _NAME = re.compile(r"^step-(\d+)\.pt$")
@@ -48,14 +49,9 @@ def checkpoint_paths(run_dir: str | os.PathLike) -> list[Path]:
 def save_checkpoint(run_dir: str | os.PathLike, state: dict[str, Any], keep: int = 2) -> Path:
     """Write ``state`` as the checkpoint of ``state['step']`` and drop all but the newest ``keep``."""
     folder = Path(run_dir) / "checkpoints"
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step-{state['step']:06d}.pt"
-    tmp = folder / f".{path.name}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        torch.save({"format": FORMAT, **state}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with staged(folder, what="the training checkpoint", option="--output") as stage:
+        torch.save({"format": FORMAT, **state}, stage.path(path.name))
     for old in checkpoint_paths(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return path
@@ -79,6 +75,4 @@ def remove_stale_temporaries(run_dir: str | os.PathLike) -> None:
     """Temporary files a killed process left behind (never valid checkpoints)."""
     root = Path(run_dir)
     for folder in (root, root / "checkpoints", root / "model"):
-        if folder.is_dir():
-            for p in folder.glob(".*.tmp*"):
-                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        remove_temporaries(folder)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..files import write_bytes, write_json
 from ..tokenizer import EOT_ID, EOT_TOKEN, get_tokenizer
 
 TOKENS_FILE = "tokens.bin"
@@ -79,15 +80,6 @@ def _fingerprint(files: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def cache_tokens(corpus: str | os.PathLike, cache_dir: str | os.PathLike) -> Path:
     """Tokenize ``corpus`` into ``cache_dir/tokens.bin`` unless an up-to-date cache is already there."""
     files = text_files(corpus)
@@ -102,11 +94,10 @@ def cache_tokens(corpus: str | os.PathLike, cache_dir: str | os.PathLike) -> Pat
         if meta.get("fingerprint") == key and bin_path.stat().st_size == 2 * meta.get("tokens", -1):
             return bin_path
     tokens = tokenize_documents(read_documents(corpus))
-    cache.mkdir(parents=True, exist_ok=True)
-    _write_atomic(bin_path, tokens.tobytes())
+    write_bytes(bin_path, tokens.tobytes(), what="the token cache", option="--output")
     meta = {"format": _FORMAT, "dtype": "uint16", "tokens": int(tokens.size), "fingerprint": key,
             "source": str(Path(corpus).resolve()), "files": len(files)}
-    _write_atomic(meta_path, json.dumps(meta, indent=2).encode())
+    write_json(meta_path, meta, what="the token cache", option="--output")
     return bin_path
 
 

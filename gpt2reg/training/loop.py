@@ -41,6 +41,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..config import GPTConfig
 from ..errors import ConfigError, InputError
+from ..files import append_text, check_folder, write_json
 from ..model import GPT
 from ..tokenizer import get_tokenizer
 from . import distributed
@@ -53,7 +54,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import TrainConfig
-from .data import TOKENS_FILE, TokenData, cache_tokens, load_tokens, unigram_entropy, unigram_loss
+from .data import TOKENS_FILE, TOKENS_META, TokenData, cache_tokens, load_tokens, unigram_entropy, unigram_loss
 from .device import autocast, available_memory, resolve_device, resolve_dtype
 from .metrics import METRICS_FILE, PLOT_FILE, MetricsLog, plot_losses
 from .optim import lr_at, make_optimizer
@@ -138,17 +139,42 @@ def _arrays_digest(*arrays) -> str:
     return digest.hexdigest()[:16]
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def _memory_error(batch_size: int, seq_len: int, detail: str = "") -> InputError:
     return InputError(
         f"one micro-batch of {batch_size}x{seq_len} tokens does not fit in memory{detail}; lower --batch-size "
         f"(raise --grad-accum to keep the tokens per step) or --seq-len"
     )
+
+
+# What a run folder may hold (besides temporaries): a folder holding only these is a run's, to reuse.
+RUN_ENTRIES = frozenset({RUN_FILE, TOKENS_FILE, TOKENS_META, METRICS_FILE, PLOT_FILE, SAMPLES_FILE, "checkpoints",
+                         MODEL_DIR})
+
+
+def check_run_dir(run_dir: Path, data: str | None, resume: bool) -> None:
+    """The run folder can take this run: writable, not a model or the corpus, not someone else's files."""
+    from ..checkpoints import HF_CONFIG_FILE, MODEL_CONFIG_FILE
+
+    check_folder(run_dir, what="the training run", option="--output", force=True)  # where: writable, names fit
+    if resume:
+        return
+    for marker in (MODEL_CONFIG_FILE, HF_CONFIG_FILE):
+        if (run_dir / marker).is_file():
+            raise InputError(f"{run_dir} is a model folder (it has {marker}); a run writes its model to "
+                             f"{run_dir / MODEL_DIR}; choose a new folder for the run (--output)")
+    if data:
+        corpus, out = Path(data).expanduser().resolve(), run_dir.expanduser().resolve()
+        if corpus.is_dir() and out.is_relative_to(corpus):
+            raise InputError(f"{run_dir} is inside the training data {data}: the run's files would become part of "
+                             f"the corpus; choose a folder outside it (--output)")
+    if (run_dir / RUN_FILE).exists() or checkpoint_paths(run_dir):
+        raise InputError(f"{run_dir} already holds a training run; pass --resume to continue it, "
+                         f"or choose another output folder")
+
+    def reusable(folder: Path) -> bool:  # a run killed while tokenizing, before its run.json
+        return all(p.name in RUN_ENTRIES or ".tmp" in p.name for p in folder.iterdir())
+
+    check_folder(run_dir, what="the training run", option="--output", reusable=reusable)
 
 
 class _Trainer:
@@ -168,9 +194,10 @@ class _Trainer:
 
     # -- setting up -----------------------------------------------------------------------------
     def _setup_model(self, model: ModelSpec, resume: bool) -> None:
-        cfg, run_file = self.cfg, self.run_dir / RUN_FILE
+        cfg = self.cfg
         self.state: dict[str, Any] | None = None
         self.init_source: str | None = None
+        check_run_dir(self.run_dir, cfg.data, resume)
         if resume:
             if model is not None:
                 raise ConfigError("a resumed run continues its own model; pass no model (or --init) with resume")
@@ -179,9 +206,6 @@ class _Trainer:
             if self.state is None:  # killed before its first checkpoint: start it again from its spec
                 self.init_source = run.get("init")
                 model = self.init_source or GPTConfig.from_dict(run["model"])
-        elif run_file.exists() or checkpoint_paths(self.run_dir):
-            raise InputError(f"{self.run_dir} already holds a training run; pass --resume to continue it, "
-                             f"or choose another output folder")
         if self.state is not None:
             self.raw = GPT(GPTConfig.from_dict(self.state["model_config"]))
             self.raw.load_state_dict(self.state["model"])
@@ -238,7 +262,7 @@ class _Trainer:
         path = self.run_dir / RUN_FILE
         if path.exists():
             run["init"] = read_run(self.run_dir).get("init", self.init_source)
-        _write_json(path, run)
+        write_json(path, run, what="the run settings", option="--output")
 
     def _build_step_model(self) -> nn.Module:
         step_model: nn.Module = _WithLoss(self.raw)
@@ -316,8 +340,6 @@ class _Trainer:
                 if stop:
                     break
         bar.close()
-        if log is not None:
-            log.close()
         session_time = time.perf_counter() - session_start
         digests = [] if diverged else group.all_gather(_weights_digest(self.raw))
         if len(set(digests)) > 1:
@@ -396,8 +418,8 @@ class _Trainer:
         plot_losses(records, self.run_dir / PLOT_FILE, baseline=self.baseline, title=self.run_dir.name)
         if self.cfg.sample_tokens:
             text = sample_text(self.raw, self.cfg.sample_prompt, self.cfg.sample_tokens, seed=self.cfg.seed + step)
-            with open(self.run_dir / SAMPLES_FILE, "a", encoding="utf-8") as f:
-                f.write(f"--- step {step} ---\n{text}\n\n")
+            append_text(self.run_dir / SAMPLES_FILE, f"--- step {step} ---\n{text}\n\n", what="the samples",
+                        option="--output")
             val = records[-1].get("val_loss")
             header = f"step {step}" + (f"  val loss {val:.3f}" if val is not None else "")
             bar.write(f"{header}  sample: {text.strip()[:200]!r}", file=sys.stderr)

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..files import append_text, staged, write_text
+
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss.png"
 
@@ -27,7 +29,7 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 class MetricsLog:
-    """Appends one JSON object per line and flushes it, so a killed run leaves its log behind."""
+    """Appends one JSON object per line (opened, written, closed), so a killed run leaves its log behind."""
 
     def __init__(self, path: str | os.PathLike, resume_step: int | None = None) -> None:
         self.path = Path(path)
@@ -35,20 +37,14 @@ class MetricsLog:
         if resume_step is not None:
             # Steps after the checkpoint will be run again: forget them so each step appears once.
             self.records = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
-            tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in self.records))
-            os.replace(tmp, self.path)
+            write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records), what="the metrics log",
+                       option="--output")
         elif self.path.exists():
             self.path.unlink()
-        self._file = open(self.path, "a", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
         self.records.append(record)
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
-
-    def close(self) -> None:
-        self._file.close()
+        append_text(self.path, json.dumps(record) + "\n", what="the metrics log", option="--output")
 
 
 def plot_losses(records: list[dict[str, Any]], path: str | os.PathLike, *, baseline: float | None = None,
@@ -84,7 +80,8 @@ def plot_losses(records: list[dict[str, Any]], path: str | os.PathLike, *, basel
     ax.legend()
     fig.tight_layout()
     target = Path(path)
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, target)
+    try:
+        with staged(target.parent, what="the loss plot", option="--output") as stage:
+            fig.savefig(stage.path(target.name), format="png")
+    finally:
+        plt.close(fig)

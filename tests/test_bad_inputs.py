@@ -1,0 +1,186 @@
+"""Bad input, faults and mistakes, driven by tables: every case must end in one line and leave nothing.
+
+For each case: a non-zero exit, exactly one line on stderr, starting with ``Error:``, no traceback,
+the expected words in it, and the working folder (plus any folder the case writes to) listed the
+same before and after. Add a row when you add an option or a command.
+
+Commands run in-process (click's CliRunner) in a fresh working folder; tiny models are built once
+per module. A full disk is a 2 MB tmpfs and a read-only place a read-only tmpfs, mounted where the
+tests run as root (skipped with the reason otherwise).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from gpt2reg.cli import cli
+
+TINY = ["--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--block-size", "64"]
+TRAIN = ["--data", "{corpus}", *TINY, "--max-steps", "2", "--batch-size", "2", "--eval-interval", "2",
+         "--sample-tokens", "0", "--no-progress"]
+LONG_NAME = "n" * 300
+
+
+@dataclass
+class Case:
+    """``args`` may name the fixtures' paths as ``{tiny}``, ``{corpus}``, ``{ro}``, ``{full}``, ``{nan_model}``..."""
+
+    id: str
+    args: list[str]
+    expect: str  # words the error line must contain
+    needs: tuple[str, ...] = ()  # "root": needs the tmpfs mounts
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def _listing(folder: Path) -> dict[str, int]:
+    if not folder.exists():
+        return {}
+    return {str(p.relative_to(folder)): (p.stat().st_size if p.is_file() else -1) for p in sorted(folder.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def places(tmp_path_factory):
+    """Paths the tables refer to: a tiny model, a corpus, a read-only and a full file system."""
+    import gpt2reg
+
+    root = tmp_path_factory.mktemp("bad_inputs")
+    tiny = root / "tiny"
+    model = gpt2reg.build_model(n_layer=2, n_head=2, n_embd=32, block_size=64, seed=0)
+    gpt2reg.save_model(model, tiny)
+    corpus = root / "corpus.txt"
+    corpus.write_text("The quick brown fox jumps over the lazy dog. " * 400)
+    other = root / "other.txt"
+    other.write_text("Another text entirely, about something else. " * 400)
+    paths = {"tiny": str(tiny), "corpus": str(corpus), "other": str(other), "root": str(root)}
+    mounts = []
+    if os.geteuid() == 0 and shutil.which("mount"):
+        for name, options in (("ro", "ro,size=1m"), ("full", "size=2m")):
+            target = root / name
+            target.mkdir()
+            done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], capture_output=True)
+            if done.returncode == 0:
+                mounts.append(target)
+                paths[name] = str(target)
+    yield paths
+    for target in mounts:
+        subprocess.run(["umount", str(target)], check=False)
+
+
+def run_case(case: Case, places: dict[str, str], workdir: Path, monkeypatch) -> None:
+    if "root" in case.needs and ("ro" not in places or "full" not in places):
+        pytest.skip("needs root to mount a read-only and a full tmpfs")
+    monkeypatch.chdir(workdir)
+    for key, value in case.env.items():
+        monkeypatch.setenv(key, value)
+    args = [a.format(**places, work=str(workdir)) for a in case.args]
+    watched = [workdir, Path(places["root"])]
+    before = [_listing(w) for w in watched]
+    result = CliRunner().invoke(cli, args, prog_name="gpt2reg")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), (
+        f"{case.id}: raised {result.exception!r}"
+    )
+    assert result.exit_code != 0, f"{case.id}: exited 0\n{result.output}"
+    assert len(lines) == 1 and lines[0].startswith("Error: "), f"{case.id}: stderr was\n{result.stderr}"
+    assert "Traceback" not in result.output
+    assert case.expect.lower() in lines[0].lower(), f"{case.id}: {lines[0]}"
+    after = [_listing(w) for w in watched]
+    assert after == before, f"{case.id}: files changed: {set(map(str, after)) ^ set(map(str, before))}"
+
+
+def cases(*rows: Case):
+    return pytest.mark.parametrize("case", rows, ids=[r.id for r in rows])
+
+
+# -- where files go ------------------------------------------------------------------------------
+
+WRITES = (
+    Case("build-o-is-a-file", ["build", *TINY, "-o", "{corpus}"], "is a file"),
+    Case("build-o-under-a-file", ["build", *TINY, "-o", "{corpus}/m"], "is a file, not a folder"),
+    Case("build-o-long-name", ["build", *TINY, "-o", LONG_NAME], "longer than the file system's limit"),
+    Case("build-o-long-inner-name", ["build", *TINY, "-o", f"a/{LONG_NAME}/m"], "use a shorter name"),
+    Case("build-o-not-empty", ["build", *TINY, "-o", "{root}"], "pass --force"),
+    Case("build-o-read-only", ["build", *TINY, "-o", "{ro}/m"], "read-only", needs=("root",)),
+    Case("build-o-read-only-deep", ["build", *TINY, "-o", "{ro}/a/b/m"], "read-only", needs=("root",)),
+    Case("build-o-full-disk", ["build", "--n-layer", "2", "--n-head", "2", "--n-embd", "64", "-o", "{full}/m"],
+         "no space left on device", needs=("root",)),
+    Case("build-o-full-disk-deep", ["build", "--n-layer", "2", "--n-head", "2", "--n-embd", "64", "-o",
+                                    "{full}/x/y/m"], "no space left on device", needs=("root",)),
+    Case("export-o-directory", ["export", "{tiny}", "-o", "{root}", "--no-validate"], "is a directory"),
+    Case("export-o-existing-file", ["export", "{tiny}", "-o", "{corpus}", "--no-validate"], "--force"),
+    Case("export-o-long-name", ["export", "{tiny}", "-o", f"{LONG_NAME}.onnx", "--no-validate"], "shorter name"),
+    Case("export-o-under-a-file", ["export", "{tiny}", "-o", "{corpus}/x.onnx"], "is a file, not a folder"),
+    Case("export-o-read-only", ["export", "{tiny}", "-o", "{ro}/x.onnx"], "read-only", needs=("root",)),
+    Case("export-default-in-read-only-cwd", ["export", "{tiny}", "--no-validate"], "read-only", needs=("root",)),
+    Case("export-o-full-disk", ["export", "{tiny}", "-o", "{full}/x/y/m.onnx", "--no-validate"],
+         "no space left on device", needs=("root",)),
+    Case("export-o-empty", ["export", "{tiny}", "-o", "", "--no-validate"], "give a file name"),
+    Case("train-o-is-a-file", ["train", *TRAIN, "-o", "{corpus}"], "is a file"),
+    Case("train-o-long-name", ["train", *TRAIN, "-o", LONG_NAME], "shorter name"),
+    Case("train-o-read-only", ["train", *TRAIN, "-o", "{ro}/run"], "read-only", needs=("root",)),
+    Case("train-o-model-folder", ["train", *TRAIN, "-o", "{tiny}"], "is a model folder"),
+    Case("train-o-data-folder", ["train", *TRAIN[2:], "--data", "{root}", "-o", "{root}"], "inside the training data"),
+    Case("train-o-inside-data-folder", ["train", *TRAIN[2:], "--data", "{root}", "-o", "{root}/run"],
+         "inside the training data"),
+    Case("train-o-unrelated-files", ["train", *TRAIN, "-o", "{root}/tiny/.."], "not empty"),
+)
+
+
+@cases(*WRITES)
+def test_writes(case: Case, places, tmp_path, monkeypatch) -> None:
+    if case.id == "export-default-in-read-only-cwd":
+        if "ro" not in places:
+            pytest.skip("needs root to mount a read-only tmpfs")
+        tmp_path = Path(places["ro"])
+    run_case(case, places, tmp_path, monkeypatch)
+
+
+def test_full_disk_during_training_leaves_no_temporary(places, tmp_path, monkeypatch) -> None:
+    """A disk that fills up at the first checkpoint: one line, and no temporary checkpoint left on it."""
+    if "full" not in places:
+        pytest.skip("needs root to mount a full tmpfs")
+    run = Path(places["full"]) / "run"
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["train", *[a.format(**places) for a in TRAIN], "--n-embd", "64",
+                                      "-o", str(run)])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1 and "no space left" in lines[0].lower() or "disk full" in lines[0]
+    assert not [p for p in run.rglob("*") if ".tmp" in p.name]
+    shutil.rmtree(run)
+
+
+def test_staged_write_removes_everything_on_any_error(tmp_path) -> None:
+    from gpt2reg.errors import OutputError
+    from gpt2reg.files import staged
+
+    class LibraryError(Exception):  # as safetensors' own SafetensorError: not an OSError
+        pass
+
+    with pytest.raises(OutputError, match="could not write the thing to .*LibraryError: boom"):
+        with staged(tmp_path / "a" / "b", what="the thing") as stage:
+            stage.path("x.bin").write_bytes(b"partial")
+            raise LibraryError("boom\nsecond line")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_rlimit_file_size_is_a_one_line_error(tmp_path) -> None:
+    """A write cut short by RLIMIT_FSIZE (EFBIG): one line, nothing left."""
+    code = (
+        "import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000)); "
+        "from gpt2reg.cli import main; sys.argv = ['gpt2reg'] + sys.argv[1:]; main()"
+    )
+    out = tmp_path / "m"
+    proc = subprocess.run([sys.executable, "-c", code, "build", "--n-layer", "2", "--n-head", "2", "--n-embd", "64",
+                           "-o", str(out)], capture_output=True, text=True, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith("Error: could not write the model"), proc.stderr
+    assert not out.exists()
