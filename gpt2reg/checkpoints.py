@@ -165,6 +165,10 @@ def load_model(
     not fit raises ``CheckpointError`` with a one-line message naming the file and the keys.
     """
     target_dtype = _as_dtype(dtype)
+    if isinstance(device, str):
+        from .training.device import resolve_device
+
+        device = resolve_device(device)  # "tpu" or "cuda" without a GPU: one line, before reading anything
     checkpoint = _read(source)
     return _build(checkpoint, torch.device(device), target_dtype)
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
+from .numbers import check_number
 
 PRESETS: dict[str, dict[str, Any]] = {
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768),
@@ -38,20 +39,17 @@ class GPTConfig:
     def __post_init__(self) -> None:
         self._check_types()
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name}={getattr(self, name)}: must be a positive integer")
+            check_number(name, getattr(self, name), 1, integer=True, error=ConfigError)
         if self.n_embd % self.n_head:
             raise ConfigError(
                 f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}: each head needs an equal share"
             )
-        if self.mlp_ratio <= 0 or self.hidden_size < 1:
-            raise ConfigError(f"mlp_ratio={self.mlp_ratio}: must be positive (MLP width = mlp_ratio * n_embd)")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout={self.dropout}: must be in [0, 1)")
-        if self.norm_eps <= 0:
-            raise ConfigError(f"norm_eps={self.norm_eps}: must be positive")
-        if self.init_std <= 0:
-            raise ConfigError(f"init_std={self.init_std}: must be positive")
+        check_number("mlp_ratio", self.mlp_ratio, 0, low_open=True, error=ConfigError)
+        if self.hidden_size < 1:
+            raise ConfigError(f"mlp_ratio={self.mlp_ratio}: MLP width = mlp_ratio * n_embd must be at least 1")
+        check_number("dropout", self.dropout, 0, 1, high_open=True, error=ConfigError)
+        check_number("norm_eps", self.norm_eps, 0, low_open=True, error=ConfigError)
+        check_number("init_std", self.init_std, 0, low_open=True, error=ConfigError)
         self._check_components()
 
     def _check_types(self) -> None:

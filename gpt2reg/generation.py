@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from .errors import InputError
+from .memory import check_fits
+from .numbers import check_number
 from .tokenizer import EOT_ID, EOT_TOKEN, get_tokenizer
 
 if TYPE_CHECKING:
@@ -54,12 +56,11 @@ class SamplingOptions:
     greedy: bool = False
 
     def __post_init__(self) -> None:
-        if not self.temperature >= 0:  # also rejects NaN
-            raise InputError(f"temperature={self.temperature}: must be >= 0 (0 means greedy)")
-        if self.top_k is not None and (isinstance(self.top_k, bool) or int(self.top_k) != self.top_k or self.top_k < 1):
-            raise InputError(f"top_k={self.top_k}: must be an integer >= 1")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise InputError(f"top_p={self.top_p}: must be in (0, 1]")
+        check_number("temperature", self.temperature, 0)  # 0 means greedy
+        if self.top_k is not None:
+            check_number("top_k", self.top_k, 1, integer=True)
+        if self.top_p is not None:
+            check_number("top_p", self.top_p, 0, 1, low_open=True)
 
     @property
     def is_greedy(self) -> bool:
@@ -123,8 +124,8 @@ class Sampler:
     """Picks next tokens for a batch; sequence ``i`` draws from its own generator seeded ``(seed, sample_index[i])``."""
 
     def __init__(self, options: SamplingOptions, sample_indices: Sequence[int], seed: int | None = None) -> None:
-        if seed is not None and (isinstance(seed, bool) or int(seed) != seed or seed < 0):
-            raise InputError(f"seed={seed}: must be an integer >= 0")
+        if seed is not None:
+            check_number("seed", seed, 0, 2**63 - 1, integer=True)
         self.options = options
         self.seed = int(np.random.SeedSequence().entropy) if seed is None else int(seed)
         self._rngs = [np.random.default_rng([self.seed, int(i)]) for i in sample_indices]
@@ -238,8 +239,7 @@ def _is_token_id(x: Any) -> bool:
 
 def fit_context(prompts: list[list[int]], block_size: int, max_new_tokens: int) -> list[list[int]]:
     """Keep the most recent tokens of each prompt so that it and ``max_new_tokens`` fit the context."""
-    if max_new_tokens < 1:
-        raise InputError(f"max_new_tokens={max_new_tokens}: must be at least 1")
+    check_number("max_new_tokens", max_new_tokens, 1, integer=True)
     room = block_size - max_new_tokens
     if room < 1:
         raise InputError(
@@ -332,6 +332,9 @@ def sampling_vocab(vocab_size: int) -> int:
 
 # -- the decode loop, for any backend -----------------------------------------------------------
 
+NON_FINITE = ("the model computed NaN or inf logits: its weights hold NaN/inf values (a diverged training run?) "
+              "or overflow in float16; use another checkpoint, or --dtype float32")
+
 
 class StepDecoder(Protocol):
     """A batch being decoded on some backend: ``Decoder`` (torch) below, onnxruntime in ``runtime``.
@@ -342,6 +345,7 @@ class StepDecoder(Protocol):
 
     vocab_size: int
     block_size: int
+    cache_bytes_per_token: int  # host memory the cache takes per row and token (0: not on the host)
 
     def prefill(self, prompts: list[list[int]]) -> np.ndarray:
         """Run ``prompts`` (left-padded to one length); the logits after each."""
@@ -373,17 +377,23 @@ def decode(
 ) -> list[Sample]:
     """``generate`` on any ``StepDecoder``: validate, encode, fit the context, sample, stop, stream."""
     options = SamplingOptions(temperature, top_k, top_p, greedy)
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise InputError(f"num_samples={num_samples}: must be an integer >= 1")
+    check_number("num_samples", num_samples, 1, integer=True)
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     prompts = fit_context(encode_prompts(prompt, decoder.vocab_size), decoder.block_size, max_new_tokens)
     n = len(prompts) * num_samples
+    longest = max(len(p) for p in prompts) + max_new_tokens
+    # Per row: its KV cache, and each step's logits with the sampler's float64 copies of them.
+    row_bytes = longest * getattr(decoder, "cache_bytes_per_token", 0) + decoder.vocab_size * (4 + 3 * 8)
+    check_fits(n * row_bytes, f"decoding {n:,} sequence(s) of up to {longest} tokens",
+               "lower --num-samples, the number of prompts or --max-new-tokens")
     sampler = Sampler(options, [j for _ in prompts for j in range(num_samples)], seed)
     sequences = [Continuation(max_new_tokens, stops, eos_token_id) for _ in range(n)]
     vocab = sampling_vocab(decoder.vocab_size)
     filler = eos_token_id if eos_token_id is not None and eos_token_id < decoder.vocab_size else 0  # finished rows
 
     logits = decoder.prefill(prompts)
+    if not np.isfinite(logits).all():
+        raise InputError(NON_FINITE)
     decoder.repeat(num_samples)
     logits = np.repeat(logits, num_samples, axis=0) if num_samples > 1 else logits
     for _ in range(max_new_tokens):
@@ -422,6 +432,9 @@ class Decoder:
         self.vocab_size = model.config.vocab_size
         self.block_size = model.config.block_size
         self.device = next(model.parameters()).device
+        c, weight = model.config, next(model.parameters())
+        # The KV cache counts against host memory only where it lives there.
+        self.cache_bytes_per_token = 2 * c.n_layer * c.n_embd * weight.element_size() if self.device.type == "cpu" else 0
         self.ids: torch.Tensor | None = None
         self.mask: torch.Tensor | None = None  # None while no row is padded
         self.past = None

@@ -15,6 +15,7 @@ from torch.nn import functional as F
 
 from .config import GPTConfig
 from .errors import InputError
+from .memory import check_fits, model_bytes
 from .plugins import get_registry
 
 
@@ -140,6 +141,9 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.config = config
+        if torch.empty(0).device.type == "cpu":  # where weights are really allocated (not meta, not a GPU)
+            check_fits(model_bytes(config), f"a model of {config.n_layer} layers of width {config.n_embd} "
+                       f"with {config.vocab_size:,} tokens", "choose a smaller --n-layer, --n-embd or --vocab-size")
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.pos = get_registry().create("pos", config.pos, config)
         self.drop = nn.Dropout(config.dropout)

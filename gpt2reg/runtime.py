@@ -137,6 +137,8 @@ class _Decoder:
         self.model = model
         self.vocab_size = model.vocab_size
         self.block_size = model.block_size
+        c = model.config  # past and present of every layer, in the graph's float type
+        self.cache_bytes_per_token = 2 * c["n_layer"] * c["n_embd"] * np.dtype(model._float).itemsize
         self.rows: list[list[int]] = []
         self.mask: np.ndarray | None = None
         self.past: list[np.ndarray] | None = None

@@ -71,7 +71,7 @@ def places(tmp_path_factory):
                 paths[name] = str(target)
     yield paths
     for target in mounts:
-        subprocess.run(["umount", str(target)], check=False)
+        subprocess.run(["umount", "-l", str(target)], check=False)  # lazily: a memory-mapped file may hold it
 
 
 def run_case(case: Case, places: dict[str, str], workdir: Path, monkeypatch) -> None:
@@ -184,3 +184,133 @@ def test_rlimit_file_size_is_a_one_line_error(tmp_path) -> None:
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith("Error: could not write the model"), proc.stderr
     assert not out.exists()
+
+
+# -- numbers: every numeric option of every command, generated from the commands themselves -------
+
+
+def _commands():
+    import click
+
+    from gpt2reg.cli import COMMANDS, LazyGroup
+
+    group = LazyGroup()
+    ctx = click.Context(cli)
+    return {name: group.get_command(ctx, name) for name in sorted(COMMANDS)}
+
+
+def _numeric_options():
+    import click
+
+    found = []
+    for name, command in _commands().items():
+        for param in command.params:
+            if isinstance(param, click.Option) and isinstance(param.type, (click.types._NumberParamTypeBase)):
+                found.append((name, param))
+    return found
+
+
+def test_every_numeric_option_is_range_checked() -> None:
+    """New options and commands too: a plain int/float option would let nan, inf or -1 through."""
+    import click
+
+    from gpt2reg.cli.options import Real
+
+    loose = [f"{cmd} {param.opts[-1]}" for cmd, param in _numeric_options()
+             if not isinstance(param.type, (click.IntRange, Real))]
+    assert not loose, f"use click.IntRange or gpt2reg.cli.options.Real for: {', '.join(loose)}"
+    unbounded_ints = [f"{cmd} {param.opts[-1]}" for cmd, param in _numeric_options()
+                      if isinstance(param.type, click.IntRange) and param.type.min is None]
+    assert not unbounded_ints, f"give a lower bound to: {', '.join(unbounded_ints)}"
+
+
+def _bad_values(param) -> list[str]:
+    import click
+
+    t = param.type
+    values = ["abc", ""]
+    if isinstance(t, click.FloatRange):
+        values += ["nan", "inf", "-inf"]
+    else:
+        values += ["1.5", "nan"]
+    if t.min is not None:
+        values.append(str(t.min - 1) if isinstance(t, click.IntRange) and not t.min_open else str(t.min) if t.min_open
+                      else str(t.min - 0.5))
+    if t.max is not None:
+        values.append(str(t.max + 1) if isinstance(t, click.IntRange) else str(t.max + 0.5) if not t.max_open
+                      else str(t.max))
+    return values
+
+
+OPTION_CASES = [(cmd, param.opts[-1], value) for cmd, param in _numeric_options() for value in _bad_values(param)]
+
+
+@pytest.mark.parametrize("command,option,value", OPTION_CASES,
+                         ids=[f"{c}{o}={v or 'empty'}" for c, o, v in OPTION_CASES])
+def test_bad_numbers_are_refused_when_parsed(command, option, value, places, tmp_path, monkeypatch) -> None:
+    case = Case(f"{command} {option} {value}", [command, f"{option}={value}"], option)
+    run_case(case, places, tmp_path, monkeypatch)
+
+
+# -- the Python API: the same checks without the CLI ------------------------------------------------
+
+NAN, INF = float("nan"), float("inf")
+
+
+def _gpt_config(**fields):
+    from gpt2reg import GPTConfig
+
+    return GPTConfig(**{"n_layer": 1, "n_head": 1, "n_embd": 8, "block_size": 8, **fields})
+
+
+def _train_config(**fields):
+    from gpt2reg import TrainConfig
+
+    return TrainConfig(**fields)
+
+
+def _generate(model_dir, **kwargs):
+    import gpt2reg
+
+    return gpt2reg.generate(gpt2reg.load_model(model_dir), "Hello", **{"max_new_tokens": 2, **kwargs})
+
+
+API_CASES = [
+    *[(f"GPTConfig-{k}={v}", _gpt_config, {k: v}, f"{k}=")
+      for k, values in {
+          "mlp_ratio": [NAN, INF, -1.0, 0.0, "4"], "dropout": [NAN, INF, -0.1, 1.0], "norm_eps": [NAN, INF, 0.0, -1e-5],
+          "init_std": [NAN, INF, 0.0], "n_layer": [0, -1, 2.5, True, "2"], "n_head": [0, 1.0],
+          "n_embd": [0, -8], "block_size": [0], "vocab_size": [0, -5], "pos": [3], "bias": ["yes"],
+      }.items() for v in values],
+    *[(f"TrainConfig-{k}={v}", _train_config, {k: v}, f"{k}=")
+      for k, values in {
+          "lr": [NAN, INF, 0.0, -1.0, "0.1"], "min_lr": [NAN, -1.0, 1.0], "weight_decay": [NAN, INF, -0.1],
+          "grad_clip": [NAN, INF, -1.0], "val_fraction": [NAN, 1.0, -0.1], "max_steps": [0, 1.5, NAN],
+          "batch_size": [0, 2.0], "grad_accum": [0], "warmup_steps": [-1], "seed": [-1, 0.5], "seq_len": [0],
+          "checkpoint_interval": [0], "keep_checkpoints": [0], "eval_batches": [0], "sample_tokens": [-1],
+          "device": [0],
+      }.items() for v in values],
+]
+GENERATE_CASES = [
+    ("temperature", NAN), ("temperature", INF), ("temperature", -1.0), ("temperature", "1"),
+    ("top_p", NAN), ("top_p", 0.0), ("top_p", 1.5), ("top_k", 0), ("top_k", 2.5), ("top_k", NAN),
+    ("seed", -1), ("seed", 1.5), ("num_samples", 0), ("num_samples", NAN), ("max_new_tokens", 0),
+    ("max_new_tokens", NAN),
+]
+
+
+@pytest.mark.parametrize("id_,make,fields,expect", API_CASES, ids=[c[0] for c in API_CASES])
+def test_api_configs_refuse_bad_numbers(id_, make, fields, expect) -> None:
+    from gpt2reg import ConfigError
+
+    with pytest.raises(ConfigError, match=expect.replace("+", r"\+")) as caught:
+        make(**fields)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("name,value", GENERATE_CASES, ids=[f"{n}={v}" for n, v in GENERATE_CASES])
+def test_api_generate_refuses_bad_numbers(name, value, places) -> None:
+    from gpt2reg.errors import InputError
+
+    with pytest.raises(InputError, match=f"{name}="):
+        _generate(places["tiny"], **{name: value})

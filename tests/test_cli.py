@@ -69,7 +69,6 @@ def test_build_refuses_non_empty_directory_without_force(tmp_path: Path) -> None
         (["--act", "gelu2"], "unknown activation 'gelu2'; choose one of: "),
         (["--n-embd", "100", "--n-head", "12"], "n_embd=100 is not divisible by n_head=12"),
         (["--pos", "rope", "--n-embd", "30", "--n-head", "6"], "RoPE needs an even head size"),
-        (["--n-layer", "0"], "n_layer=0: must be a positive integer"),
     ],
 )
 def test_bad_build_is_one_line_error_and_writes_nothing(tmp_path: Path, args: list[str], message: str) -> None:

@@ -288,4 +288,8 @@ def test_cli_resume_takes_the_saved_settings(tmp_path: Path, monkeypatch) -> Non
     settings = json.loads((tmp_path / "run" / "run.json").read_text())["train"]
     assert settings["batch_size"] == 2 and settings["max_steps"] == 3 and Path(settings["data"]).is_absolute()
     refused = CliRunner().invoke(cli, ["train", "-o", "run", "--resume", "--n-layer", "2"])
-    assert refused.exit_code == 2 and "drop the architecture options" in refused.output
+    assert refused.exit_code == 1 and "n_layer (run: 1, given: 2)" in refused.output
+    # The first command again, with --resume added: its options equal the saved ones, so it continues.
+    rerun = CliRunner().invoke(cli, ["train", "--data", "in.txt", "-o", "run", "--max-steps", "4", *base, "--resume"])
+    assert rerun.exit_code == 0, rerun.output
+    assert json.loads(rerun.output)["steps"] == 4

@@ -33,6 +33,7 @@ def bench(model, rows, list_rows, rounds, repeats, prompt_tokens, new_tokens, pr
     rounds. Ratios compare engines measured in this run only.
     """
     from ..bench import ROWS, run_bench
+    from ..training.device import resolve_device
 
     if list_rows:
         for row in ROWS:
@@ -40,6 +41,7 @@ def bench(model, rows, list_rows, rounds, repeats, prompt_tokens, new_tokens, pr
             needs = f"  needs {', '.join(row.requires)}" if row.requires else ""
             click.echo(f"{row.name}{extra}{needs}")
         return
+    resolve_device(device)  # an unknown or absent device fails here, not once per row
     report = run_bench(
         model,
         rows=[r.strip() for r in rows.split(",") if r.strip()] if rows else None,
@@ -55,3 +57,8 @@ def bench(model, rows, list_rows, rounds, repeats, prompt_tokens, new_tokens, pr
         progress=lambda msg: click.echo(f"bench: {msg}", err=True),
     )
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.format())
+    if not any(row.metrics for row in report.rows):
+        from ..errors import InputError
+
+        notes = "; ".join(f"{row.name}: {row.note or 'no result'}" for row in report.rows)
+        raise InputError(f"no row of the benchmark produced a result ({notes})")

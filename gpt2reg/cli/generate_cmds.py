@@ -7,6 +7,8 @@ import warnings
 
 import click
 
+from .options import SEED, Real
+
 
 @click.command()
 @click.argument("model", required=False, metavar="MODEL")
@@ -15,12 +17,12 @@ import click
                    "\"<|endoftext|>\" starts an unconditional sample.")
 @click.option("-n", "--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True,
               help="Tokens to generate per sample (fewer if it stops).")
-@click.option("-t", "--temperature", type=click.FloatRange(min=0), help="Divide logits by T; 0 is greedy.  [default: 1.0]")
+@click.option("-t", "--temperature", type=Real(min=0), help="Divide logits by T; 0 is greedy.  [default: 1.0]")
 @click.option("--top-k", type=click.IntRange(min=1), help="Sample only from the K most likely tokens.")
-@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True),
+@click.option("--top-p", type=Real(0, 1, min_open=True),
               help="Sample only from the most likely tokens holding probability P (nucleus).")
 @click.option("--greedy", is_flag=True, help="Always take the most likely token (deterministic).")
-@click.option("--seed", type=click.IntRange(min=0), help="Seed for reproducible sampling.")
+@click.option("--seed", type=SEED, help="Seed for reproducible sampling.")
 @click.option("--num-samples", type=click.IntRange(min=1), default=1, show_default=True, help="Samples per prompt.")
 @click.option("--stop", multiple=True, help="Stop a sample when it produces this text (repeatable). <|endoftext|> always stops.")
 @click.option("--stream/--no-stream", default=True, show_default=True, help="Print text as it is produced.")

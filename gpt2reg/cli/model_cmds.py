@@ -6,7 +6,7 @@ import json
 
 import click
 
-from .options import architecture_options, given_architecture
+from .options import SEED, architecture_options, given_architecture
 
 
 def _print_summary(summary: dict, as_json: bool) -> None:
@@ -19,7 +19,7 @@ def _print_summary(summary: dict, as_json: bool) -> None:
 @architecture_options
 @click.option("--from-pretrained", "pretrained", metavar="PATH_OR_HUB_NAME",
               help="Start from a checkpoint: model dir, HF dir/file, nanoGPT ckpt.pt or hub name.")
-@click.option("--seed", type=int, help="Seed for a reproducible initialisation.")
+@click.option("--seed", type=SEED, help="Seed for a reproducible initialisation.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Model directory to write.")
 @click.option("--force", is_flag=True, help="Write into an existing non-empty directory.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")

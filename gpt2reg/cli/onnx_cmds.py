@@ -7,6 +7,8 @@ import time
 
 import click
 
+from .options import SEED, Real
+
 _PROVIDER = click.Choice(["auto", "cuda", "cpu"])
 
 
@@ -25,7 +27,7 @@ def _print_report(report, as_json: bool) -> None:
 @click.option("--quantize", type=click.Choice(["int8"]), help="onnxruntime dynamic quantization (fast CPU inference).")
 @click.option("--validate/--no-validate", default=True, show_default=True,
               help="Check the file against the torch model under onnxruntime.")
-@click.option("--atol", type=click.FloatRange(min=0), help="Validation tolerance.  [default: per dtype, see validate]")
+@click.option("--atol", type=Real(min=0), help="Validation tolerance.  [default: per dtype, see validate]")
 @click.option("--provider", type=_PROVIDER, default="auto", show_default=True, help="Execution provider for validation.")
 @click.option("--cases", type=click.IntRange(1), default=8, show_default=True, help="Validation cases.")
 @click.option("--force", is_flag=True, help="Overwrite an existing file that gpt2reg did not write.")
@@ -83,11 +85,11 @@ def export(model_source, output, kv_cache, opset, dtype, quantize, validate, ato
 @click.argument("model_source", metavar="MODEL")
 @click.option("--provider", type=_PROVIDER, default="auto", show_default=True,
               help="auto takes CUDA when it really loads; cuda fails where it cannot.")
-@click.option("--atol", type=click.FloatRange(min=0),
+@click.option("--atol", type=Real(min=0),
               help="Max |logit difference|.  [default: fp32 1e-4, fp16 2e-2, int8 0.5]")
 @click.option("--cases", type=click.IntRange(1), default=8, show_default=True,
               help="Random cases (batch 1-4; lengths 1, odd, full context; past 0 and > 0; left padding).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
 def validate(onnx_path, model_source, provider, atol, cases, seed, as_json) -> None:
     """Compare ONNX_PATH under onnxruntime with MODEL in torch; exit status 1 when they disagree."""

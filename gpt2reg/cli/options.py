@@ -1,12 +1,32 @@
-"""Click options shared by commands, defined once here: the model's (``build``, ``train``, ``compare``)
-and training's (``train``, ``compare``)."""
+"""Click option types and options shared by the commands, defined once here: number types, the model's
+options (``build``, ``train``, ``compare``) and training's (``train``, ``compare``).
+
+Every numeric option of every command uses ``click.IntRange`` or ``Real`` (a test walks the
+commands to keep it so): ``nan``, ``inf`` and out-of-range values are refused as the option is parsed.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 import click
+
+
+class Real(click.FloatRange):
+    """A finite float in a range: click's ``FloatRange`` lets ``nan`` (and ``inf`` where unbounded) through."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+# Seeds feed torch.manual_seed and numpy's SeedSequence: non-negative, at most 64 bits.
+SEED = click.IntRange(0, 2**63 - 1)
+POSITIVE = click.IntRange(1)
 
 # CLI option -> config field; None means "not given" so presets keep their values.
 ARCH_OPTIONS = {
@@ -28,13 +48,13 @@ _DECORATORS = (
     click.option("--pos", help="Positional encoding (see `gpt2reg components`).  [default: learned]"),
     click.option("--act", help="MLP activation.  [default: gelu_tanh]"),
     click.option("--norm", help="Normalization layer.  [default: layernorm]"),
-    click.option("--n-layer", type=int, help="Number of blocks."),
-    click.option("--n-head", type=int, help="Attention heads per block."),
-    click.option("--n-embd", type=int, help="Embedding width."),
-    click.option("--block-size", type=int, help="Context length in tokens."),
-    click.option("--vocab-size", type=int, help="Vocabulary size."),
-    click.option("--mlp-ratio", type=float, help="MLP hidden width / n_embd."),
-    click.option("--dropout", type=float, help="Dropout probability."),
+    click.option("--n-layer", type=POSITIVE, help="Number of blocks."),
+    click.option("--n-head", type=POSITIVE, help="Attention heads per block."),
+    click.option("--n-embd", type=POSITIVE, help="Embedding width."),
+    click.option("--block-size", type=POSITIVE, help="Context length in tokens."),
+    click.option("--vocab-size", type=POSITIVE, help="Vocabulary size."),
+    click.option("--mlp-ratio", type=Real(min=0, min_open=True), help="MLP hidden width / n_embd."),
+    click.option("--dropout", type=Real(0, 1, max_open=True), help="Dropout probability."),
     click.option("--bias/--no-bias", default=None, help="Biases in linear layers and LayerNorm."),
 )
 
@@ -75,23 +95,23 @@ _TRAINING_DECORATORS = (
     click.option("--grad-accum", type=click.IntRange(1), default=_default("grad_accum"), show_default=True,
                  help="Micro-batches per optimizer step."),
     click.option("--seq-len", type=click.IntRange(1), help="Training window in tokens.  [default: the model's block size]"),
-    click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=_default("lr"), show_default=True,
+    click.option("--lr", type=Real(min=0, min_open=True), default=_default("lr"), show_default=True,
                  help="Peak learning rate."),
-    click.option("--min-lr", type=click.FloatRange(min=0), help="Learning rate at the end of the cosine.  [default: lr/10]"),
+    click.option("--min-lr", type=Real(min=0), help="Learning rate at the end of the cosine.  [default: lr/10]"),
     click.option("--warmup-steps", type=click.IntRange(0), default=_default("warmup_steps"), show_default=True),
-    click.option("--weight-decay", type=click.FloatRange(min=0), default=_default("weight_decay"), show_default=True,
+    click.option("--weight-decay", type=Real(min=0), default=_default("weight_decay"), show_default=True,
                  help="AdamW weight decay, on matrices only."),
-    click.option("--grad-clip", type=click.FloatRange(min=0), default=_default("grad_clip"), show_default=True,
+    click.option("--grad-clip", type=Real(min=0), default=_default("grad_clip"), show_default=True,
                  help="Max global gradient norm (0: off)."),
     click.option("--eval-interval", type=click.IntRange(1), default=_default("eval_interval"), show_default=True,
                  help="Validate, plot and sample every N steps."),
     click.option("--eval-batches", type=click.IntRange(1), default=_default("eval_batches"), show_default=True,
                  help="Validation windows = this x batch size, at most."),
-    click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=_default("val_fraction"),
+    click.option("--val-fraction", type=Real(0, 1, max_open=True), default=_default("val_fraction"),
                  show_default=True, help="Held-out tail of the corpus."),
     click.option("--checkpoint-interval", type=click.IntRange(1), help="Checkpoint every N steps.  [default: eval interval]"),
     click.option("--keep-checkpoints", type=click.IntRange(1), default=_default("keep_checkpoints"), show_default=True),
-    click.option("--seed", type=int, default=_default("seed"), show_default=True, help="Initialisation and data order."),
+    click.option("--seed", type=SEED, default=_default("seed"), show_default=True, help="Initialisation and data order."),
     click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default=_default("dtype"),
                  show_default=True,
                  help="auto: bf16 autocast where the hardware computes it natively (CUDA, AVX512-BF16/AMX CPUs)."),

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 import click
+
+from .options import Real
 
 
 @click.command()
@@ -21,7 +21,7 @@ import click
               help="Largest max_tokens a request may ask for.  [default: the context minus one]")
 @click.option("--api-key", envvar="GPT2REG_API_KEY", show_envvar=True,
               help="Require 'Authorization: Bearer KEY' on /v1/ requests.")
-@click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
+@click.option("--grace", type=Real(min=0), default=30.0, show_default=True,
               help="Seconds requests in flight may take to finish after SIGTERM.")
 @click.option("--threads", type=click.IntRange(min=1), help="onnxruntime intra-op threads.  [default: all cores]")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
@@ -36,8 +36,6 @@ def serve(model, host, port, provider, max_batch, max_queue, max_tokens, api_key
     curl localhost:8000/v1/completions -H 'Content-Type: application/json' \\
          -d '{"prompt": "Hello", "max_tokens": 20, "seed": 0}'
     """
-    if not math.isfinite(grace):
-        raise click.BadParameter(f"{grace} is not a finite number of seconds", param_hint="'--grace'")
     if api_key is not None and not api_key.strip():
         raise click.BadParameter("must not be empty", param_hint="'--api-key'")
     from ..serve import serve as run

@@ -38,11 +38,19 @@ def train(ctx, out_dir, preset, init, resume, no_progress, as_json, compile_, **
     options["compile"] = compile_
     fields = {name: options[name] for name in TRAIN_FIELDS}
     if resume:
-        if arch or init or preset != "gpt2":
-            raise click.UsageError("--resume continues the run's own model; drop the architecture options and --init")
+        from ..config import PRESETS
+        from ..training import resume_conflicts
+
         param_names = {"compile": "compile_"}
         given = {name: value for name, value in fields.items()
                  if ctx.get_parameter_source(param_names.get(name, name)) != click.core.ParameterSource.DEFAULT}
+        preset_given = ctx.get_parameter_source("preset") != click.core.ParameterSource.DEFAULT
+        if preset_given:
+            GPTConfig.from_preset(preset)  # an unknown preset is an error here too
+        # Options equal to the saved ones are accepted (the first command, re-run with --resume added).
+        resume_conflicts(out_dir, model={**(PRESETS[preset] if preset_given else {}), **arch},
+                         init=init, **{k: v for k, v in given.items() if k == "data"})
+        given.pop("data", None)
         config = resume_config(out_dir, **given, progress=not no_progress)
         model = None
     else:

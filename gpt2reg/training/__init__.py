@@ -16,10 +16,10 @@ from typing import Any
 
 from .config import TrainConfig
 
-__all__ = ["TrainConfig", "train", "resume_config", "read_run", "evaluate", "evaluate_tokens", "sliding_windows"]
+__all__ = ["TrainConfig", "train", "resume_config", "resume_conflicts", "read_run", "evaluate", "evaluate_tokens", "sliding_windows"]
 
 # Imported on first use, so that reading TrainConfig does not import torch.
-_LAZY = {"train": "loop", "resume_config": "loop", "read_run": "loop", "evaluate": "eval",
+_LAZY = {"train": "loop", "resume_config": "loop", "resume_conflicts": "loop", "read_run": "loop", "evaluate": "eval",
          "evaluate_tokens": "eval", "sliding_windows": "eval"}
 
 

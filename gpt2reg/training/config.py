@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
+from ..numbers import check_number
 
 
 @dataclass
@@ -41,20 +42,25 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        positive = ("max_steps", "batch_size", "grad_accum", "eval_interval", "eval_batches", "keep_checkpoints")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)}: must be at least 1")
+        def check(name: str, low: float | None = None, high: float | None = None, **kw: Any) -> None:
+            check_number(name, getattr(self, name), low, high, error=ConfigError, **kw)
+
+        for name in ("max_steps", "batch_size", "grad_accum", "eval_interval", "eval_batches", "keep_checkpoints"):
+            check(name, 1, integer=True)
         for name in ("seq_len", "checkpoint_interval"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)}: must be at least 1")
-        if self.lr <= 0 or (self.min_lr is not None and not 0 <= self.min_lr <= self.lr):
-            raise ConfigError(f"lr={self.lr}, min_lr={self.min_lr}: need lr > 0 and 0 <= min_lr <= lr")
-        for name in ("warmup_steps", "weight_decay", "grad_clip", "sample_tokens"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name}={getattr(self, name)}: must not be negative")
-        if not 0 <= self.val_fraction < 1:
-            raise ConfigError(f"val_fraction={self.val_fraction}: must be in [0, 1)")
+            if getattr(self, name) is not None:
+                check(name, 1, integer=True)
+        for name in ("warmup_steps", "sample_tokens", "seed"):
+            check(name, 0, integer=True)
+        check("lr", 0, low_open=True)
+        if self.min_lr is not None:
+            check("min_lr", 0, self.lr)
+        for name in ("weight_decay", "grad_clip"):
+            check(name, 0)
+        check("val_fraction", 0, 1, high_open=True)
+        for name in ("dtype", "device", "sample_prompt"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{name}={getattr(self, name)!r}: expected a string")
 
     @property
     def final_lr(self) -> float:

@@ -80,8 +80,12 @@ def _fingerprint(files: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def cache_tokens(corpus: str | os.PathLike, cache_dir: str | os.PathLike) -> Path:
-    """Tokenize ``corpus`` into ``cache_dir/tokens.bin`` unless an up-to-date cache is already there."""
+def cache_tokens(corpus: str | os.PathLike, cache_dir: str | os.PathLike, *, same_corpus: bool = False) -> Path:
+    """Tokenize ``corpus`` into ``cache_dir/tokens.bin`` unless an up-to-date cache is already there.
+
+    ``same_corpus`` (a resumed run): a cache made from other files, or from these files before they
+    changed, is an error rather than silently replaced - the run would go on on another text.
+    """
     files = text_files(corpus)
     cache = Path(cache_dir)
     bin_path, meta_path = cache / TOKENS_FILE, cache / TOKENS_META
@@ -93,6 +97,12 @@ def cache_tokens(corpus: str | os.PathLike, cache_dir: str | os.PathLike) -> Pat
             meta = {}
         if meta.get("fingerprint") == key and bin_path.stat().st_size == 2 * meta.get("tokens", -1):
             return bin_path
+        if same_corpus and meta.get("fingerprint"):
+            raise InputError(
+                f"{corpus} is not the text this run was trained on (it started on {meta.get('source')} with "
+                f"{meta.get('files')} file(s); files, sizes or modification times differ); resume with the same "
+                f"text, or start a new run with -o NEW_FOLDER (--init {Path(cache_dir) / 'model'} continues from it)"
+            )
     tokens = tokenize_documents(read_documents(corpus))
     write_bytes(bin_path, tokens.tobytes(), what="the token cache", option="--output")
     meta = {"format": _FORMAT, "dtype": "uint16", "tokens": int(tokens.size), "fingerprint": key,

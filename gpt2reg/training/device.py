@@ -64,11 +64,6 @@ def available_memory(device: torch.device) -> int | None:
     """Bytes free for a new allocation on ``device`` (None where unknown)."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    from ..memory import available
+
+    return available()[0]  # MemAvailable, or what is left under RLIMIT_AS

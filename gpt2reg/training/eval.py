@@ -19,7 +19,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
+from ..generation import NON_FINITE
+from ..memory import check_fits
 from ..model import GPT
 from ..tokenizer import EOT_ID
 from .data import read_documents, tokenize_documents
@@ -64,6 +66,10 @@ def evaluate_tokens(model: GPT, tokens: np.ndarray | list[int], *, seq_len: int 
     amp = resolve_dtype(dtype, device)
     windows = sliding_windows(tokens.size, seq_len, stride)
     width = min(seq_len, tokens.size - 1)
+    if device.type == "cpu":  # logits (with their float copy and softmax) and one layer's activations
+        c, rows = model.config, min(batch_size, len(windows))
+        check_fits(rows * width * 4 * (3 * c.vocab_size + 8 * c.n_embd),
+                   f"scoring {rows:,} windows of {width} tokens at once", "lower --batch-size or --seq-len")
     was_training = model.training
     model.eval()
     from tqdm.auto import tqdm
@@ -84,6 +90,8 @@ def evaluate_tokens(model: GPT, tokens: np.ndarray | list[int], *, seq_len: int 
         count += int((y_t != -100).sum())
     model.train(was_training)
     mean = total / count
+    if not math.isfinite(mean):
+        raise InputError(NON_FINITE)
     return {"loss": mean, "perplexity": math.exp(mean), "tokens": count, "windows": len(windows),
             "seq_len": seq_len, "stride": stride}
 

@@ -84,6 +84,33 @@ def resume_config(run_dir: str | os.PathLike, **overrides: Any) -> TrainConfig:
     return TrainConfig.from_dict({**saved, "out_dir": str(run_dir), **overrides})
 
 
+def resume_conflicts(run_dir: str | os.PathLike, model: dict[str, Any] | None = None, init: str | None = None,
+                     **train: Any) -> None:
+    """Refuse a resume whose options differ from the run's saved ones, naming each field and both values.
+
+    Options equal to the saved ones are fine (re-running the first command with ``--resume`` added
+    is what most people do). ``model`` holds GPTConfig fields, ``init`` the checkpoint the run started
+    from, ``train`` TrainConfig fields that must not change mid-run (e.g. ``data``).
+    """
+    run = read_run(run_dir)
+    differ = []
+    for name, value in (model or {}).items():
+        saved = run.get("model", {}).get(name)
+        if saved != value:
+            differ.append(f"{name} (run: {saved!r}, given: {value!r})")
+    if init is not None and init != run.get("init"):
+        differ.append(f"init (run: {run.get('init')!r}, given: {init!r})")
+    for name, value in train.items():
+        saved = run.get("train", {}).get(name)
+        if name == "data" and value is not None:
+            value = str(Path(value).expanduser().resolve())
+        if saved != value:
+            differ.append(f"{name} (run: {saved!r}, given: {value!r})")
+    if differ:
+        raise InputError(f"--resume continues the run saved in {Path(run_dir) / RUN_FILE}, but "
+                         f"{'; '.join(differ)}; drop or correct these options, or start a new run in another folder")
+
+
 def train(config: TrainConfig, model: ModelSpec = None, *, resume: bool = False) -> dict[str, Any]:
     """Train ``model`` (a GPTConfig to build, a GPT, or a checkpoint to fine-tune; default GPT-2 small).
 
@@ -242,7 +269,7 @@ class _Trainer:
         if self.group.is_main:
             try:
                 remove_stale_temporaries(self.run_dir)
-                cache_tokens(cfg.data, self.run_dir)
+                cache_tokens(cfg.data, self.run_dir, same_corpus=self.resume)
             except InputError as exc:
                 error = str(exc)
         # Every rank raises the main rank's error instead of waiting forever for it.
@@ -455,4 +482,4 @@ class _Trainer:
                 signal.signal(sig, old)
 
 
-__all__ = ["TrainConfig", "train", "resume_config", "read_run", "estimate_memory"]
+__all__ = ["TrainConfig", "train", "resume_config", "resume_conflicts", "read_run", "estimate_memory"]
