@@ -275,7 +275,7 @@ def test_long_prompt_keeps_its_most_recent_tokens() -> None:
         ([[1, 2], []], {}, "prompt 2 is empty"),
         ([1, 200], {}, "outside the model's vocabulary"),
         ([1, 2], {"max_new_tokens": 64}, "no room"),
-        ([1, 2], {"max_new_tokens": 0}, "at least 1"),
+        ([1, 2], {"max_new_tokens": 0}, "max_new_tokens=0: must be an integer >= 1"),
         ([1, 2], {"num_samples": 0}, "num_samples"),
         ([1, 2], {"top_p": 2.0}, "top_p"),
         ([1, 2], {"seed": -1, "max_new_tokens": 4}, "seed"),
