@@ -125,7 +125,7 @@ class Sampler:
 
     def __init__(self, options: SamplingOptions, sample_indices: Sequence[int], seed: int | None = None) -> None:
         if seed is not None:
-            check_number("seed", seed, 0, 2**63 - 1, integer=True)
+            check_number("seed", seed, 0, integer=True)  # any size: numpy takes 128-bit entropy too
         self.options = options
         self.seed = int(np.random.SeedSequence().entropy) if seed is None else int(seed)
         self._rngs = [np.random.default_rng([self.seed, int(i)]) for i in sample_indices]
