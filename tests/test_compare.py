@@ -382,3 +382,28 @@ def test_a_variant_compared_with_itself_is_not_significantly_different(corpus: P
     assert twin["name"] == "gelu_twin" and twin["val_loss"]["n"] == 2
     assert twin["vs_baseline"]["verdict"].startswith("not significant")
     assert "not significant" in (out / "report.md").read_text()
+
+
+def test_jobs_split_the_cores_or_the_gpus(corpus: Path, tmp_path: Path, monkeypatch) -> None:
+    import torch
+
+    from gpt2reg.compare.runner import _slots
+
+    comparison = Comparison(tmp_path, grid({"pos": ["learned", "rope"]}), settings={"data": str(corpus), **TINY})
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert _slots(comparison, 1, 1) == [{}]  # one run: torch's own default
+    assert _slots(comparison, 2, 1) == [{"OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "4"}] * 2
+    assert _slots(comparison, 2, 2) == [{"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}] * 2
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert _slots(comparison, 2, 2) == [{"CUDA_VISIBLE_DEVICES": "0,1"}, {"CUDA_VISIBLE_DEVICES": "2,3"}]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
+    assert _slots(comparison, 4, 1) == [{"CUDA_VISIBLE_DEVICES": str(i)} for i in (4, 5, 6, 7)]
+    with pytest.raises(ConfigError, match="needs 6 GPUs; 4 visible"):
+        _slots(comparison, 3, 2)
+    cpu = Comparison(tmp_path, grid({"pos": ["learned", "rope"]}), settings={"data": str(corpus), **TINY,
+                                                                             "device": "cpu"})
+    assert _slots(cpu, 2, 1) == [{"OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "4"}] * 2
+    commands = [train_command(r, nproc_per_node=2) for r in comparison.runs()]
+    assert commands[0][:5] == ["torchrun", "--standalone", "--nproc_per_node", "2", "-m"]

@@ -134,7 +134,7 @@ def collect(out_dir: str | os.PathLike, baseline: str | None = None) -> dict[str
     for v in variants:
         v["vs_baseline"] = None if v is base else stats.welch(base["val_loss"]["values"], v["val_loss"]["values"])
     return {"format": "gpt2reg-compare-results", "baseline": baseline, "settings": plan.get("settings", {}),
-            "seeds": plan.get("seeds", []), "variants": variants, "same_data": _same_data(seen)}
+            "seeds": plan.get("seeds", []), "jobs": plan.get("jobs"), "variants": variants, "same_data": _same_data(seen)}
 
 
 def _same_data(seen: dict[int, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -241,6 +241,9 @@ def _summary_lines(results: dict[str, Any]) -> list[str]:
         else:
             lines.append(f"seed {seed}: WARNING the runs did not see the same data (batches: "
                          f"{'same' if same else 'different'}, validation windows: {'same' if val else 'different'})")
+    if (results.get("jobs") or 1) > 1:
+        lines.append(f"train tokens/s: measured with {results['jobs']} runs at once (they share the machine); "
+                     "compare them within this comparison only")
     ranked = sorted((v for v in results["variants"] if v["val_loss"]["mean"] is not None),
                     key=lambda v: v["val_loss"]["mean"])
     if ranked and base["val_loss"]["mean"] is not None:

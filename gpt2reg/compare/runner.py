@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -139,7 +140,8 @@ def run_comparison(comparison: Comparison, *, jobs: int = 1, nproc_per_node: int
                     raise ConfigError(f"{run.dir} holds a run with other settings ({diff}); use another -o "
                                       "or remove that folder")
         slots = _slots(comparison, jobs, nproc_per_node)
-        write_atomic(out / PLAN_FILE, json.dumps(comparison.to_dict(), indent=2) + "\n")
+        plan = {**comparison.to_dict(), "jobs": jobs, "nproc_per_node": nproc_per_node}
+        write_atomic(out / PLAN_FILE, json.dumps(plan, indent=2) + "\n")
         (out / LOGS_DIR).mkdir(exist_ok=True)
         queue = [run for run in runs if states[run.name]["status"] in ("pending", "partial")]
         done = len(runs) - len(queue)
@@ -161,7 +163,8 @@ def run_comparison(comparison: Comparison, *, jobs: int = 1, nproc_per_node: int
                 with contextlib.suppress(ProcessLookupError):
                     r.proc.send_signal(signal.SIGTERM)
 
-        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        main_thread = threading.current_thread() is threading.main_thread()  # only it may handle signals
+        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
         index = done
         try:
             while (queue and not stopping) or running:
@@ -228,7 +231,8 @@ def _deploy(comparison: Comparison, out: Path, say: Callable[[str], None]) -> No
         result = deploy_check(run.dir / "model", folder / f"{variant.name}.onnx")
         result["run"] = run.name
         write_atomic(target, json.dumps(result, indent=2) + "\n")
-        say(f"{variant.name}: " + ("exported, " + ("validates" if result["validates"] else "does NOT validate")
-                                   + f", max |diff| {result['max_abs_diff']:.2e}, "
-                                   f"{result['decode_tokens_per_s']:,.0f} decode tokens/s"
-                                   if result["exports"] else f"export failed: {result['error']}"))
+        if "error" in result:
+            say(f"{variant.name}: {'validation' if result['exports'] else 'export'} failed: {result['error']}")
+        else:
+            say(f"{variant.name}: exported, {'validates' if result['validates'] else 'does NOT validate'}, "
+                f"max |diff| {result['max_abs_diff']:.2e}, {result['decode_tokens_per_s']:,.0f} decode tokens/s")
