@@ -487,11 +487,16 @@ def _init_skipped() -> Iterator[None]:
             setattr(torch.nn.init, n, fn)
 
 
+def meta_model(config: GPTConfig) -> GPT:
+    """The model ``config`` builds, on the meta device: shapes and parameter counts without memory or init."""
+    with torch.device("meta"), _init_skipped():
+        return GPT(config)
+
+
 def _build(checkpoint: _Checkpoint, device: torch.device, dtype: torch.dtype | None) -> GPT:
     """Assign the checkpoint's tensors to a model built on the meta device: no init, no second copy."""
     config, weights = checkpoint.config, checkpoint.weights
-    with torch.device("meta"), _init_skipped():
-        model = GPT(config)
+    model = meta_model(config)
     expected = {key: tuple(t.shape) for key, t in model.state_dict().items()}
     _check_fit(weights, expected, checkpoint)
     state = {}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shlex
 import shutil
 import signal
 import statistics
@@ -112,6 +113,7 @@ def test_the_report_numbers_are_those_of_the_runs_metrics(grid_run) -> None:
         expected = stats.ttest_ind(losses, base, equal_var=False)
         assert v["vs_baseline"]["diff"] == pytest.approx(statistics.fmean(losses) - statistics.fmean(base), abs=1e-12)
         assert v["vs_baseline"]["p_value"] == pytest.approx(float(expected.pvalue), rel=1e-9)
+        assert v["vs_baseline"]["ci95"] == pytest.approx(list(expected.confidence_interval(0.95)), rel=1e-9)
         significant = expected.pvalue < 0.05
         assert v["vs_baseline"]["verdict"].startswith(("better", "worse") if significant else ("not significant",))
         assert v["vs_baseline"]["verdict"] in (out / "report.md").read_text()
@@ -193,23 +195,21 @@ def test_the_html_report_shows_its_plot_in_a_real_browser(grid_run, tmp_path: Pa
     assert ((pixels.max(-1) - pixels.min(-1)) > 60).sum() > 2000
 
 
-def test_print_commands_are_the_runs_and_report_only_reads_what_they_made(corpus: Path, tmp_path: Path) -> None:
+def test_print_commands_prints_the_commands_the_runs_ran(grid_run, corpus: Path, tmp_path: Path) -> None:
+    comparison, _ = grid_run
+    for run in comparison.runs():  # what the runner ran is exactly train_command, through this python
+        executed = (comparison.out_dir / "logs" / f"{run.name}.log").read_text().splitlines()[0]
+        assert executed == "$ " + shlex.join(train_command(run, python=sys.executable))
+        assert shlex.join(train_command(run)) == shlex.join(["gpt2reg", *train_command(run, python="py")[3:]])
     out = tmp_path / "cmp"
-    settings = {**TINY, "max_steps": 3}
     result = CliRunner().invoke(cli, ["compare", "--data", str(corpus), "-o", str(out), "--pos", "learned,rope",
-                                      "--print-commands", *cli_args(settings)])
+                                      "--seeds", "2", "--print-commands", *cli_args(TINY)])
     assert result.exit_code == 0, result.output
     commands = [line for line in result.output.splitlines() if line.startswith("gpt2reg train")]
-    assert len(commands) == 2 and not (out / "runs").exists()
-    assert f"-o {out}/runs/rope-s0 --pos rope --n-layer 2" in commands[1]
-    for command in commands:  # as a scheduler of one's own would run them
-        subprocess.run([sys.executable, "-m", "gpt2reg", *command.split()[1:]], env=ENV, check=True,
-                       capture_output=True)
-    result = CliRunner().invoke(cli, ["compare", "-o", str(out), "--report-only", "--json"])
-    assert result.exit_code == 0, result.output
-    data = json.loads(result.output)
-    assert [v["name"] for v in data["variants"]] == ["learned", "rope"]
-    assert all(v["status"] == "1 finished" for v in data["variants"])
+    expected = Comparison(out, grid({"pos": ["learned", "rope"]}), settings={"data": str(corpus), **TINY}, seeds=2)
+    assert commands == [shlex.join(train_command(run)) for run in expected.runs()]
+    assert f"-o {out}/runs/rope-s1 --pos rope --n-layer 2" in commands[3] and "--seed 1" in commands[3]
+    assert not (out / "runs").exists() and json.loads((out / "compare.json").read_text())["baseline"] == "learned"
 
 
 def wait_for(predicate, timeout: float = 120.0) -> None:

@@ -45,7 +45,9 @@ def compare(ctx, out_dir, preset, variants, config_file, seeds, baseline, match_
     gpt2reg compare --data poems.txt --variant pos=rope --variant pos=rope,lr=3e-3 -o cmp2
     gpt2reg compare -o cmp --report-only            # after runs made elsewhere (--print-commands)
 
-    Running the same command again resumes unfinished runs and skips finished ones.
+    --pos, --act and --norm take comma-separated names: the grid of their combinations. Every other
+    model and training option is shared by all runs. Running the same command again resumes
+    unfinished runs and skips finished ones.
     """
     from ..compare import report
     from ..compare.spec import AXES, Comparison, grid, load_toml, parse_variant, split_axis

@@ -170,12 +170,13 @@ def _diff_cells(v: dict[str, Any]) -> tuple[str, str]:
     cmp = v["vs_baseline"]
     if cmp is None:
         return "baseline", ""
-    return (_fmt(cmp["diff"], "+.4f"), cmp["verdict"])
+    ci = f" [{cmp['ci95'][0]:+.4f}, {cmp['ci95'][1]:+.4f}]" if cmp["ci95"] else ""
+    return (_fmt(cmp["diff"], "+.4f") + ci, cmp["verdict"])
 
 
 def table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """The report's table: a header and one row per variant."""
-    header = ["variant", "parameters", "final val loss (mean ± std)", "Δ vs baseline", "Welch's t-test",
+    header = ["variant", "parameters", "final val loss (mean ± std)", "Δ vs baseline [95% CI]", "Welch's t-test",
               "train tokens/s", "runs"]
     deploy = any(v["deploy"] for v in results["variants"])
     if deploy:
@@ -260,8 +261,8 @@ def render_markdown(results: dict[str, Any]) -> str:
     header, rows = table(results)
     out = [f"# Comparison: {len(results['variants'])} variants x {len(results['seeds'])} seeds", ""]
     out += [f"Baseline: **{results['baseline']}**. Δ is the variant's mean final validation loss minus the "
-            f"baseline's (negative is better); Welch's t-test over seeds, two-sided, significant at p < "
-            f"{stats.ALPHA}.", ""]
+            f"baseline's (negative is better), with the 95% confidence interval of that difference; Welch's t-test over "
+            f"seeds, two-sided, significant at p < {stats.ALPHA}.", ""]
     out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(row) + " |" for row in rows]
     out += ["", f"![validation loss]({PLOT_FILE})", ""]
@@ -291,7 +292,8 @@ img {{ max-width: 100%; }} .small {{ color: #666; font-size: 13px; }}
 </style></head><body>
 <h1>Comparison: {len(results['variants'])} variants &times; {len(results['seeds'])} seeds</h1>
 <p>Baseline: <b>{esc(results['baseline'])}</b>. &Delta; is the variant's mean final validation loss minus the
-baseline's (negative is better); Welch's t-test over seeds, two-sided, significant at p &lt; {stats.ALPHA}.</p>
+baseline's (negative is better), with the 95% confidence interval of that difference; Welch's t-test over
+seeds, two-sided, significant at p &lt; {stats.ALPHA}.</p>
 <table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
 <p><img id="plot" alt="validation loss against training tokens" src="data:image/png;base64,{image}"></p>
 <ul>{items}</ul>
@@ -302,8 +304,8 @@ baseline's (negative is better); Welch's t-test over seeds, two-sided, significa
 
 def write_csv(results: dict[str, Any]) -> str:
     buffer = io.StringIO()
-    fields = ["variant", "params", "seeds_finished", "val_loss_mean", "val_loss_std", "diff_vs_baseline", "p_value",
-              "verdict", "train_tokens_per_s", "status", "onnx_exports", "onnx_validates", "onnx_max_abs_diff",
+    fields = ["variant", "params", "seeds_finished", "val_loss_mean", "val_loss_std", "diff_vs_baseline",
+              "diff_ci95_low", "diff_ci95_high", "p_value", "verdict", "train_tokens_per_s", "status", "onnx_exports", "onnx_validates", "onnx_max_abs_diff",
               "onnx_mb", "onnx_decode_tokens_per_s"]
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
@@ -312,7 +314,8 @@ def write_csv(results: dict[str, Any]) -> str:
         writer.writerow({
             "variant": v["name"], "params": v["params"], "seeds_finished": v["val_loss"]["n"],
             "val_loss_mean": v["val_loss"]["mean"], "val_loss_std": v["val_loss"]["std"],
-            "diff_vs_baseline": cmp.get("diff"), "p_value": cmp.get("p_value"),
+            "diff_vs_baseline": cmp.get("diff"), "diff_ci95_low": (cmp.get("ci95") or [None])[0],
+            "diff_ci95_high": (cmp.get("ci95") or [None, None])[1], "p_value": cmp.get("p_value"),
             "verdict": cmp.get("verdict", "baseline"), "train_tokens_per_s": v["train_tokens_per_s"],
             "status": v["status"], "onnx_exports": d.get("exports"), "onnx_validates": d.get("validates"),
             "onnx_max_abs_diff": d.get("max_abs_diff"), "onnx_mb": d.get("onnx_mb"),

@@ -2,7 +2,7 @@
 
 Re-running the same comparison skips finished and diverged runs and resumes partial ones (``gpt2reg train
 --resume``); a run folder trained with other settings is an error before anything trains. The report is
-rebuilt each time a run ends, and once more at the end.
+rebuilt each time a run ends (and every minute while runs go), and once more at the end.
 
 On a CPU, ``jobs`` processes split the cores (``OMP_NUM_THREADS`` each); with GPUs each process gets its own
 (``CUDA_VISIBLE_DEVICES``), ``nproc_per_node`` of them under torchrun. Ctrl-C or SIGTERM stops the
@@ -31,6 +31,7 @@ from .spec import PLAN_FILE, Comparison, Run, format_command, train_command
 
 LOCK_FILE = ".compare.lock"
 LOGS_DIR = "logs"
+REPORT_EVERY_S = 60.0  # while runs go, the report is also rebuilt this often
 _IGNORED = ("out_dir", "progress")  # run.json settings that do not change what a run computes
 
 
@@ -166,6 +167,7 @@ def run_comparison(comparison: Comparison, *, jobs: int = 1, nproc_per_node: int
         main_thread = threading.current_thread() is threading.main_thread()  # only it may handle signals
         previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
         index = done
+        reported = time.monotonic()
         try:
             while (queue and not stopping) or running:
                 free = [i for i in range(len(slots)) if i not in {r.slot for r in running}]
@@ -173,33 +175,20 @@ def run_comparison(comparison: Comparison, *, jobs: int = 1, nproc_per_node: int
                     run, slot = queue.pop(0), free.pop(0)
                     index += 1
                     resume = states[run.name]["status"] == "partial"
-                    cmd = train_command(run, nproc_per_node=nproc_per_node, python=sys.executable, resume=resume)
-                    log_path = out / LOGS_DIR / f"{run.name}.log"
-                    log = open(log_path, "a", encoding="utf-8")
-                    log.write(f"$ {format_command(cmd)}\n")
-                    log.flush()
-                    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            env={**os.environ, **slots[slot]}, start_new_session=True,
-                                            preexec_fn=_die_with_parent, pass_fds=(lock_fd,) if lock_fd else ())
-                    running.append(_Running(run, proc, slot, time.perf_counter(), log))
+                    running.append(_launch(run, slot, slots[slot], out, resume, nproc_per_node, lock_fd))
                     say(f"[{index}/{len(runs)}] {run.name}: {'resuming' if resume else 'training'} "
-                        f"(log: {log_path})")
+                        f"(log: {out / LOGS_DIR / run.name}.log)")
                 time.sleep(0.05)
+                if time.monotonic() - reported > REPORT_EVERY_S:  # long runs: their curves so far
+                    build_report(out)
+                    reported = time.monotonic()
                 for r in [r for r in running if r.proc.poll() is not None]:
                     running.remove(r)
-                    r.log.close()
-                    state = run_state(r.run.dir)
-                    seconds = time.perf_counter() - r.start
-                    if state["status"] == "finished":
-                        val = next((x["val_loss"] for x in reversed(state["records"]) if "val_loss" in x), None)
-                        say(f"{r.run.name}: finished in {seconds:.1f} s"
-                            + (f", validation loss {val:.4f}" if val is not None else ""))
-                    elif state["status"] == "diverged":
-                        say(f"{r.run.name}: diverged at step {state['records'][-1]['step']} (non-finite loss)")
-                    elif not stopping:
-                        failed[r.run.name] = _last_line(out / LOGS_DIR / f"{r.run.name}.log")
-                        say(f"{r.run.name}: FAILED (exit {r.proc.returncode}): {failed[r.run.name]}")
+                    failure = _ended(r, out, say, stopping)
+                    if failure is not None:
+                        failed[r.run.name] = failure
                     build_report(out)
+                    reported = time.monotonic()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -211,6 +200,35 @@ def run_comparison(comparison: Comparison, *, jobs: int = 1, nproc_per_node: int
         results = build_report(out)
     results["failed"], results["interrupted"] = failed, stopping
     return results
+
+
+def _launch(run: Run, slot: int, env: dict[str, str], out: Path, resume: bool, nproc_per_node: int,
+            lock_fd: int | None) -> _Running:
+    cmd = train_command(run, nproc_per_node=nproc_per_node, python=sys.executable, resume=resume)
+    log = open(out / LOGS_DIR / f"{run.name}.log", "a", encoding="utf-8")
+    log.write(f"$ {format_command(cmd)}\n")
+    log.flush()
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            env={**os.environ, **env}, start_new_session=True, preexec_fn=_die_with_parent,
+                            pass_fds=(lock_fd,) if lock_fd else ())
+    return _Running(run, proc, slot, time.perf_counter(), log)
+
+
+def _ended(r: _Running, out: Path, say: Callable[[str], None], stopping: bool) -> str | None:
+    """Say how a run's process ended; returns the last line of its log if it failed."""
+    r.log.close()
+    state = run_state(r.run.dir)
+    if state["status"] == "finished":
+        val = next((x["val_loss"] for x in reversed(state["records"]) if "val_loss" in x), None)
+        say(f"{r.run.name}: finished in {time.perf_counter() - r.start:.1f} s"
+            + (f", validation loss {val:.4f}" if val is not None else ""))
+    elif state["status"] == "diverged":
+        say(f"{r.run.name}: diverged at step {state['records'][-1]['step']} (non-finite loss)")
+    elif not stopping:
+        line = _last_line(out / LOGS_DIR / f"{r.run.name}.log")
+        say(f"{r.run.name}: FAILED (exit {r.proc.returncode}): {line}")
+        return line
+    return None
 
 
 def _deploy(comparison: Comparison, out: Path, say: Callable[[str], None]) -> None:

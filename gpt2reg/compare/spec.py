@@ -188,12 +188,9 @@ class Run:
 
 def count_parameters(config: GPTConfig) -> int:
     """Distinct parameters of the model ``config`` builds (built on the meta device: no memory, no init)."""
-    import torch
+    from ..checkpoints import meta_model
 
-    from ..model import GPT
-
-    with torch.device("meta"):
-        return GPT(config).num_parameters()
+    return meta_model(config).num_parameters()
 
 
 def _gated(act: str) -> bool:

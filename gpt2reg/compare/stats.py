@@ -48,22 +48,26 @@ def mean_std(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def welch(baseline: list[float], other: list[float]) -> dict[str, Any]:
-    """``other`` minus ``baseline``: difference of means, Welch's t and two-sided p, and a plain verdict."""
+    """``other`` minus ``baseline``: difference of means with its 95% confidence interval, Welch's t and
+    two-sided p, and a plain verdict."""
     mean_b, _ = mean_std(baseline)
     mean_o, _ = mean_std(other)
     out: dict[str, Any] = {"diff": None if mean_b is None or mean_o is None else mean_o - mean_b,
-                           "t": None, "p_value": None}
+                           "t": None, "p_value": None, "ci95": None}
     if len(baseline) < 2 or len(other) < 2:
         out["verdict"] = "n/a, needs >= 2 seeds"
         return out
     if statistics.pvariance(baseline) == 0 and statistics.pvariance(other) == 0:
         # No spread at all: the test is undefined; equal means are the same, different ones certainly differ.
         out["t"], out["p_value"] = (0.0, 1.0) if out["diff"] == 0 else (math.copysign(math.inf, out["diff"]), 0.0)
+        out["ci95"] = [out["diff"], out["diff"]]
     else:
         from scipy import stats
 
         result = stats.ttest_ind(other, baseline, equal_var=False)
         out["t"], out["p_value"] = float(result.statistic), float(result.pvalue)
+        low, high = result.confidence_interval(1 - ALPHA)
+        out["ci95"] = [float(low), float(high)]
     p = out["p_value"]
     if p < ALPHA:
         out["verdict"] = f"{'better' if out['diff'] < 0 else 'worse'} (p = {p:.2g})"
