@@ -577,6 +577,16 @@ def _materialize_buffers(model: GPT, config: GPTConfig) -> None:
 def _torch_load(path: Path) -> Any:
     """``torch.load`` that never runs code: anything but tensors and plain containers is refused."""
     try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise CheckpointError(f"{path} could not be read: {_one_line(exc)}") from None
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch.save's zip, or a pickle
+        raise CheckpointError(
+            f"{path} is not a model or checkpoint file (neither safetensors, a PyTorch zip nor a pickle); pass a "
+            "model folder, a Hugging Face or nanoGPT checkpoint, or a hub name"
+        )
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "pickle protocol 4" notes on plain pickles
             return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
@@ -587,7 +597,7 @@ def _torch_load(path: Path) -> Any:
             f"{path} contains objects other than tensors{what}, so it was not loaded: "
             "unpickling it could run code; gpt2reg reads weights-only checkpoints"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+    except Exception as exc:  # torch.load raises what its unpickler meets: RuntimeError, EOFError, KeyError...
         raise CheckpointError(
             f"{path} could not be read as a PyTorch checkpoint (truncated or corrupt?): {_one_line(exc)}"
         ) from None

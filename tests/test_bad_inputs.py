@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from gpt2reg.cli import cli
@@ -59,7 +60,16 @@ def places(tmp_path_factory):
     corpus.write_text("The quick brown fox jumps over the lazy dog. " * 400)
     other = root / "other.txt"
     other.write_text("Another text entirely, about something else. " * 400)
-    paths = {"tiny": str(tiny), "corpus": str(corpus), "other": str(other), "root": str(root)}
+    broken = root / "nan_model"  # a diverged model: every weight NaN
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.fill_(float("nan"))
+    gpt2reg.save_model(model, broken)
+    run = root / "run"  # a finished training run, to resume
+    done = CliRunner().invoke(cli, ["train", *[a.format(corpus=corpus) for a in TRAIN], "-o", str(run)])
+    assert done.exit_code == 0, done.output
+    paths = {"tiny": str(tiny), "corpus": str(corpus), "other": str(other), "root": str(root), "nan_model": str(broken),
+             "run": str(run)}
     mounts = []
     if os.geteuid() == 0 and shutil.which("mount"):
         for name, options in (("ro", "ro,size=1m"), ("full", "size=2m")):
@@ -132,6 +142,124 @@ WRITES = (
          "inside the training data"),
     Case("train-o-unrelated-files", ["train", *TRAIN, "-o", "{root}/tiny/.."], "not empty"),
 )
+
+
+# -- sizes that cannot fit, devices that are not there, results that are not there -----------------
+
+HUGE = ["--n-layer", "48", "--n-embd", "16384", "--n-head", "16"]
+NOT_DONE = (
+    Case("build-needs-600-GB", ["build", *HUGE, "-o", "m"], "of memory"),
+    Case("build-huge-vocab", ["build", "--vocab-size", "2000000000", "-o", "m"], "of memory"),
+    Case("train-needs-600-GB", ["train", *TRAIN[:2], *HUGE, "-o", "run"], "of memory"),
+    Case("generate-100000-samples", ["generate", "{tiny}", "-p", "Hi", "-n", "8", "--num-samples", "100000"], "of memory"),
+    Case("generate-many-prompts", ["generate", "{tiny}", *["-p", "Hi"] * 20, "-n", "8", "--num-samples", "5000"], "of memory"),
+    Case("generate-device-cuda", ["generate", "{tiny}", "-p", "Hi", "--device", "cuda"], "no CUDA GPU"),
+    Case("generate-device-tpu", ["generate", "{tiny}", "-p", "Hi", "--device", "tpu"], "unknown device 'tpu'"),
+    Case("eval-device-tpu", ["eval", "{tiny}", "--data", "{corpus}", "--device", "tpu"], "unknown device"),
+    Case("train-device-tpu", ["train", *TRAIN, "--device", "tpu", "-o", "run"], "unknown device"),
+    Case("bench-device-tpu", ["bench", "{tiny}", "--device", "tpu"], "unknown device"),
+    Case("bench-device-cuda", ["bench", "{tiny}", "--device", "cuda"], "no CUDA GPU"),
+    Case("bench-missing-model", ["bench", "{root}/nothing-here"], "no such file"),
+    Case("bench-not-a-model", ["bench", "{corpus}"], "is not a model or checkpoint file"),
+    Case("info-device-free-missing", ["info", "{root}/nothing-here"], "no such file"),
+    Case("generate-nan-weights", ["generate", "{nan_model}", "-p", "Hi", "-n", "3"], "NaN or inf"),
+    Case("generate-nan-weights-greedy", ["generate", "{nan_model}", "-p", "Hi", "-n", "2", "--greedy", "--json"], "NaN or inf"),
+    Case("eval-nan-weights", ["eval", "{nan_model}", "--data", "{corpus}", "--no-progress"], "NaN or inf"),
+    Case("export-opset-99", ["export", "{tiny}", "-o", "x.onnx", "--opset", "99"], "does not exist yet"),
+    Case("export-opset-unloadable", ["export", "{tiny}", "-o", "x.onnx", "--opset", "28", "--no-validate"],
+         "does not load in onnxruntime"),
+    Case("export-onto-unrelated-file", ["export", "{tiny}", "-o", "{corpus}"], "was not written by gpt2reg"),
+    Case("validate-missing-onnx", ["validate", "nothing.onnx", "{tiny}"], "no such ONNX file"),
+    Case("validate-not-onnx", ["validate", "{corpus}", "{tiny}"], "not a readable ONNX file"),
+    Case("generate-onnx-missing", ["generate", "--onnx", "nothing.onnx", "-p", "Hi"], "no such"),
+    Case("generate-onnx-and-model", ["generate", "{tiny}", "--onnx", "x.onnx", "-p", "Hi"], "not both"),
+    Case("generate-empty-prompt", ["generate", "{tiny}", "-p", ""], "must not be empty"),
+    Case("generate-greedy-and-temperature", ["generate", "{tiny}", "-p", "x", "--greedy", "-t", "0.5"], "drop"),
+    Case("generate-too-many-tokens", ["generate", "{tiny}", "-p", "x", "-n", "64"], "leaves no room"),
+    Case("generate-bad-dtype", ["generate", "{tiny}", "-p", "x", "--dtype", "int8"], "--dtype"),
+    Case("build-unknown-preset", ["build", "--preset", "gpt3", "-o", "m"], "unknown preset"),
+    Case("build-unknown-pos", ["build", *TINY, "--pos", "rotary", "-o", "m"], "unknown positional encoding"),
+    Case("build-heads-do-not-divide", ["build", "--n-layer", "1", "--n-head", "4", "--n-embd", "30", "-o", "m"],
+         "not divisible"),
+    Case("info-not-a-model", ["info", "{corpus}"], "is not a model or checkpoint file"),
+    Case("generate-not-a-model", ["generate", "{corpus}", "-p", "x"], "is not a model or checkpoint file"),
+    Case("build-pretrained-and-arch", ["build", "--from-pretrained", "{tiny}", "--n-layer", "3", "-o", "m"], "drop"),
+    Case("eval-missing-data", ["eval", "{tiny}", "--data", "nothing.txt"], "no such file"),
+    Case("eval-seq-len-over-context", ["eval", "{tiny}", "--data", "{corpus}", "--seq-len", "65"], "seq_len=65"),
+    Case("eval-stride-over-seq-len", ["eval", "{tiny}", "--data", "{corpus}", "--seq-len", "8", "--stride", "9"],
+         "stride=9"),
+    Case("train-no-data", ["train", *TINY, "-o", "run"], "--data"),
+    Case("train-seq-len-over-context", ["train", *TRAIN, "--seq-len", "65", "-o", "run"], "exceeds the model's context"),
+    Case("train-min-lr-over-lr", ["train", *TRAIN, "--lr", "1e-4", "--min-lr", "1e-3", "-o", "run"], "min_lr="),
+    Case("train-init-and-arch", ["train", *TRAIN, "--init", "{tiny}", "-o", "run"], "drop"),
+    Case("train-small-vocab", ["train", *TRAIN, "--vocab-size", "100", "-o", "run"], "smaller than the GPT-2"),
+)
+
+# The run fixture was started with TRAIN: re-running it with --resume added is fine, other values are not.
+RESUMES = (
+    Case("resume-no-run-here", ["train", "-o", "{root}/tiny", "--resume"], "no training run here"),
+    Case("resume-nothing-there", ["train", "-o", "nothing", "--resume"], "no training run here"),
+    Case("resume-other-architecture", ["train", "-o", "{run}", "--resume", "--n-layer", "3"],
+         "n_layer (run: 2, given: 3)"),
+    Case("resume-other-width", ["train", *TRAIN, "--n-embd", "64", "-o", "{run}", "--resume"],
+         "n_embd (run: 32, given: 64)"),
+    Case("resume-other-preset", ["train", "-o", "{run}", "--resume", "--preset", "gpt2-medium"], "n_layer (run: 2"),
+    Case("resume-unknown-preset", ["train", "-o", "{run}", "--resume", "--preset", "gpt3"], "unknown preset"),
+    Case("resume-other-init", ["train", "-o", "{run}", "--resume", "--init", "{tiny}"], "init (run: None"),
+    Case("resume-other-data", ["train", "-o", "{run}", "--resume", "--data", "{other}"], "data (run: "),
+    Case("resume-other-pos", ["train", "-o", "{run}", "--resume", "--pos", "rope"], "pos (run: 'learned'"),
+    Case("train-again-without-resume", ["train", *TRAIN, "-o", "{run}"], "pass --resume"),
+)
+
+
+@cases(*NOT_DONE, *RESUMES)
+def test_not_done_is_not_success(case: Case, places, tmp_path, monkeypatch) -> None:
+    run_case(case, places, tmp_path, monkeypatch)
+
+
+def test_resume_refuses_a_changed_corpus(places, tmp_path, monkeypatch) -> None:
+    """Same path, other text: the corpus fingerprint differs, so the run does not go on on another text."""
+    corpus = tmp_path / "corpus.txt"
+    shutil.copy(places["corpus"], corpus)
+    run = tmp_path / "run"
+    args = [a.format(corpus=corpus) for a in TRAIN]
+    assert CliRunner().invoke(cli, ["train", *args, "-o", str(run)]).exit_code == 0
+    corpus.write_text(places["other"] and Path(places["other"]).read_text())
+    case = Case("resume-changed-corpus", ["train", *args, "--max-steps", "4", "-o", str(run), "--resume"],
+                "is not the text this run was trained on")
+    run_case(case, places, tmp_path, monkeypatch)
+
+
+def test_resume_with_the_original_options_continues(places, tmp_path, monkeypatch) -> None:
+    run = tmp_path / "run"
+    args = [a.format(corpus=places["corpus"]) for a in TRAIN]
+    assert CliRunner().invoke(cli, ["train", *args, "-o", str(run)]).exit_code == 0
+    again = CliRunner().invoke(cli, ["train", *args, "--max-steps", "3", "-o", str(run), "--resume"])
+    assert again.exit_code == 0, again.output
+    assert "finished step 3" in again.output
+
+
+def test_bench_where_every_row_fails_exits_1(places, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["bench", places["tiny"], "--rows", "gpt2reg", "--rounds", "1", "--repeats", "1",
+                                      "--prefill-tokens", "5000", "--new-tokens", "2"])
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.exit_code == 1 and last.startswith("Error: no row of the benchmark produced a result"), result.output
+    assert "Traceback" not in result.output and list(tmp_path.iterdir()) == []
+
+
+def test_memory_cap_is_named_in_the_error(tmp_path) -> None:
+    """Under RLIMIT_AS, the estimate is compared with what the limit leaves, not with the machine's memory."""
+    code = (
+        "import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (6 * 2**30, 6 * 2**30)); "
+        "from gpt2reg.cli import main; sys.argv = ['gpt2reg'] + sys.argv[1:]; main()"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, "build", "--preset", "gpt2-xl", "-o", str(tmp_path / "m")],
+                          capture_output=True, text=True, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+    assert "of memory" in lines[0] and "address-space limit" in lines[0]
+    assert list(tmp_path.iterdir()) == []
 
 
 @cases(*WRITES)
