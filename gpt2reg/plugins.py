@@ -80,6 +80,7 @@ class _State:
         self.registry: Registry | None = None
         self.in_process: list[tuple[str, Any]] = []
         self.warned: set[str] = set()  # each warning once per process, however often we rebuild
+        self.targets_checked = False
 
 
 _state = _State()
@@ -199,7 +200,10 @@ def _load_entry_points(pm: pluggy.PluginManager, infos: dict[str, PluginInfo]) -
         infos[info.name] = info
         _add(pm, importlib.import_module(BUILTIN_MODULE), info)
     for name in sorted((allow or set()) - matched):
-        _warn(f"GPT2REG_LOAD_PLUGINS names '{name}', which no installed gpt2reg plugin provides")
+        message = f"GPT2REG_LOAD_PLUGINS names '{name}', which no installed gpt2reg plugin provides"
+        if _strict():
+            raise PluginError(f"{message} (GPT2REG_STRICT_PLUGINS is set); install it or correct the name")
+        _warn(message)
 
 
 def _ordered(infos: dict[str, PluginInfo]) -> list[PluginInfo]:
@@ -228,7 +232,8 @@ def _collect(pm: pluggy.PluginManager, info: PluginInfo) -> list[Component]:
                     raise PluginError(f"invalid {_label} name {name!r}: use [a-z][a-z0-9_]*")
                 if not (isinstance(component, str) and ":" in component) and not callable(component):
                     raise PluginError(f"{_label} '{name}': give a class, a factory or a 'module:attr' string")
-                staged.append(Component(_kind, name, component, str(description), info.name, bool(override)))
+                staged.append(Component(_kind, name, component, str(description), info.name, bool(override),
+                                        distribution=info.distribution))
 
             impl.function(**{arg: register for arg in impl.argnames if arg == "register"})
     return staged
@@ -299,7 +304,42 @@ def _build() -> None:
         infos[name] = info
         _add(pm, plugin, info)
     registry = _register_components(pm, infos)
+    registry.missing_hint = _missing_hint
     _state.pm, _state.infos, _state.registry = pm, infos, registry
+
+
+def _names_of(info: PluginInfo) -> set[tuple[str, str]]:
+    """(kind, name) a plugin that was not loaded would register: its hooks called with a recording
+    ``register`` (this imports its hook module, never its components)."""
+    import importlib
+
+    if not info.value:
+        return set()
+    module_name, _, attr = info.value.partition(":")
+    found: set[tuple[str, str]] = set()
+    try:
+        plugin: Any = importlib.import_module(module_name)
+        for part in filter(None, attr.split(".")):
+            plugin = getattr(plugin, part)
+        for kind, (hook, _label) in KINDS.items():
+            impl = getattr(plugin, hook, None)
+            if callable(impl):
+                impl(register=lambda name, *_a, _kind=kind, **_kw: found.add((_kind, name)))
+    except (Exception, SystemExit):
+        return set()
+    return found
+
+
+def _missing_hint(kind: str, name: str) -> str:
+    """What to add to "unknown component": the disabled plugin that has it, or the plugins that failed."""
+    for info in _state.infos.values():
+        if info.status == "disabled" and (kind, name) in _names_of(info):
+            return (f"; plugin '{info.name}' ({info.distribution}) provides it but GPT2REG_LOAD_PLUGINS leaves it "
+                    f"out: add {info.name} to GPT2REG_LOAD_PLUGINS, or unset the variable")
+    failed = sorted(i.name for i in _state.infos.values() if i.status == "failed")
+    if failed:
+        return f"; plugin(s) {', '.join(failed)} failed to load and may provide it (see `gpt2reg plugins`)"
+    return ""
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
@@ -318,9 +358,64 @@ def get_registry() -> Registry:
     return _state.registry
 
 
+def _unresolvable(target: str) -> str:
+    """Why ``"module:attr"`` cannot resolve ("" if it looks fine), found without running the module:
+    its spec is looked up (importing only parent packages) and its source parsed for ``attr``."""
+    import ast
+    import importlib.util
+
+    module_name, _, attr = target.partition(":")
+    try:
+        spec = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError) as exc:
+        return f"module '{module_name}' cannot be found ({type(exc).__name__}: {exc})"
+    if spec is None:
+        return f"no module named '{module_name}'"
+    if not attr or not spec.origin or not spec.origin.endswith(".py"):
+        return ""
+    try:
+        tree = ast.parse(open(spec.origin, encoding="utf-8").read())
+    except (OSError, SyntaxError, ValueError) as exc:
+        return f"module '{module_name}' cannot be read ({type(exc).__name__}: {exc})"
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+    first = attr.split(".")[0]
+    if first not in names and not any(isinstance(n, ast.ImportFrom) and any(a.name == "*" for a in n.names)
+                                       for n in tree.body):
+        return f"module '{module_name}' defines no '{first}'"
+    return ""
+
+
+def _check_targets() -> None:
+    """Mark plugins whose registered ``"module:attr"`` paths do not resolve as failed (once per build)."""
+    if _state.targets_checked:
+        return
+    _state.targets_checked = True
+    assert _state.registry is not None
+    for comp in _state.registry.components():
+        if not isinstance(comp.target, str):
+            continue
+        problem = _unresolvable(comp.target)
+        info = _state.infos.get(comp.plugin)
+        if problem and info is not None and info.status == "loaded":
+            _fail(info, f"{KINDS[comp.kind][1]} '{comp.name}' is registered as '{comp.target}', but {problem}")
+
+
 def list_plugins() -> list[PluginInfo]:
-    """Every plugin found - loaded, failed or disabled - built-ins first."""
+    """Every plugin found - loaded, failed or disabled - built-ins first.
+
+    Registered ``"module:attr"`` paths are checked too (without importing the component modules):
+    a plugin whose path does not resolve is listed as failed.
+    """
     get_registry()
+    _check_targets()
     return sorted(_state.infos.values(), key=lambda i: (not i.builtin, i.source != "entry point", i.name))
 
 
@@ -372,3 +467,4 @@ def reset() -> None:
     _state.pm = None
     _state.registry = None
     _state.infos = {}
+    _state.targets_checked = False

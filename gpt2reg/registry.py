@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import PluginError, UnknownComponentError
+from .errors import Gpt2regError, PluginError, UnknownComponentError
 
 # kind -> (hook that fills it, words used in messages)
 KINDS: dict[str, tuple[str, str]] = {
@@ -31,6 +31,7 @@ class Component:
     plugin: str = ""
     override: bool = False
     replaces: str | None = None  # the plugin whose component of this name an override replaced
+    distribution: str | None = None  # the installed package the plugin came from, for messages
     _loaded: Callable[..., Any] | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -38,6 +39,12 @@ class Component:
         if isinstance(self.target, str):
             return self.target
         return f"{self.target.__module__}:{self.target.__qualname__}"
+
+    @property
+    def owner(self) -> str:
+        """``plugin 'x' (distribution y)``: whose component this is, for messages."""
+        extra = f" (distribution {self.distribution})" if self.distribution and self.distribution != self.plugin else ""
+        return f"plugin '{self.plugin}'{extra}"
 
     def load(self) -> Callable[..., Any]:
         """The class or factory, importing its module on first use."""
@@ -51,7 +58,7 @@ class Component:
                 except (ImportError, AttributeError) as exc:
                     # The plugin registered a path that does not resolve: say whose it is.
                     raise PluginError(
-                        f"{KINDS[self.kind][1]} '{self.name}' of plugin '{self.plugin}': cannot load "
+                        f"{KINDS[self.kind][1]} '{self.name}' of {self.owner}: cannot load "
                         f"'{self.target}': {type(exc).__name__}: {exc}"
                     ) from exc
                 self._loaded = obj
@@ -76,6 +83,8 @@ class Registry:
 
     def __init__(self) -> None:
         self._components: dict[str, dict[str, Component]] = {kind: {} for kind in KINDS}
+        # (kind, name) -> more words for "unknown component" (the plugin manager knows disabled plugins)
+        self.missing_hint: Callable[[str, str], str] = lambda kind, name: ""
 
     def add(self, component: Component) -> None:
         self._components[component.kind][component.name] = component
@@ -96,9 +105,51 @@ class Registry:
         if component is None:
             label = KINDS[kind][1]
             choices = ", ".join(self.names(kind)) or "(none registered)"
-            raise UnknownComponentError(f"unknown {label} '{name}'; choose one of: {choices}")
+            raise UnknownComponentError(f"unknown {label} '{name}'; choose one of: {choices}{self.missing_hint(kind, name)}")
         return component
 
     def create(self, kind: str, name: str, config: Any) -> Any:
-        """Build component ``name`` of ``kind`` for ``config``."""
-        return self.get(kind, name).load()(config)
+        """Build component ``name`` of ``kind`` for ``config``.
+
+        A component that raises while it is built, or builds something of another kind (an
+        activation registered as a positional encoding), is a ``PluginError`` naming it and its plugin.
+        """
+        component = self.get(kind, name)
+        factory = component.load()
+        label = f"{KINDS[kind][1]} '{name}' of {component.owner}"
+        try:
+            module = factory(config)
+        except Gpt2regError:
+            raise
+        except Exception as exc:
+            raise PluginError(f"{label} failed while being built: {type(exc).__name__}: {_first_line(exc)}; "
+                              "the plugin needs fixing (or choose another component)") from exc
+        problem = wrong_kind(kind, module)
+        if problem:
+            raise PluginError(f"{label} is not a {KINDS[kind][1]}: {problem}; the plugin registered it under "
+                              f"the wrong hook, or it must subclass the base class of its kind")
+        return module
+
+
+def wrong_kind(kind: str, module: Any) -> str:
+    """Why ``module`` cannot serve as a component of ``kind`` ("" when it can): the bases of
+    ``gpt2reg.components.base`` tell the kinds apart; a norm is any other ``nn.Module``."""
+    from torch import nn
+
+    from .components.base import Activation, PositionalEncoding
+
+    bases = {"pos": PositionalEncoding, "act": Activation}
+    if not isinstance(module, nn.Module):
+        return f"it built a {type(module).__name__}, not a torch nn.Module"
+    expected = bases.get(kind)
+    if expected is not None and not isinstance(module, expected):
+        return f"{type(module).__name__} does not subclass gpt2reg.components.base.{expected.__name__}"
+    for other, base in bases.items():
+        if other != kind and isinstance(module, base):
+            return f"{type(module).__name__} is a {base.__name__} (a {KINDS[other][1]})"
+    return ""
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else "(no message)"

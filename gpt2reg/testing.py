@@ -174,19 +174,57 @@ def check_component(
     """
     if kind not in KIND_FIELDS:
         raise ValueError(f"unknown kind '{kind}'; choose one of: {', '.join(KIND_FIELDS)}")
-    config = tiny_config(**{"init_std": CHECK_INIT_STD, KIND_FIELDS[kind]: name, **config_overrides})
     for check in checks or CHECKS:
         if check not in CHECKS:
             raise ValueError(f"unknown check '{check}'; choose one of: {', '.join(CHECKS)}")
-        model = build_model(config, seed=0).eval()
-        CHECKS[check](model)
+    what = f"{kind} '{name}'"
+    for check in checks or CHECKS:
+        try:
+            config = tiny_config(**{"init_std": CHECK_INIT_STD, KIND_FIELDS[kind]: name, **config_overrides})
+            model = build_model(config, seed=0).eval()
+        except Exception as exc:  # a component that cannot even be built fails the first property
+            raise AssertionError(f"{check}: {what} could not be built: {_described(exc)}{_hint(kind, exc)}") from exc
+        try:
+            CHECKS[check](model)
+        except AssertionError as exc:
+            raise AssertionError(f"{check}: {what}: {exc}{_hint(kind, exc, check)}") from exc
+        except Exception as exc:  # the component raised from inside the model: still a failed property
+            raise AssertionError(f"{check}: {what} raised {_described(exc)}{_hint(kind, exc, check)}") from exc
+
+
+def _described(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
+
+
+def _hint(kind: str, exc: BaseException, check: str = "") -> str:
+    """A likely cause, where the symptom points at one (shapes, the cache offset)."""
+    text = str(exc).lower()
+    shapes = any(word in text for word in ("shape", "size of tensor", "mat1 and mat2", "must match"))
+    if kind == "act" and shapes:
+        return (" (did you forget gated = True? A gated activation gets the doubled up-projection and must "
+                "return half of it; a plain one must return its input's width)")
+    if kind == "pos" and shapes:
+        return (" (embed(x, positions) gets (batch, seq, n_embd); rotate(q, k, positions) gets "
+                "(batch, heads, seq, head_dim); score_bias must broadcast to (batch, heads, q_len, k_len))")
+    if kind == "pos" and check == "cache":
+        return (" (with a KV cache, positions continue from the cached length and skip left padding: use the "
+                "positions argument, never arange(seq))")
+    if kind == "norm" and shapes:
+        return " (a norm takes and returns (..., n_embd))"
+    return ""
 
 
 def plugin_components(plugin: str) -> list[tuple[str, str]]:
-    """``(kind, name)`` of every component ``plugin`` has in the registry, e.g. to parametrise a test."""
-    from .plugins import get_registry
+    """``(kind, name)`` of every component ``plugin`` has in the registry, e.g. to parametrise a test.
 
-    found = [(c.kind, c.name) for c in get_registry().components() if c.plugin == plugin]
+    ``plugin`` is its entry-point name (``alibi``) or its distribution's (``gpt2reg-alibi``).
+    """
+    from .plugins import _canonical, get_registry
+
+    wanted = _canonical(plugin)
+    found = [(c.kind, c.name) for c in get_registry().components()
+             if c.plugin == plugin or _canonical(c.distribution or "") == wanted]
     if not found:
         raise ValueError(f"plugin '{plugin}' has no registered components (is it installed and loaded?)")
     return found

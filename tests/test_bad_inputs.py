@@ -442,3 +442,152 @@ def test_api_generate_refuses_bad_numbers(name, value, places) -> None:
 
     with pytest.raises(InputError, match=f"{name}="):
         _generate(places["tiny"], **{name: value})
+
+
+# -- plugin mistakes --------------------------------------------------------------------------------
+
+
+class _Crashing:
+    """Hooks registering components that go wrong in the ways plugin authors' components do."""
+
+    @staticmethod
+    def _raises(config):
+        raise RuntimeError("boom in __init__\nsecond line")
+
+    @staticmethod
+    def _not_a_module(config):
+        return 42
+
+    @staticmethod
+    def _half_width(config):
+        from torch import nn
+
+        from gpt2reg.components.base import Activation
+
+        class Glu(Activation):  # a gated unit whose author forgot gated = True
+            def forward(self, x):
+                a, b = x.chunk(2, dim=-1)
+                return a * nn.functional.silu(b)
+
+        return Glu(config)
+
+    @staticmethod
+    def _activation(config):
+        from gpt2reg.components.base import Activation
+
+        return Activation(config)
+
+    @staticmethod
+    def _positional(config):
+        from gpt2reg.components.base import PositionalEncoding
+
+        return PositionalEncoding(config)
+
+
+class CrashingPlugin:
+    import gpt2reg as _g
+
+    @_g.hookimpl
+    def register_positional_encodings(self, register):
+        register("crash", _Crashing._raises)
+        register("an_activation", _Crashing._activation)  # an Activation under the positional hook
+        register("forty_two", _Crashing._not_a_module)
+        register("typo_class", "gpt2reg.components.positional:RotaryPositionz")
+        register("typo_module", "gpt2reg.components.positionall:RotaryPositions")
+
+    @_g.hookimpl
+    def register_activations(self, register):
+        register("half_width", _Crashing._half_width)
+        register("crash_act", _Crashing._raises)
+
+    @_g.hookimpl
+    def register_norms(self, register):
+        register("a_positional", _Crashing._positional)
+
+
+@pytest.fixture
+def crashing_plugin():
+    from gpt2reg import plugin_registered
+
+    with plugin_registered(CrashingPlugin(), name="crashing"):
+        yield
+
+
+PLUGIN_CASES = (
+    Case("pos-raises-in-init", ["build", *TINY, "--pos", "crash", "-o", "m"],
+         "positional encoding 'crash' of plugin 'crashing' failed while being built: RuntimeError: boom"),
+    Case("act-raises-in-init", ["build", *TINY, "--act", "crash_act", "-o", "m"], "activation 'crash_act'"),
+    Case("activation-registered-as-pos", ["build", *TINY, "--pos", "an_activation", "-o", "m"],
+         "is not a positional encoding"),
+    Case("pos-registered-as-norm", ["build", *TINY, "--norm", "a_positional", "-o", "m"], "is not a norm"),
+    Case("factory-returns-no-module", ["build", *TINY, "--pos", "forty_two", "-o", "m"], "not a torch nn.Module"),
+    Case("typo-in-class-path", ["build", *TINY, "--pos", "typo_class", "-o", "m"], "cannot load"),
+    Case("typo-in-module-path", ["build", *TINY, "--pos", "typo_module", "-o", "m"], "cannot load"),
+    Case("train-with-crashing-pos", ["train", *TRAIN, "--pos", "crash", "-o", "run"], "failed while being built"),
+)
+
+
+@cases(*PLUGIN_CASES)
+def test_plugin_mistakes_name_plugin_and_component(case: Case, crashing_plugin, places, tmp_path, monkeypatch) -> None:
+    run_case(case, places, tmp_path, monkeypatch)
+
+
+def test_plugins_lists_unresolvable_paths_as_failed(crashing_plugin) -> None:
+    from gpt2reg import list_plugins
+
+    info = next(i for i in list_plugins() if i.name == "crashing")
+    assert info.status == "failed" and "'gpt2reg.components.positional:RotaryPositionz'" in info.error
+    assert "defines no 'RotaryPositionz'" in info.error or "no module named" in info.error
+
+
+def test_unresolvable_paths_are_found_without_importing_them() -> None:
+    from gpt2reg.plugins import _unresolvable
+
+    assert _unresolvable("gpt2reg.components.positional:RotaryPositions") == ""
+    assert "defines no 'Nope'" in _unresolvable("gpt2reg.components.positional:Nope")
+    assert "no module named" in _unresolvable("gpt2reg.components.nothing:X")
+    assert "cannot be found" in _unresolvable("nowhere_at_all.sub:X")
+
+
+ENV_CASES = (
+    Case("disabled-plugin-named", ["build", *TINY, "--pos", "alibi", "-o", "m"], "GPT2REG_LOAD_PLUGINS leaves it out",
+         env={"GPT2REG_LOAD_PLUGINS": ""}),
+    Case("disabled-plugin-other-allowed", ["build", *TINY, "--act", "alibi_act_nope", "-o", "m"],
+         "unknown activation", env={"GPT2REG_LOAD_PLUGINS": "gpt2reg"}),
+    Case("strict-missing-plugin", ["components"], "GPT2REG_STRICT_PLUGINS is set",
+         env={"GPT2REG_LOAD_PLUGINS": "nothere", "GPT2REG_STRICT_PLUGINS": "1"}),
+    Case("strict-missing-plugin-build", ["build", *TINY, "-o", "m"], "no installed gpt2reg plugin provides",
+         env={"GPT2REG_LOAD_PLUGINS": "alibi,nothere", "GPT2REG_STRICT_PLUGINS": "1"}),
+)
+
+
+@cases(*ENV_CASES)
+def test_plugin_environment(case: Case, places, tmp_path, monkeypatch) -> None:
+    from gpt2reg import plugins
+
+    if case.id.startswith("disabled-plugin-named") and "alibi" not in plugins.get_registry().names("pos"):
+        pytest.skip("the example plugin gpt2reg-alibi is not installed")
+    plugins.reset()
+    try:
+        run_case(case, places, tmp_path, monkeypatch)
+    finally:
+        monkeypatch.undo()
+        plugins.reset()
+
+
+def test_check_component_reports_a_crash_as_a_named_property(crashing_plugin) -> None:
+    from gpt2reg.testing import check_component
+
+    with pytest.raises(AssertionError, match=r"^shapes: act 'half_width' raised RuntimeError.*did you forget gated = True"):
+        check_component("act", "half_width", checks=["shapes"])
+    with pytest.raises(AssertionError, match=r"^shapes: pos 'crash' could not be built: PluginError"):
+        check_component("pos", "crash", checks=["shapes"])
+
+
+def test_plugin_components_takes_the_distribution_name() -> None:
+    from gpt2reg.plugins import get_registry
+    from gpt2reg.testing import plugin_components
+
+    if "alibi" not in get_registry().names("pos"):
+        pytest.skip("the example plugin gpt2reg-alibi is not installed")
+    assert plugin_components("gpt2reg-alibi") == plugin_components("alibi") == plugin_components("gpt2reg_alibi")
