@@ -244,6 +244,11 @@ def run_bench(
     for name in ("prompt_tokens", "new_tokens", "prefill_tokens", "repeats", "train_batch", "train_seq"):
         if getattr(spec, name) < 1:
             raise InputError(f"{name}={getattr(spec, name)}: must be at least 1")
+    from .checkpoints import load_model
+    from .training.device import resolve_device
+
+    resolve_device(spec.device)  # an unknown or absent device, or a model that cannot load: one error
+    load_model(model)  # here, before any row runs, rather than a failure note in every row
     results = {r.name: Row(r.name) for r in specs}
     runnable = []
     for r in specs:

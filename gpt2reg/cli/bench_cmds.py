@@ -33,8 +33,6 @@ def bench(model, rows, list_rows, rounds, repeats, prompt_tokens, new_tokens, pr
     rounds. Ratios compare engines measured in this run only.
     """
     from ..bench import ROWS, run_bench
-    from ..checkpoints import load_model
-    from ..training.device import resolve_device
 
     if list_rows:
         for row in ROWS:
@@ -42,8 +40,6 @@ def bench(model, rows, list_rows, rounds, repeats, prompt_tokens, new_tokens, pr
             needs = f"  needs {', '.join(row.requires)}" if row.requires else ""
             click.echo(f"{row.name}{extra}{needs}")
         return
-    resolve_device(device)  # an unknown or absent device fails here, not once per row
-    load_model(model)  # a model that cannot load fails here, in one line, before any row runs
     report = run_bench(
         model,
         rows=[r.strip() for r in rows.split(",") if r.strip()] if rows else None,
