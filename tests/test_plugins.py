@@ -310,3 +310,44 @@ def test_the_guide_covers_every_check_and_kind() -> None:
     assert not [k for k in KINDS if f"--{k} NAME" not in text], "a component kind is undocumented"
     for word in ("GPT2REG_STRICT_PLUGINS", "GPT2REG_LOAD_PLUGINS", "override=True", "register_plugin"):
         assert word in text
+
+
+def test_the_guide_lists_every_config_field() -> None:
+    import dataclasses
+
+    from gpt2reg import GPTConfig
+
+    text = GUIDE.read_text()
+    missing = [f.name for f in dataclasses.fields(GPTConfig) if f"`{f.name}`" not in text]
+    assert not missing, f"docs/plugins.md does not list GPTConfig field(s) {', '.join(missing)}"
+
+
+def test_the_guide_is_right_about_init() -> None:
+    """What the guide says: GPT-2's init redraws nn.Linear inside components, never a plain nn.Parameter."""
+    import torch
+    from torch import nn
+
+    import gpt2reg
+    from gpt2reg.components.base import Activation
+
+    class Scaled(Activation):
+        def __init__(self, config) -> None:
+            super().__init__(config)
+            self.gate = nn.Linear(config.hidden_size, config.hidden_size)
+            nn.init.constant_(self.gate.weight, 3.0)
+            self.scale = nn.Parameter(torch.full((1,), 3.0))
+
+        def forward(self, x):
+            return self.gate(x) * self.scale
+
+    class Plugin:
+        @gpt2reg.hookimpl
+        def register_activations(self, register):
+            register("scaled_for_guide", Scaled)
+
+    with gpt2reg.plugin_registered(Plugin(), name="guide-init"):
+        model = gpt2reg.build_model(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=64,
+                                    act="scaled_for_guide", seed=0)
+    act = model.h[0].mlp.act
+    assert act.scale.item() == 3.0
+    assert act.gate.weight.std().item() < 0.1 and act.gate.bias.abs().max().item() == 0.0
