@@ -4,9 +4,9 @@
 
     python -m gpt2reg.serve.bench exports/gpt2-rope.onnx --clients 16 --tokens 128 --rounds 3
 
-Starts the server (a subprocess on a free local port), then per round: ``OnnxGPT.generate`` alone
-in this process (the server idle), one streaming client, and ``--clients`` streaming clients at once,
-each ``--tokens`` new tokens with its own seed. Prints per-token latency at one client (server vs.
+Starts the server (a subprocess on a free local port) and a process running ``OnnxGPT.generate``,
+then per round: ``generate`` alone (the server idle), one streaming client, and ``--clients``
+streaming clients at once, each ``--tokens`` new tokens with its own seed. Prints per-token latency at one client (server vs.
 ``generate``: the added latency) and the throughput of the concurrent clients over one client's
 (continuous batching), medians over the rounds, with the CPU and the load. The machine may be shared:
 the ratios compare figures taken in the same run. Torch-free; the client is ``http.client``.
@@ -26,8 +26,6 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
-
-from ..runtime import OnnxGPT
 
 PROMPT = "The history of the city begins"
 
@@ -87,9 +85,45 @@ def _wait_ready(server: subprocess.Popen, port: int, timeout: float = 300) -> No
     raise RuntimeError("the server did not become ready")
 
 
+# ``OnnxGPT.generate`` in its own process too, so neither side shares a process with the HTTP clients.
+_GENERATE = """
+import json, sys, time
+from gpt2reg.runtime import OnnxGPT
+model = OnnxGPT(sys.argv[1], provider="cpu")
+for line in sys.stdin:
+    seed, tokens = json.loads(line)
+    started = time.perf_counter()
+    sample = model.generate(sys.argv[2], max_new_tokens=tokens, seed=seed)[0]
+    print(json.dumps([time.perf_counter() - started, len(sample.generated_ids)]), flush=True)
+"""
+
+
+class _Generator:
+    """A child process timing ``OnnxGPT.generate`` on request."""
+
+    def __init__(self, path: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", _GENERATE, path, PROMPT], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+
+    def __call__(self, seed: int, tokens: int) -> tuple[float, int]:
+        self.proc.stdin.write(json.dumps([seed, tokens]) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the generate process died")
+        elapsed, produced = json.loads(line)
+        return elapsed, produced
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(60)
+
+
 def run(path: str, clients: int, tokens: int, rounds: int) -> dict:
     load_before = os.getloadavg()
-    model = OnnxGPT(path, provider="cpu")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(path)
+    generate = _Generator(path)
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "gpt2reg", "serve", path, "--port", str(port), "--provider", "cpu",
                                "--max-batch", str(clients), "--log-level", "warning"])
@@ -97,14 +131,14 @@ def run(path: str, clients: int, tokens: int, rounds: int) -> dict:
         _wait_ready(server, port)
         body = {"prompt": PROMPT, "max_tokens": tokens}
         stream_completion(port, body | {"max_tokens": 4, "seed": 0})  # warm up both
-        model.generate(PROMPT, max_new_tokens=4, seed=0)
+        generate(0, 4)
         generate_s, single_s, concurrent_tps, single_tps = [], [], [], []
         for r in range(rounds):
-            started = time.perf_counter()
-            sample = model.generate(PROMPT, max_new_tokens=tokens, seed=r)[0]
-            generate_s.append((time.perf_counter() - started) / len(sample.generated_ids))
+            elapsed, expected = generate(r, tokens)
+            generate_s.append(elapsed / expected)
             elapsed, produced = stream_completion(port, body | {"seed": r})
-            assert produced == len(sample.generated_ids), "the server and generate disagree"
+            if produced != expected:
+                raise RuntimeError(f"the server made {produced} tokens, generate {expected}, for seed {r}")
             single_s.append(elapsed / produced)
             single_tps.append(produced / elapsed)
             started = time.perf_counter()
@@ -115,6 +149,7 @@ def run(path: str, clients: int, tokens: int, rounds: int) -> dict:
     finally:
         server.terminate()
         server.wait(60)
+        generate.close()
     generate_ms, single_ms = statistics.median(generate_s) * 1e3, statistics.median(single_s) * 1e3
     single, concurrent = statistics.median(single_tps), statistics.median(concurrent_tps)
     return {
