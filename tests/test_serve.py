@@ -472,6 +472,14 @@ def test_sigterm_finishes_requests_in_flight_then_exits_without_torch(slow) -> N
         lines = r.iter_lines()
         texts.append(json.loads(next(lines)[6:])["choices"][0]["text"])
         server.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while True:  # no new requests once SIGTERM arrived: the listening socket closes
+            try:
+                httpx.get(f"{server.url}/health", timeout=2)
+            except httpx.ConnectError:
+                break
+            assert time.monotonic() < deadline, "still accepting connections after SIGTERM"
+            time.sleep(0.05)
         for line in lines:
             if line == "data: [DONE]":
                 done.append(True)
