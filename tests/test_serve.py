@@ -362,6 +362,11 @@ def test_the_batcher_survives_a_failing_step_and_a_client_that_cannot_take_token
             tokens += got.get(timeout=30)
         want = reference.generate([[1, 2, 3]], max_new_tokens=5, greedy=True)[0].generated_ids
         assert [e.token for e in tokens] == want
+        real_add = engine.add
+        engine.add = lambda prompts, copies: real_add(prompts, copies) * np.nan  # as NaN weights would give
+        batcher.submit(Job([[7, 8]], 5, greedy, 0, got.put))
+        nan = got.get(timeout=30)
+        assert isinstance(nan, Failure) and "NaN" in nan.message
         deadline = time.monotonic() + 10  # the finished row leaves just after its last token is handed over
         while batcher.stats.batch and time.monotonic() < deadline:
             time.sleep(0.01)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..generation import Continuation, Sampler, SamplingOptions, sampling_vocab
+from ..generation import NON_FINITE, Continuation, Sampler, SamplingOptions, sampling_vocab
 from ..tokenizer import EOT_ID
 from .engine import BatchEngine
 
@@ -216,7 +216,11 @@ class Batcher:
         for job in jobs:
             rows = rows + [_Row(job, i, Sampler(job.options, [i % job.n], job.seed),
                                 Continuation(job.max_tokens, job.stop, job.eos_token_id)) for i in range(job.rows)]
-        return rows, np.concatenate((logits, new))
+        logits = np.concatenate((logits, new))
+        broken = {id(r.job): r.job for r, finite in zip(rows, np.isfinite(logits).all(axis=1), strict=True) if not finite}
+        for job in broken.values():  # NaN weights, or float16 overflow: nothing sensible to sample
+            _deliver(job, Failure(NON_FINITE))
+        return self._drop(rows, logits, [i for i, r in enumerate(rows) if id(r.job) not in broken])
 
     def _take_waiting(self, free: int) -> list[Job]:
         """Pop waiting jobs, first come first served, while their rows fit in ``free`` (lock held)."""
