@@ -379,6 +379,8 @@ def decode(
     options = SamplingOptions(temperature, top_k, top_p, greedy)
     check_number("num_samples", num_samples, 1, integer=True)
     stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if any(not isinstance(s, str) or not s for s in stops):
+        raise InputError(f"stop strings must be non-empty text, got {stops!r}")
     prompts = fit_context(encode_prompts(prompt, decoder.vocab_size), decoder.block_size, max_new_tokens)
     n = len(prompts) * num_samples
     longest = max(len(p) for p in prompts) + max_new_tokens

@@ -40,7 +40,8 @@ class OnnxGPT:
 
     def __init__(self, path: str | os.PathLike, *, provider: str = "auto", threads: int | None = None) -> None:
         if not os.path.isfile(path):
-            raise InputError(f"{path}: no such ONNX file")
+            missing = not os.path.exists(path)
+            raise InputError(f"{path}: no such ONNX file" if missing else f"{path} is not a file (an exported .onnx file is)")
         info = create_session(str(path), provider, threads=threads)
         self.path = str(path)
         self.session = info.session

@@ -101,6 +101,7 @@ def run_case(case: Case, places: dict[str, str], workdir: Path, monkeypatch) -> 
     assert result.exit_code != 0, f"{case.id}: exited 0\n{result.output}"
     assert len(lines) == 1 and lines[0].startswith("Error: "), f"{case.id}: stderr was\n{result.stderr}"
     assert "Traceback" not in result.output
+    assert result.stdout == "", f"{case.id}: printed before failing: {result.stdout[:200]!r}"
     assert case.expect.lower() in lines[0].lower(), f"{case.id}: {lines[0]}"
     after = [_listing(w) for w in watched]
     assert after == before, f"{case.id}: files changed: {set(map(str, after)) ^ set(map(str, before))}"
@@ -174,6 +175,11 @@ NOT_DONE = (
     Case("generate-onnx-missing", ["generate", "--onnx", "nothing.onnx", "-p", "Hi"], "no such"),
     Case("generate-onnx-and-model", ["generate", "{tiny}", "--onnx", "x.onnx", "-p", "Hi"], "not both"),
     Case("generate-empty-prompt", ["generate", "{tiny}", "-p", ""], "must not be empty"),
+    Case("generate-empty-stop", ["generate", "{tiny}", "-p", "x", "-n", "3", "--stop", ""], "non-empty"),
+    Case("generate-onnx-device-file", ["generate", "--onnx", "/dev/null", "-p", "x"], "is not a file"),
+    Case("validate-device-file", ["validate", "/dev/null", "{tiny}"], "is not a file"),
+    Case("train-data-device-file", ["train", *TRAIN[2:], "--data", "/dev/null", "-o", "run"], "not a text file"),
+    Case("eval-data-device-file", ["eval", "{tiny}", "--data", "/dev/null"], "not a text file"),
     Case("generate-greedy-and-temperature", ["generate", "{tiny}", "-p", "x", "--greedy", "-t", "0.5"], "drop"),
     Case("generate-too-many-tokens", ["generate", "{tiny}", "-p", "x", "-n", "64"], "leaves no room"),
     Case("generate-bad-dtype", ["generate", "{tiny}", "-p", "x", "--dtype", "int8"], "--dtype"),

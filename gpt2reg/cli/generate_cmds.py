@@ -73,14 +73,20 @@ def generate(model, prompts, max_new_tokens, temperature, top_k, top_p, greedy, 
     several = len(heads) > 1
     live = stream and not as_json
 
+    echoed = []  # the first sample's header and prompt, printed with its first text (not before an error)
+
+    def start() -> None:
+        if not echoed:
+            echoed.append(True)
+            if several:
+                click.echo(heads[0])
+            click.echo(prompts[0], nl=False)
+
     def on_text(index: int, text: str) -> None:
         if index == 0:  # the first sample streams; the others print, in order, when all are done
+            start()
             click.echo(text, nl=False)
 
-    if live:
-        if several:
-            click.echo(heads[0])
-        click.echo(prompts[0], nl=False)
     with warnings.catch_warnings():
         warnings.showwarning = lambda message, *_args, **_kw: click.echo(f"Warning: {message}", err=True)
         warnings.simplefilter("always")
@@ -103,6 +109,7 @@ def generate(model, prompts, max_new_tokens, temperature, top_k, top_p, greedy, 
         return
     for i, sample in enumerate(samples):
         if live and i == 0:
+            start()  # a sample that ended before any text still shows its prompt
             click.echo()
             continue
         if several:

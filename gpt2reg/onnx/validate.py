@@ -103,7 +103,7 @@ def describe(onnx_path: str | os.PathLike) -> OnnxDescription:
 
     path = Path(onnx_path)
     if not path.is_file():
-        raise InputError(f"{path}: no such ONNX file")
+        raise InputError(f"{path}: no such ONNX file" if not path.exists() else f"{path} is not a file (an exported .onnx file is)")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf errors have no common base class

@@ -36,6 +36,9 @@ def text_files(path: str | os.PathLike) -> list[Path]:
         raise InputError(f"{root}: no such file or folder")
     if root.is_file():
         return [root]
+    if not root.is_dir():
+        raise InputError(f"{root}: not a text file or a folder of them (a device, pipe or socket); save the text "
+                         "to a file first")
     files = sorted(
         p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
     )
