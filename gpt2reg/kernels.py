@@ -53,6 +53,7 @@ MANY_ROWS = 32  # the row count that stands for prefill and batches; one row sta
 PASSES = 2  # timed passes per kernel at least (the first one warms up too), the best counts
 PASSES_MAX = 20  # and at most, while within BUDGET_S
 BUDGET_S = 0.2  # per row count
+RETRY_BUSY_S = 3600  # a decision without clean timings is kept this long, then measured again
 CACHE_VERSION = 1
 
 
@@ -184,7 +185,8 @@ def _choose(groups: dict[str, list[Layer]]) -> dict[str, Kernel]:
                 cache.put(shape, rows, decided[rows][shape], timings[shape])
             busy = [shape for shape in missing if "busy" in timings[shape]]
             if busy:
-                log.info("CPU busy while timing %s at %s: decisions kept for this process only", ", ".join(busy), rows)
+                log.info("CPU busy while timing %s at %s: decisions used, measured again after %d s",
+                         ", ".join(busy), rows, RETRY_BUSY_S)
         cache.save()
     _record(decided)
     one, many = decided["1 row"], decided[f"{MANY_ROWS} rows"]
@@ -222,7 +224,7 @@ def measure(kernels: dict[str, Kernel], layers: list[tuple[str, torch.Tensor, to
     Each pass runs one kernel on every layer in order, timing each call alone; kernels alternate pass
     by pass and the best pass counts. A pass during which the OS preempted one of our threads
     (another process wanted the core) is not clean; a kernel with no clean pass for a shape is
-    reported under ``"busy"`` so its decision is not cached. A kernel that raises, or whose result
+    reported under ``"busy"``, so its decision is cached only for a while. A kernel that raises, or whose result
     differs from F.linear's beyond fp32 rounding, is left out for that shape (logged).
     Passes: at least ``PASSES``, more while within ``BUDGET_S`` and ``PASSES_MAX``.
     """
@@ -315,6 +317,7 @@ def machine_key() -> str:
     return f"{cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
 
 
+_now = time.time
 _memory: dict[str, dict[str, dict[str, Any]]] = {}  # machine key -> entry key -> decision, this process
 
 
@@ -330,16 +333,19 @@ class _Cache:
             self.entries.update(self._read().get(self.machine, {}))
 
     def get(self, shape: str, rows: str) -> str | None:
+        """The cached kernel name; None if never measured, or measured on a busy CPU over an hour ago."""
         entry = self.entries.get(f"{shape} @ {rows}")
-        return entry.get("kernel") if isinstance(entry, dict) else None
+        if not isinstance(entry, dict) or entry.get("busy_until", math.inf) < _now():
+            return None
+        return entry.get("kernel")
 
     def put(self, shape: str, rows: str, name: str, timings: dict[str, float]) -> None:
-        """Remember a decision; write it to the file only if measured on an otherwise idle CPU."""
-        entry = {"kernel": name, "us": {k: round(v * 1e6, 1) for k, v in timings.items() if k != "busy"}}
-        self.entries[f"{shape} @ {rows}"] = entry
-        if "busy" not in timings:
-            self.new[f"{shape} @ {rows}"] = entry
-        log.debug("measured %s @ %s: %s%s", shape, rows, entry, " (CPU busy)" if "busy" in timings else "")
+        """Remember a decision; one measured on a busy CPU only for ``RETRY_BUSY_S``."""
+        entry: dict[str, Any] = {"kernel": name, "us": {k: round(v * 1e6, 1) for k, v in timings.items() if k != "busy"}}
+        if "busy" in timings:
+            entry["busy_until"] = round(_now() + RETRY_BUSY_S)
+        self.entries[f"{shape} @ {rows}"] = self.new[f"{shape} @ {rows}"] = entry
+        log.debug("measured %s @ %s: %s", shape, rows, entry)
 
     def _read(self) -> dict[str, dict[str, Any]]:
         """The file's machines; a missing file is empty, an unreadable one too (logged, then rewritten)."""
@@ -360,7 +366,10 @@ class _Cache:
             return
         try:
             machines = self._read()
-            machines.setdefault(self.machine, {}).update(self.new)
+            mine = machines.setdefault(self.machine, {})
+            for key, entry in self.new.items():  # never replace another process's clean timing with a busy one
+                if "busy_until" not in entry or "busy_until" in mine.get(key, {"busy_until": 0}):
+                    mine[key] = entry
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".kernels-", suffix=".json")
             try:

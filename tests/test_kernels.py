@@ -181,12 +181,29 @@ def test_decisions_are_cached_per_machine_torch_threads_and_shape(monkeypatch, f
     assert f"48x{3 * 48}+bias @ 1 row" in json.loads(fresh.read_text())["machines"][key]
 
 
-def test_decisions_measured_on_a_busy_cpu_are_not_cached(monkeypatch, fresh: Path) -> None:
+def test_decisions_measured_on_a_busy_cpu_are_cached_for_an_hour(monkeypatch, fresh: Path) -> None:
     counter = iter(range(10**9))
     monkeypatch.setattr(kernels, "_preemptions", lambda: next(counter))  # every call was preempted
+    calls = []
+    real_measure = kernels.measure
+    monkeypatch.setattr(kernels, "measure", lambda *a, **k: calls.append(a[2]) or real_measure(*a, **k))
     tiny().prepare_for_inference()
-    assert not fresh.exists()
-    assert len(kernels._memory[kernels.machine_key()]) == 10  # 5 shapes x 2 row counts, for this process
+    entries = json.loads(fresh.read_text())["machines"][kernels.machine_key()]
+    assert len(entries) == 10 and all("busy_until" in e for e in entries.values())  # 5 shapes x 2 row counts
+
+    calls.clear()
+    monkeypatch.setattr(kernels, "_memory", {})  # a new process within the hour: no measuring
+    tiny().prepare_for_inference()
+    assert calls == []
+
+    later = kernels._now() + kernels.RETRY_BUSY_S + 1
+    monkeypatch.setattr(kernels, "_now", lambda: later)
+    monkeypatch.setattr(kernels, "_memory", {})
+    monkeypatch.setattr(kernels, "_preemptions", lambda: 0)  # an hour later, on an idle CPU
+    tiny().prepare_for_inference()
+    assert sorted(calls) == [1, kernels.MANY_ROWS]
+    entries = json.loads(fresh.read_text())["machines"][kernels.machine_key()]
+    assert not any("busy_until" in e for e in entries.values())
 
 
 def test_pick_needs_a_clear_margin() -> None:
