@@ -121,3 +121,25 @@ def test_eval_of_an_empty_or_binary_file_is_a_clear_error(tmp_path: Path, model)
     (tmp_path / "blob").write_bytes(b"\xff\xfe\x00\x01")
     result = CliRunner().invoke(cli, ["eval", "nowhere", "--data", str(tmp_path / "blob")])
     assert result.exit_code == 1 and result.output.startswith("Error: ") and "not UTF-8" in result.output
+
+
+@pytest.fixture(scope="module")
+def onnx_file(model, tmp_path_factory) -> Path:
+    from gpt2reg.onnx import export_onnx
+
+    return export_onnx(model, tmp_path_factory.mktemp("eval") / "m.onnx")
+
+
+@pytest.mark.parametrize("seq_len,stride,batch_size", [(16, 8, 8), (16, 16, 3), (8, 1, 5)])
+def test_an_onnx_file_scores_the_same_windows_as_its_model(model, tokens, onnx_file, seq_len, stride,
+                                                           batch_size) -> None:
+    from gpt2reg.runtime import OnnxGPT
+
+    want = evaluate_tokens(model, tokens, seq_len=seq_len, stride=stride, batch_size=batch_size)
+    got = evaluate_tokens(OnnxGPT(onnx_file, provider="cpu"), tokens, seq_len=seq_len, stride=stride,
+                          batch_size=batch_size)
+    assert {k: got[k] for k in ("tokens", "windows", "seq_len", "stride")} == \
+        {k: want[k] for k in ("tokens", "windows", "seq_len", "stride")}
+    assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
+    with pytest.raises(ConfigError, match="own precision"):
+        evaluate_tokens(OnnxGPT(onnx_file, provider="cpu"), tokens, dtype="bfloat16")

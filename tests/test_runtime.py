@@ -127,3 +127,26 @@ def test_a_foreign_onnx_file_is_a_one_line_error(tmp_path: Path) -> None:
         OnnxGPT(path, provider="cpu")
     with pytest.raises(InputError, match="no such ONNX file"):
         OnnxGPT(tmp_path / "missing.onnx")
+
+
+def test_eval_of_an_onnx_file_works_where_torch_cannot_be_imported(exported, tmp_path: Path) -> None:
+    model, path = exported
+    text = "Hope is the thing with feathers\nThat perches in the soul,\n"
+    (tmp_path / "poem.txt").write_text(text)
+    code = """
+import sys
+from gpt2reg.cli import cli
+try:
+    cli(sys.argv[1:], prog_name="gpt2reg")
+except SystemExit as exc:
+    if exc.code:
+        raise
+"""
+    result = _run_without_torch(code, "eval", str(path), "--data", str(tmp_path / "poem.txt"), "--device", "cpu",
+                                "--json", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    got = json.loads(result.stdout)
+    from gpt2reg.training import evaluate
+
+    want = evaluate(model, tmp_path / "poem.txt", device="cpu")
+    assert got["tokens"] == want["tokens"] and got["loss"] == pytest.approx(want["loss"], rel=1e-5)

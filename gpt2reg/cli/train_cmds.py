@@ -85,18 +85,23 @@ def train(ctx, out_dir, preset, init, resume, no_progress, as_json, compile_, **
 
 
 @click.command("eval")
-@click.argument("model", metavar="MODEL")
+@click.argument("model", metavar="MODEL|FILE.onnx")
 @click.option("--data", required=True, type=click.Path(), help="A text file or a folder of them (UTF-8).")
 @click.option("--seq-len", type=click.IntRange(1), help="Window length.  [default: the model's block size]")
 @click.option("--stride", type=click.IntRange(1), help="Tokens between window starts.  [default: seq-len / 2]")
 @click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True, help="Windows per forward pass.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--device", default="auto", show_default=True,
+              help="auto, cpu, cuda or cuda:N (for an .onnx file: its execution provider).")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="float32", show_default=True,
-              help="auto: bf16 autocast where the hardware computes it natively.")
+              help="auto: bf16 autocast where the hardware computes it natively (torch models).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable result.")
 def eval_(model, data, seq_len, stride, batch_size, device, dtype, no_progress, as_json) -> None:
-    """Mean token cross-entropy and perplexity of MODEL on a text (sliding window, each token scored once)."""
+    """Mean token cross-entropy and perplexity of MODEL on a text (sliding window, each token scored once).
+
+    An exported .onnx file is scored the same way through the torch-free runtime, so fp32, int8 and
+    int4 exports compare directly with the torch model.
+    """
     from ..training import evaluate
 
     result = evaluate(model, data, seq_len=seq_len, stride=stride, batch_size=batch_size, device=device,
