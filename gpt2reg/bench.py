@@ -92,15 +92,12 @@ class RowSpec:
 ROWS: list[RowSpec] = [
     RowSpec("gpt2reg", "gpt2reg.bench:gpt2reg_row"),
     RowSpec("transformers", "gpt2reg.bench:transformers_row", requires=("transformers",), baseline=True),
-    # ONNX Runtime on the KV-cache export (fp32 and int8); also export time and file size. Each round
-    # exports the model again (~15 s and ~30 s for 124M here), so only on request: --rows onnxruntime,...
-    RowSpec("onnxruntime", "gpt2reg.onnx.bench:onnxruntime_row", requires=("onnxruntime",), default=False),
-    RowSpec("onnxruntime-int8", "gpt2reg.onnx.bench:onnxruntime_int8_row", requires=("onnxruntime",),
-            default=False),
-    RowSpec("onnxruntime-opset23", "gpt2reg.onnx.bench:onnxruntime_opset23_row", requires=("onnxruntime",),
-            default=False),
-    RowSpec("onnxruntime-int8-opset23", "gpt2reg.onnx.bench:onnxruntime_int8_opset23_row",
-            requires=("onnxruntime",), default=False),
+    # ONNX Runtime on the KV-cache export (fp32, int8, int4; the opset-18 forms for providers without the
+    # Attention op); also export time and file size. Each round exports the model again (~15-30 s for
+    # 124M here), so only on request: --rows onnxruntime,...
+    *[RowSpec(name, f"gpt2reg.onnx.bench:{name.replace('-', '_')}_row", requires=("onnxruntime",), default=False)
+      for name in ("onnxruntime", "onnxruntime-int8", "onnxruntime-int4", "onnxruntime-opset18",
+                   "onnxruntime-int8-opset18")],
     # Training steps (forward, backward, AdamW) at the model's config; slow on a CPU, so only on request.
     RowSpec("gpt2reg-train", "gpt2reg.training.bench:gpt2reg_train_row", default=False),
     RowSpec("transformers-train", "gpt2reg.training.bench:transformers_train_row", requires=("transformers",),

@@ -21,7 +21,7 @@ from gpt2reg.cli import cli
 from gpt2reg.generation import generate
 from gpt2reg.model import build_model
 from gpt2reg.onnx import ProviderError, export_onnx, validate_onnx
-from gpt2reg.onnx.metadata import BATCH, PAST, SEQ, TOTAL
+from gpt2reg.onnx.metadata import BATCH, DEFAULT_OPSET, PAST, SEQ, TOTAL
 from gpt2reg.onnx.providers import CPU, create_session
 from gpt2reg.onnx.validate import describe, make_cases
 from gpt2reg.runtime import OnnxGPT
@@ -189,19 +189,54 @@ def test_cuda_provider_that_cannot_load_is_an_error(rope_export, tmp_path: Path)
     assert result.exit_code == 1 and result.output.startswith("Error: ") and "CUDA" in result.output
 
 
-@pytest.mark.parametrize("dtype,quantize", [("fp16", None), ("fp32", "int8")])
-def test_fp16_and_int8_exports_validate_with_their_tolerances(tmp_path: Path, dtype: str, quantize: str | None) -> None:
+@pytest.mark.parametrize("dtype,quantize", [("fp16", None), ("fp32", "int8"), ("fp32", "int4")])
+def test_reduced_precision_exports_validate_with_their_tolerances(tmp_path: Path, dtype: str, quantize: str | None) -> None:
     model = build_model(**SMALL, pos="rope", seed=2)
     path = export_onnx(model, tmp_path / "m.onnx", dtype=dtype, quantize=quantize)
     report = validate_onnx(path, model, provider="cpu", cases=4)
     assert report.passed, report.summary()
     assert report.variant == (quantize or dtype) and report.atol > 1e-4
     assert report.max_abs_diff > 1e-6  # really reduced precision, not an fp32 graph
+    assert describe(path).quantize == (quantize or "none")
     if quantize:
         graph = onnx.load(str(path)).graph
-        fp32_matrices = [tuple(t.dims) for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2]
-        assert fp32_matrices == [(101, 32)]  # only the embedding table (a Gather); the head is int8
+        scales = {n.input[2] for n in graph.node if n.op_type == "MatMulNBits"}  # int4's per-block scales
+        fp32_matrices = [tuple(t.dims) for t in graph.initializer
+                         if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2 and t.name not in scales]
+        assert fp32_matrices == [(101, 32)]  # only the embedding table (a Gather); the head is quantized
+    if quantize == "int8":
         assert (32, 101) in [tuple(t.dims) for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    if quantize == "int4":  # every MatMul with a weight, the tied head included (N = 101 outputs, K = 32)
+        nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
+        attrs = [{a.name: a.i for a in n.attribute} for n in nbits]
+        assert len(nbits) == 2 * 4 + 1 and {"N": 101, "K": 32} in [{k: a[k] for k in ("N", "K")} for a in attrs]
+        assert all(a["bits"] == 4 for a in attrs) and not [n for n in graph.node if n.op_type == "MatMul"
+                                                         and any(i in {t.name for t in graph.initializer} for i in n.input)]
+
+
+@pytest.mark.parametrize("kind,name", _single_components(), ids=[f"{k}={n}" for k, n in _single_components()])
+def test_int4_kv_cache_graph_of_every_component_validates(tmp_path: Path, kind: str, name: str) -> None:
+    model = build_model(**SMALL, **{**DEFAULTS, kind: name}, seed=1)
+    path = export_onnx(model, tmp_path / "m.onnx", quantize="int4")
+    report = validate_onnx(path, model, provider="cpu", cases=3)
+    assert report.passed, report.summary()
+
+
+def test_weight_bytes_per_token_counts_what_a_decode_step_reads(tmp_path: Path) -> None:
+    import torch
+
+    from gpt2reg.onnx.weights import weight_bytes_per_token
+
+    model = build_model(**{**SMALL, "n_layer": 1, "n_embd": 128}, pos="learned", seed=0)  # K: whole int4 blocks
+    with torch.no_grad():  # every weight distinct: the exporter stores equal constants (fresh norms) once
+        for param in model.parameters():
+            param.normal_()
+    sizes = {q: weight_bytes_per_token(export_onnx(model, tmp_path / f"{q}.onnx", quantize=q)) for q in (None, "int8", "int4")}
+    position_table = model.config.block_size * model.config.n_embd
+    # Every parameter but the position table (only looked up), the tied table once (read by the head);
+    # the graph's few scalar constants are the rest.
+    assert sizes[None] == pytest.approx(4 * (model.num_parameters() - position_table), rel=1e-3)
+    assert sizes["int4"] < sizes["int8"] < sizes[None] / 2
 
 
 def test_external_data_and_nothing_half_written(tmp_path: Path) -> None:
@@ -222,8 +257,8 @@ def test_export_cli_default_path_and_validation(tmp_path: Path, monkeypatch) -> 
     result = CliRunner().invoke(cli, ["export", "models/tiny-sin", "--provider", "cpu", "--cases", "2"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "exports" / "tiny-sin.onnx").is_file() and "PASS" in result.output
-    bad = CliRunner().invoke(cli, ["export", "models/tiny-sin", "--dtype", "fp16", "--quantize", "int8"])
-    assert bad.exit_code == 2 and "drop --dtype fp16" in bad.output
+    bad = CliRunner().invoke(cli, ["export", "models/tiny-sin", "--dtype", "fp16", "--quantize", "int4"])
+    assert bad.exit_code == 2 and "int4 starts from fp32 weights; drop --dtype fp16" in bad.output
 
 
 def test_cases_cover_what_the_issue_asks() -> None:
@@ -245,10 +280,16 @@ def test_onnxruntime_and_onnxruntime_gpu_together_is_an_error(rope_export, monke
 
 
 @pytest.mark.parametrize("pos", component_names("pos"))
-def test_opset_23_graph_matches_torch(tmp_path: Path, pos: str) -> None:
-    """Opset 23 brings the standard Attention and RMSNormalization ops (faster on CPU; see the README)."""
+def test_opset_18_graph_matches_torch(tmp_path: Path, pos: str) -> None:
+    """Opset 18 (attention as MatMul/Softmax) stays available for providers without the opset-23 Attention op."""
     model = build_model(**SMALL, pos=pos, norm="rmsnorm", seed=1)
-    path = export_onnx(model, tmp_path / "m.onnx", opset=23)
-    assert onnx.load(str(path)).opset_import[0].version == 23
+    path = export_onnx(model, tmp_path / "m.onnx", opset=18)
+    assert onnx.load(str(path)).opset_import[0].version == 18
     report = validate_onnx(path, model, provider="cpu")
     assert report.passed, report.summary()
+
+
+def test_default_export_uses_the_attention_op(rope_export) -> None:
+    graph = onnx.load(str(rope_export[1])).graph
+    assert {o.version for o in onnx.load(str(rope_export[1])).opset_import if o.domain == ""} == {DEFAULT_OPSET}
+    assert DEFAULT_OPSET >= 23 and sum(n.op_type == "Attention" for n in graph.node) == SMALL["n_layer"]

@@ -7,6 +7,7 @@ import time
 
 import click
 
+from ..onnx.metadata import DEFAULT_OPSET, QUANTIZATIONS
 from .options import SEED, Real
 
 _PROVIDER = click.Choice(["auto", "cuda", "cpu"])
@@ -22,9 +23,11 @@ def _print_report(report, as_json: bool) -> None:
               help="ONNX file to write.  [default: exports/<model name>.onnx]")
 @click.option("--kv-cache/--no-kv-cache", default=True, show_default=True,
               help="Decoder graph with past/present KV cache, or the full-sequence graph.")
-@click.option("--opset", type=click.IntRange(18), default=18, show_default=True, help="ONNX opset.")
+@click.option("--opset", type=click.IntRange(18), default=DEFAULT_OPSET, show_default=True,
+              help="ONNX opset; 18 for runtimes without the opset-23 Attention op.")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
-@click.option("--quantize", type=click.Choice(["int8"]), help="onnxruntime dynamic quantization (fast CPU inference).")
+@click.option("--quantize", type=click.Choice(QUANTIZATIONS),
+              help="int8: dynamic quantization; int4: block-wise 4-bit weights (MatMulNBits). Fast CPU inference.")
 @click.option("--validate/--no-validate", default=True, show_default=True,
               help="Check the file against the torch model under onnxruntime.")
 @click.option("--atol", type=Real(min=0), help="Validation tolerance.  [default: per dtype, see validate]")
@@ -45,7 +48,7 @@ def export(model_source, output, kv_cache, opset, dtype, quantize, validate, ato
     from ..onnx.validate import validate_onnx
 
     if quantize and dtype != "fp32":
-        raise click.UsageError("--quantize int8 starts from fp32 weights; drop --dtype fp16")
+        raise click.UsageError(f"--quantize {quantize} starts from fp32 weights; drop --dtype fp16")
     path = output if output is not None else default_export_path(model_source, kv_cache=kv_cache, dtype=dtype, quantize=quantize)
     # Before the model is loaded and exported: a read-only or taken location fails at once.
     check_file(path, what="the ONNX file", force=force, owned=is_export)
@@ -86,7 +89,7 @@ def export(model_source, output, kv_cache, opset, dtype, quantize, validate, ato
 @click.option("--provider", type=_PROVIDER, default="auto", show_default=True,
               help="auto takes CUDA when it really loads; cuda fails where it cannot.")
 @click.option("--atol", type=Real(min=0),
-              help="Max |logit difference|.  [default: fp32 1e-4, fp16 2e-2, int8 0.5]")
+              help="Max |logit difference|.  [default: fp32 1e-4, fp16 2e-2, int8 0.5, int4 2.0]")
 @click.option("--cases", type=click.IntRange(1), default=8, show_default=True,
               help="Random cases (batch 1-4; lengths 1, odd, full context; past 0 and > 0; left padding).")
 @click.option("--seed", type=SEED, default=0, show_default=True)

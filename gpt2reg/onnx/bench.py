@@ -5,7 +5,8 @@ the file through ``gpt2reg.runtime`` in the row's own process, which never impor
 time and peak memory are the runtime's alone. Decode is greedy ``OnnxGPT.generate``, exactly as
 ``gpt2reg generate --onnx`` runs it. The prefill figure is one KV-cache graph call over the whole
 sequence; the graph returns the logits of every position (Optimum's layout), where the torch rows
-keep only the last.
+keep only the last. ``weight_bytes`` is what the file's decode step reads (``weight_bytes_per_token``),
+from which the bench derives the GB/s achieved and the fraction of the machine's bandwidth bound.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from ..bench import BenchSpec, _best_time, _check_context, _workload
+from .metadata import DEFAULT_OPSET
+from .weights import weight_bytes_per_token
 
 _EXPORT = """
 import json, sys, time
@@ -40,7 +43,7 @@ def _export(model: str, path: Path, quantize: str | None, opset: int) -> float:
     return float(proc.stdout.strip().splitlines()[-1])
 
 
-def _row(spec: BenchSpec, quantize: str | None, opset: int = 18) -> dict[str, float]:
+def _row(spec: BenchSpec, quantize: str | None, opset: int = DEFAULT_OPSET) -> dict[str, float]:
     from ..runtime import OnnxGPT
 
     with tempfile.TemporaryDirectory(prefix="gpt2reg-bench-onnx-") as tmp:
@@ -65,28 +68,35 @@ def _row(spec: BenchSpec, quantize: str | None, opset: int = 18) -> dict[str, fl
         decode_s = _best_time(decode, spec.repeats, no_sync)
         long = np.array([long_ids], dtype=np.int64)
         prefill_s = _best_time(lambda: model.run(long), spec.repeats, no_sync)
+        weight_bytes = weight_bytes_per_token(path)
     return {"load_s": load_s, "decode_tps": spec.new_tokens / decode_s, "prefill_s": prefill_s,
-            "export_s": export_s, "file_mb": size / 1e6}
+            "export_s": export_s, "file_mb": size / 1e6, "weight_bytes": weight_bytes}
 
 
 def onnxruntime_row(spec: BenchSpec) -> dict[str, float]:
-    """The fp32 KV-cache graph under onnxruntime."""
+    """The default fp32 KV-cache export under onnxruntime."""
     return _row(spec, None)
 
 
 def onnxruntime_int8_row(spec: BenchSpec) -> dict[str, float]:
-    """The int8 (dynamically quantized) KV-cache graph under onnxruntime."""
+    """The default int8 (dynamically quantized) export."""
     return _row(spec, "int8")
 
 
-def onnxruntime_opset23_row(spec: BenchSpec) -> dict[str, float]:
-    """fp32 at opset 23: the standard Attention and RMSNormalization ops (onnxruntime >= 1.23 on CPU)."""
-    return _row(spec, None, opset=23)
+def onnxruntime_int4_row(spec: BenchSpec) -> dict[str, float]:
+    """The default int4 (MatMulNBits, block-wise 4-bit weights) export."""
+    return _row(spec, "int4")
 
 
-def onnxruntime_int8_opset23_row(spec: BenchSpec) -> dict[str, float]:
-    """int8 at opset 23."""
-    return _row(spec, "int8", opset=23)
+def onnxruntime_opset18_row(spec: BenchSpec) -> dict[str, float]:
+    """fp32 at ``--opset 18`` (attention as plain MatMul/Softmax, for providers without the Attention op)."""
+    return _row(spec, None, opset=18)
 
 
-__all__ = ["onnxruntime_row", "onnxruntime_int8_row", "onnxruntime_opset23_row", "onnxruntime_int8_opset23_row"]
+def onnxruntime_int8_opset18_row(spec: BenchSpec) -> dict[str, float]:
+    """int8 at ``--opset 18``."""
+    return _row(spec, "int8", opset=18)
+
+
+__all__ = ["onnxruntime_row", "onnxruntime_int8_row", "onnxruntime_int4_row", "onnxruntime_opset18_row",
+           "onnxruntime_int8_opset18_row"]

@@ -11,7 +11,7 @@ Keys (all strings; the JSON ones parse with ``json.loads``):
 - ``gpt2reg.io``: the inputs and outputs as JSON ``{"inputs": [{"name", "dtype", "shape"}], "outputs": [...]}``
   with symbolic dimensions named ``batch_size``, ``sequence_length``, ``past_sequence_length``;
 - ``gpt2reg.dtype``: ``fp32`` or ``fp16`` (of the floating inputs/outputs: past and present, logits);
-- ``gpt2reg.quantize``: ``none`` or ``int8``;
+- ``gpt2reg.quantize``: ``none``, ``int8`` or ``int4``;
 - ``gpt2reg.tokenizer``: ``gpt2`` (tiktoken's GPT-2 BPE), ``gpt2reg.eos_token_id``: ``50256``;
 - ``gpt2reg.model_name``: where the weights came from, as given to the exporter.
 """
@@ -23,6 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 FORMAT = "gpt2reg-onnx"
+QUANTIZATIONS = ("int8", "int4")  # the values of gpt2reg.quantize besides "none"
+# The opset files are written at unless asked otherwise (the exporter's default; here so the CLI can
+# show it without importing torch). 18 suits runtimes that lack the opset-23 Attention op.
+DEFAULT_OPSET = 23
 GRAPH_KV = "kv_cache"
 GRAPH_FULL = "full_sequence"
 
@@ -89,8 +93,8 @@ class OnnxDescription:
 
     @property
     def variant(self) -> str:
-        """``fp32``, ``fp16`` or ``int8``: what decides the validation tolerance."""
-        return "int8" if self.quantize == "int8" else self.dtype
+        """``fp32``, ``fp16``, ``int8`` or ``int4``: what decides the validation tolerance."""
+        return self.dtype if self.quantize == "none" else self.quantize
 
     def to_props(self) -> dict[str, str]:
         return {

@@ -8,9 +8,13 @@ Tolerances per variant (``TOLERANCES``) are absolute differences on logits again
 its own dtype, plus a least top-1 agreement. fp32 must agree to 1e-4 (measured: ~7e-6 on a random
 124M model, from CPU or CUDA torch). fp16 rounds every activation to 11 bits: atol 2e-2 (measured
 2.4e-3 at 124M) and 95% of top-1 tokens. int8 dynamic quantization moves 124M logits by ~0.15: atol
-0.5 and 80% top-1. The top-1 floors are low because random-weight models, which the tests use, have
+0.5 and 80% top-1. int4 (MatMulNBits, blocks of 128) moves them ~7x as much as int8: a random 124M
+model measured max 0.97, mean 0.13 (tiny test models: max ~0.05 against int8's ~0.007), so atol 2.0
+and 30% top-1. The top-1 floors are low because random-weight models, which the tests use, have
 near-ties: among 50257 logits of std ~0.5 the best two are often < 0.01 apart (a random 124M model
-measured 99.3% fp16 and 88.7% int8 agreement); a trained model's predictions are far more decided.
+measured 99.3% fp16, 88.7% int8 and 47.4% int4 agreement); a trained model's predictions are far more
+decided (the poem model of the README: see its ONNX section), and its perplexity is the measure of
+quantization quality that means something (``gpt2reg eval FILE.onnx``).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(atol=1e-4, min_top1=0.0),
     "fp16": Tolerance(atol=2e-2, min_top1=0.95),
     "int8": Tolerance(atol=0.5, min_top1=0.80),
+    "int4": Tolerance(atol=2.0, min_top1=0.30),
 }
 DEFAULT_CASES = 8
 # Fields that change what the graph computes; dropout and init_std do not.
