@@ -32,6 +32,17 @@ class _Block(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, _Block())
 """
 
+# The gpt2reg command line, run as ``gpt2reg ARGS`` by ``_run_without_torch(CLI, *args)``.
+CLI = """
+import sys
+from gpt2reg.cli import cli
+try:
+    cli(sys.argv[1:], prog_name="gpt2reg")
+except SystemExit as exc:
+    if exc.code:
+        raise
+"""
+
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> tuple[object, Path]:
@@ -68,17 +79,8 @@ print(json.dumps([s.generated_ids for s in out]))
 
 def test_generate_onnx_cli_works_where_torch_cannot_be_imported(exported) -> None:
     model, path = exported
-    code = """
-import sys
-from gpt2reg.cli import cli
-try:
-    cli(sys.argv[1:], prog_name="gpt2reg")
-except SystemExit as exc:
-    if exc.code:
-        raise
-"""
     args = ["generate", "--onnx", str(path), "-p", "Once upon a time", "-n", "10", "--greedy", "--json"]
-    result = _run_without_torch(code, *args)
+    result = _run_without_torch(CLI, *args)
     assert result.returncode == 0, result.stderr
     samples = json.loads(result.stdout)
     want = generate(model, "Once upon a time", max_new_tokens=10, greedy=True)
@@ -133,16 +135,7 @@ def test_eval_of_an_onnx_file_works_where_torch_cannot_be_imported(exported, tmp
     model, path = exported
     text = "Hope is the thing with feathers\nThat perches in the soul,\n"
     (tmp_path / "poem.txt").write_text(text)
-    code = """
-import sys
-from gpt2reg.cli import cli
-try:
-    cli(sys.argv[1:], prog_name="gpt2reg")
-except SystemExit as exc:
-    if exc.code:
-        raise
-"""
-    result = _run_without_torch(code, "eval", str(path), "--data", str(tmp_path / "poem.txt"), "--device", "cpu",
+    result = _run_without_torch(CLI, "eval", str(path), "--data", str(tmp_path / "poem.txt"), "--device", "cpu",
                                 "--json", "--no-progress")
     assert result.returncode == 0, result.stderr
     got = json.loads(result.stdout)
