@@ -8,6 +8,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -261,6 +262,8 @@ def test_a_diverging_variant_is_reported_and_the_others_complete_and_deploy(corp
     assert deploy["exports"] and deploy["validates"] and deploy["max_abs_diff"] < 1e-3
     assert deploy["onnx_mb"] > 0 and deploy["decode_tokens_per_s"] > 0
     assert "ORT decode tok/s" in md
+    table = [line for line in md.splitlines() if line.startswith("|")]
+    assert len({len(re.findall(r"(?<!\\)\|", line)) for line in table}) == 1  # "max |diff|" escaped
 
 
 def test_an_unknown_component_fails_before_any_training(corpus: Path, tmp_path: Path) -> None:

@@ -263,8 +263,11 @@ def render_markdown(results: dict[str, Any]) -> str:
     out += [f"Baseline: **{results['baseline']}**. Δ is the variant's mean final validation loss minus the "
             f"baseline's (negative is better), with the 95% confidence interval of that difference; Welch's t-test over "
             f"seeds, two-sided, significant at p < {stats.ALPHA}.", ""]
-    out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(row) + " |" for row in rows]
+    def cells(row: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in row) + " |"
+
+    out += [cells(header), "|" + "---|" * len(header)]
+    out += [cells(row) for row in rows]
     out += ["", f"![validation loss]({PLOT_FILE})", ""]
     out += [f"- {line}" for line in _summary_lines(results)]
     settings = results["settings"]
