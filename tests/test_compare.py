@@ -5,6 +5,7 @@ The expensive comparison (a 2x2 grid x 2 seeds) runs once per module and several
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -49,6 +50,15 @@ def corpus(tmp_path_factory) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def grid_lock(out_dir: Path, shared: bool = False):
+    """Held while a test (in any xdist worker) runs the shared grid comparison again or copies its folder,
+    so that two workers never run it at once (compare's own lock refuses that) nor copy it mid-write."""
+    with open(out_dir.parent.parent / "compare-grid.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        yield
+
+
 @pytest.fixture(scope="module")
 def grid_run(tmp_path_factory):
     """learned/plugin pos x gelu_tanh/swiglu, 2 seeds, two runs at a time: trained once per session, whichever
@@ -58,8 +68,7 @@ def grid_run(tmp_path_factory):
         root = root.parent  # shared by the workers
     folder = root / "compare-grid"
     folder.mkdir(exist_ok=True)
-    with open(root / "compare-grid.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with grid_lock(folder / "cmp"):
         corpus = folder / "verse.txt"
         if not corpus.exists():
             corpus.write_text(VERSE * 60, encoding="utf-8")
@@ -151,7 +160,8 @@ def test_running_the_same_comparison_again_trains_nothing(grid_run) -> None:
     comparison, _ = grid_run
     stamps = {p: p.stat().st_mtime_ns for p in (comparison.out_dir / "runs").rglob("*") if p.is_file()}
     lines: list[str] = []
-    again = run_comparison(comparison, jobs=2, echo=lines.append)
+    with grid_lock(comparison.out_dir):
+        again = run_comparison(comparison, jobs=2, echo=lines.append)
     assert "(8 already done)" in lines[0] and not any("training" in line for line in lines)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert [v["val_loss"] for v in again["variants"]] == [v["val_loss"] for v in grid_run[1]["variants"]]
@@ -160,7 +170,8 @@ def test_running_the_same_comparison_again_trains_nothing(grid_run) -> None:
 def test_report_only_rebuilds_the_same_results_from_the_folders(grid_run, tmp_path: Path) -> None:
     comparison, _ = grid_run
     copy = tmp_path / "elsewhere"
-    shutil.copytree(comparison.out_dir, copy)
+    with grid_lock(comparison.out_dir, shared=True):
+        shutil.copytree(comparison.out_dir, copy)
     for file in ("results.json", "report.md", "report.html"):
         (copy / file).unlink()
     result = CliRunner().invoke(cli, ["compare", "-o", str(copy), "--report-only"])

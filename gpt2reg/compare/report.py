@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..files import write_bytes, write_json, write_text
 from ..training.metrics import METRICS_FILE, read_metrics
 from . import stats
 from .spec import RUNS_DIR, read_plan
@@ -29,12 +30,6 @@ REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 PLOT_FILE = "val_loss.png"
 DEPLOY_DIR = "deploy"
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
 
 
 def run_state(run_dir: Path) -> dict[str, Any]:
@@ -332,9 +327,9 @@ def build_report(out_dir: str | os.PathLike, baseline: str | None = None) -> dic
     out_dir = Path(out_dir)
     results = collect(out_dir, baseline)
     png = plot(results)
-    write_atomic(out_dir / PLOT_FILE, png)
-    write_atomic(out_dir / RESULTS_JSON, json.dumps(results, indent=2) + "\n")
-    write_atomic(out_dir / RESULTS_CSV, write_csv(results))
-    write_atomic(out_dir / REPORT_MD, render_markdown(results))
-    write_atomic(out_dir / REPORT_HTML, render_html(results, png))
+    write_bytes(out_dir / PLOT_FILE, png, what="the loss plot")
+    write_json(out_dir / RESULTS_JSON, results, what="the results")
+    write_text(out_dir / RESULTS_CSV, write_csv(results), what="the results")
+    write_text(out_dir / REPORT_MD, render_markdown(results), what="the report")
+    write_text(out_dir / REPORT_HTML, render_html(results, png), what="the report")
     return results

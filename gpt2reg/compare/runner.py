@@ -13,7 +13,6 @@ Should the comparison be killed outright, its processes are told (SIGTERM) and s
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -26,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, InputError
-from .report import DEPLOY_DIR, build_report, run_state, write_atomic
+from ..files import write_json
+from .report import DEPLOY_DIR, build_report, run_state
 from .spec import PLAN_FILE, Comparison, Run, format_command, train_command
 
 LOCK_FILE = ".compare.lock"
@@ -39,7 +39,7 @@ def print_commands(comparison: Comparison, *, nproc_per_node: int = 1) -> list[s
     """The ``gpt2reg train`` command of every run, for a scheduler of one's own (then ``--report-only``).
     Writes the plan (``compare.json``) so that the report knows the variants."""
     comparison.out_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(comparison.out_dir / PLAN_FILE, json.dumps(comparison.to_dict(), indent=2) + "\n")
+    write_json(comparison.out_dir / PLAN_FILE, comparison.to_dict(), what="the comparison plan")
     return [format_command(train_command(run, nproc_per_node=nproc_per_node)) for run in comparison.runs()]
 
 
@@ -142,7 +142,7 @@ def run_comparison(comparison: Comparison, *, jobs: int = 1, nproc_per_node: int
                                       "or remove that folder")
         slots = _slots(comparison, jobs, nproc_per_node)
         plan = {**comparison.to_dict(), "jobs": jobs, "nproc_per_node": nproc_per_node}
-        write_atomic(out / PLAN_FILE, json.dumps(plan, indent=2) + "\n")
+        write_json(out / PLAN_FILE, plan, what="the comparison plan")
         (out / LOGS_DIR).mkdir(exist_ok=True)
         queue = [run for run in runs if states[run.name]["status"] in ("pending", "partial")]
         done = len(runs) - len(queue)
@@ -248,7 +248,7 @@ def _deploy(comparison: Comparison, out: Path, say: Callable[[str], None]) -> No
         say(f"{variant.name}: exporting {run.name} to ONNX, validating, timing decode")
         result = deploy_check(run.dir / "model", folder / f"{variant.name}.onnx")
         result["run"] = run.name
-        write_atomic(target, json.dumps(result, indent=2) + "\n")
+        write_json(target, result, what="the deploy result")
         if "error" in result:
             say(f"{variant.name}: {'validation' if result['exports'] else 'export'} failed: {result['error']}")
         else:
