@@ -366,7 +366,7 @@ def machine_info() -> dict[str, Any]:
     """CPU, memory, OS and library versions, for the table's header."""
     import torch
 
-    from .kernels import cpu_name
+    from .machine import cpu_name
 
     try:
         memory_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)

@@ -27,8 +27,6 @@ import json
 import logging
 import math
 import os
-import platform
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +40,10 @@ try:
 except ImportError:  # not on Windows: every pass counts as clean there
     resource = None
 from torch.nn import functional as F
+
+from .errors import OutputError
+from .files import write_json
+from .machine import cpu_name
 
 log = logging.getLogger(__name__)
 
@@ -301,17 +303,6 @@ def cache_path() -> Path | None:
     return Path(base) / "gpt2reg" / "kernels.json"
 
 
-def cpu_name() -> str:
-    """The CPU's model name as /proc/cpuinfo gives it (else what ``platform`` knows)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_key() -> str:
     """What a decision depends on besides the shape: CPU model, torch version, thread count."""
     return f"{cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
@@ -370,16 +361,8 @@ class _Cache:
             for key, entry in self.new.items():  # never replace another process's clean timing with a busy one
                 if "busy_until" not in entry or "busy_until" in mine.get(key, {"busy_until": 0}):
                     mine[key] = entry
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".kernels-", suffix=".json")
-            try:
-                with os.fdopen(fd, "w") as f:
-                    json.dump({"version": CACHE_VERSION, "machines": machines}, f, indent=1, sort_keys=True)
-                os.replace(tmp, self.path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-        except OSError as exc:
+            write_json(self.path, {"version": CACHE_VERSION, "machines": machines}, what="the kernel cache")
+        except (OSError, OutputError) as exc:
             log.info("kernel cache %s not written (%s); decisions kept for this process", self.path, exc)
         self.new = {}
 
@@ -398,7 +381,6 @@ __all__ = [
     "applies",
     "cache_path",
     "candidates",
-    "cpu_name",
     "describe",
     "machine_key",
     "measure",

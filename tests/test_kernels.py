@@ -17,6 +17,7 @@ from torch.nn import functional as F
 
 import gpt2reg
 from gpt2reg import kernels
+from gpt2reg.machine import cpu_name
 
 IDS = torch.tensor([[1, 2, 3, 4, 5, 6, 7], [9, 8, 7, 6, 5, 4, 3]])
 
@@ -158,7 +159,7 @@ def test_decisions_are_cached_per_machine_torch_threads_and_shape(monkeypatch, f
     assert sorted(calls) == [1, kernels.MANY_ROWS]  # one row and many rows, every shape in one pass each
     machines = json.loads(fresh.read_text())["machines"]
     key = kernels.machine_key()
-    assert kernels.cpu_name() in key and torch.__version__ in key and "1 threads" in key
+    assert cpu_name() in key and torch.__version__ in key and "1 threads" in key
     n = TINY["n_embd"]
     shapes = {f"{n}x{3 * n}+bias", f"{n}x{n}+bias", f"{n}x{4 * n}+bias", f"{4 * n}x{n}+bias", f"{n}x{TINY['vocab_size']}"}
     assert set(machines[key]) == {f"{s} @ {rows}" for s in shapes for rows in kernels.ROWS}

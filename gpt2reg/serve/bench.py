@@ -18,7 +18,6 @@ import argparse
 import http.client
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -26,6 +25,8 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
+
+from ..machine import cpu_name
 
 PROMPT = "The history of the city begins"
 
@@ -49,17 +50,6 @@ def stream_completion(port: int, body: dict) -> tuple[float, int]:
     elapsed = time.perf_counter() - started
     connection.close()
     return elapsed, tokens
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def free_port() -> int:
@@ -153,7 +143,7 @@ def run(path: str, clients: int, tokens: int, rounds: int) -> dict:
     generate_ms, single_ms = statistics.median(generate_s) * 1e3, statistics.median(single_s) * 1e3
     single, concurrent = statistics.median(single_tps), statistics.median(concurrent_tps)
     return {
-        "file": path, "cpu": _cpu_model(), "cores": os.cpu_count(),
+        "file": path, "cpu": cpu_name(), "cores": os.cpu_count(),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "load_before": load_before, "load_after": os.getloadavg(),
         "rounds": rounds, "tokens": tokens, "clients": clients,
         "generate_ms_per_token": round(generate_ms, 2), "server_ms_per_token": round(single_ms, 2),
