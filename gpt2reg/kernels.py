@@ -56,7 +56,7 @@ PASSES = 2  # timed passes per kernel at least (the first one warms up too), the
 PASSES_MAX = 20  # and at most, while within BUDGET_S
 BUDGET_S = 0.2  # per row count
 RETRY_BUSY_S = 3600  # a decision without clean timings is kept this long, then measured again
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: decisions measured on weights in huge pages (gpt2reg.hugepages)
 
 
 def _onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

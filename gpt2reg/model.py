@@ -168,14 +168,17 @@ class GPT(nn.Module):
                 nn.init.normal_(param, mean=0.0, std=std / math.sqrt(2 * self.config.n_layer))
 
     def prepare_for_inference(self) -> GPT:
-        """Eval mode, and on CPU fp32 the linear kernels measured fastest on this machine.
+        """Eval mode, CPU weights in huge pages, and on CPU fp32 the linear kernels measured fastest here.
 
-        In place, no weight copied; see ``gpt2reg.kernels``. Gradients, tracing and export still run
-        PyTorch's own kernels, so training and ONNX export are unaffected. Returns the model.
+        In place: same parameters and values, moved once (see ``gpt2reg.hugepages``, ``gpt2reg.kernels``).
+        Gradients, tracing and export still run PyTorch's own kernels, so training and ONNX export are
+        unaffected. Returns the model.
         """
+        from .hugepages import use_huge_pages
         from .kernels import use_fastest_kernels
 
         self.eval()
+        use_huge_pages(self)
         self.head_kernel = use_fastest_kernels(self, tied_head=self.wte.weight if self.lm_head is None else None)
         return self
 
