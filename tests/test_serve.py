@@ -578,6 +578,35 @@ def test_a_model_directory_is_served_on_torch(tiny) -> None:
         server.stop()
 
 
+def test_the_torch_engine_cache_grows_in_place_through_joins_leaves_and_copies() -> None:
+    import torch
+
+    from gpt2reg.model import GrowingKV
+    from gpt2reg.serve.torch_engine import torch_engine
+
+    model = build_model(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=96, init_std=0.2, seed=0)
+    engine = torch_engine(model)
+    rows = [[1, 2, 3], [4, 5, 6, 7, 8]]
+
+    def check(logits: np.ndarray, first: int = 0) -> None:  # rows from ``first`` on, each alone, no cache
+        with torch.inference_mode():
+            want = np.stack([model(torch.tensor([r]))[0, -1].numpy() for r in rows[first:]])
+        np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-5)
+
+    check(engine.add([rows[0], rows[1]], [1, 1]))
+    for token in (9, 10):
+        rows = [r + [token] for r in rows]
+        check(engine.step([token] * len(rows)))
+    assert all(isinstance(p, GrowingKV) for p in engine.past)  # steps write in place
+    rows += [[11, 12], [11, 12]]  # joins: one prompt, two copies
+    check(engine.add([[11, 12]], [2]), first=2)  # add returns the joining rows' logits
+    rows = [r + [13] for r in rows]
+    check(engine.step([13] * 4))
+    engine.keep([1, 2])  # leaves
+    rows = [rows[1] + [14], rows[2] + [14]]
+    check(engine.step([14, 14]))
+
+
 def test_an_export_without_kv_cache_is_served_too(tiny, tmp_path: Path) -> None:
     from gpt2reg.checkpoints import load_model
 

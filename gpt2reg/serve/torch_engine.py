@@ -11,12 +11,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..model import GPT, KVCache
+from ..model import GPT, GrowingKV, KVCache
 from .engine import BatchEngine, KVCacheBatch
 
 
 class TorchCache:
-    """``CacheBackend`` over ``GPT.forward_cached``: the cache is the model's (key, value) tensors per layer."""
+    """``CacheBackend`` over ``GPT.forward_cached``: the cache is the model's (key, value) tensors per layer.
+
+    After a call the cache is a ``GrowingKV`` per layer, so the next step writes its keys and values in
+    place instead of copying the whole cache (B rows x context x 2 x layers x width) with ``torch.cat``;
+    the reshapes below read it as (key, value) pairs and return new tuples, as nothing here goes back
+    to an earlier cache.
+    """
 
     def __init__(self, model: GPT) -> None:
         model.prepare_for_inference()  # as ``generate`` does: same kernels, same logits
@@ -31,7 +37,7 @@ class TorchCache:
                 torch.from_numpy(ids).to(self.device), past,
                 attention_mask=torch.from_numpy(mask).to(self.device), last_only=True,
             )
-            return logits[:, -1].float().cpu().numpy(), presents
+            return logits[:, -1].float().cpu().numpy(), [p if isinstance(p, GrowingKV) else GrowingKV(*p) for p in presents]
 
     def left_pad(self, past: KVCache, width: int) -> KVCache:
         pad = width - past[0][0].shape[2]
