@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint clean llama-cpp
 
 $(STAMP): pyproject.toml Makefile plugins/gpt2reg-alibi/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,33 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# llama.cpp for the bench's comparison rows (not part of install/test/demo): the sources come from
+# the llama-cpp-python sdist on PyPI, which vendors llama.cpp (pinned version and hash), built for this
+# CPU only (native flags, Release). `gpt2reg bench --llama-cpp $(LLAMA_DIR)` then adds its rows.
+LLAMA_CPP_PY ?= 0.3.36
+LLAMA_CPP_SHA256 ?= 832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
+LLAMA_DIR ?= .llama.cpp
+LLAMA_SDIST := $(LLAMA_DIR)/llama_cpp_python-$(LLAMA_CPP_PY).tar.gz
+LLAMA_SRC := $(LLAMA_DIR)/llama_cpp_python-$(LLAMA_CPP_PY)/vendor/llama.cpp
+LLAMA_TOOLS := llama-bench llama-quantize llama-simple
+
+llama-cpp: $(LLAMA_DIR)/bin/llama-bench
+
+$(LLAMA_SDIST):
+	mkdir -p $(LLAMA_DIR)
+	$(PYTHON) -m pip download -q --no-deps --no-binary :all: -d $(LLAMA_DIR) "llama-cpp-python==$(LLAMA_CPP_PY)"
+	echo "$(LLAMA_CPP_SHA256)  $@" | sha256sum -c --quiet
+
+$(LLAMA_DIR)/bin/llama-bench: $(LLAMA_SDIST)
+	tar -xzf $(LLAMA_SDIST) -C $(LLAMA_DIR)
+	cmake -S $(LLAMA_SRC) -B $(LLAMA_DIR)/build -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+		-DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_OPENSSL=OFF
+	nice -n 19 cmake --build $(LLAMA_DIR)/build --config Release -j $$(nproc) --target $(LLAMA_TOOLS)
+	mkdir -p $(LLAMA_DIR)/bin
+	cp $(addprefix $(LLAMA_DIR)/build/bin/,$(LLAMA_TOOLS)) $(LLAMA_DIR)/bin/
+	ln -sfn ../$(patsubst $(LLAMA_DIR)/%,%,$(LLAMA_SRC)) $(LLAMA_DIR)/src
+	@echo "llama.cpp tools in $(LLAMA_DIR)/bin, converter in $(LLAMA_DIR)/src; run: $(BIN)/gpt2reg bench --llama-cpp $(LLAMA_DIR)"
 
 clean:
 	rm -rf $(VENV) models exports/*.onnx exports/*.onnx.data

@@ -56,6 +56,7 @@ class BenchSpec:
     train_batch: int = 4  # the training rows: sequences per step
     train_seq: int = 256  # and their length (capped at the model's context)
     train_compile: bool = False
+    llama_cpp: str | None = None  # a llama.cpp build for the llama.cpp rows (gpt2reg.llamacpp)
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,8 @@ class RowSpec:
     requires: tuple[str, ...] = ()
     baseline: bool = False  # the first baseline row that has a metric is that metric's reference
     default: bool = True  # run when no --rows are named
+    default_if: str = ""  # a BenchSpec field: also run when no --rows are named and it is set
+    check: str = ""  # "module:function" taking the BenchSpec, returning why the row cannot run (or None)
 
 
 ROWS: list[RowSpec] = [
@@ -103,6 +106,10 @@ ROWS: list[RowSpec] = [
     RowSpec("gpt2reg-train", "gpt2reg.training.bench:gpt2reg_train_row", default=False),
     RowSpec("transformers-train", "gpt2reg.training.bench:transformers_train_row", requires=("transformers",),
             baseline=True, default=False),
+    # llama.cpp on the same weights converted to GGUF, when the bench is given a build (--llama-cpp).
+    *[RowSpec(f"llama.cpp-{kind}", f"gpt2reg.llamacpp:llama_cpp_{kind}_row", requires=("transformers",),
+              default=False, default_if="llama_cpp", check="gpt2reg.llamacpp:missing_build")
+      for kind in ("f32", "q8_0", "q4_0")],
 ]
 
 
@@ -233,12 +240,15 @@ def run_bench(
     """Measure ``rows`` (default: all) on ``model`` (anything ``load_model`` accepts) and return the report."""
     if rounds < 1:
         raise InputError(f"rounds={rounds}: must be at least 1")
-    wanted = rows or [r.name for r in ROWS if r.default]
+    spec = BenchSpec(model=model, **spec_fields)
+    from .llamacpp import resolve_build
+
+    spec = replace(spec, llama_cpp=resolve_build(spec.llama_cpp))  # the option, else $GPT2REG_LLAMA_CPP; checked
+    wanted = rows or [r.name for r in ROWS if r.default or (r.default_if and getattr(spec, r.default_if))]
     unknown = [n for n in wanted if n not in row_names()]
     if unknown:
         raise InputError(f"unknown bench row '{unknown[0]}'; choose from: {', '.join(row_names())}")
     specs = [r for r in ROWS if r.name in wanted]
-    spec = BenchSpec(model=model, **spec_fields)
     for name in ("prompt_tokens", "new_tokens", "prefill_tokens", "repeats", "train_batch", "train_seq"):
         if getattr(spec, name) < 1:
             raise InputError(f"{name}={getattr(spec, name)}: must be at least 1")
@@ -251,8 +261,9 @@ def run_bench(
     runnable = []
     for r in specs:
         missing = [m for m in r.requires if importlib.util.find_spec(m) is None]
-        if missing:
-            results[r.name].note = f"skipped: {', '.join(missing)} not installed"
+        why = f"{', '.join(missing)} not installed" if missing else _call(r.check, spec) if r.check else None
+        if why:
+            results[r.name].note = f"skipped: {why}"
         else:
             runnable.append(r)
     say = progress or (lambda _msg: None)
@@ -264,7 +275,7 @@ def run_bench(
                 runnable = [r for r in runnable if r.name != "transformers"]
             spec = replace(spec, hf_dir=hf_dir)
         read_gbps = None
-        for round_index in range(rounds):
+        for round_index in range(rounds if runnable else 0):  # nothing to measure: no bandwidth either
             say(f"round {round_index + 1}/{rounds}: read bandwidth")
             measured = _run_target("gpt2reg.bench:bandwidth_probe", spec).get("read_gbps")
             read_gbps = max(filter(None, (read_gbps, measured)), default=None)
@@ -275,6 +286,12 @@ def run_bench(
     baseline = baselines[0] if baselines else None
     return BenchReport(spec, machine_info(), [results[r.name] for r in specs], baseline, rounds, baselines,
                        read_gbps)
+
+
+def _call(target: str, *args: Any) -> Any:
+    """Call ``target`` ("module:function") with ``args``."""
+    module_name, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module_name), attr)(*args)
 
 
 def _merge(row: Row, measured: dict[str, Any]) -> None:
@@ -311,10 +328,8 @@ def _run_target(target: str, spec: BenchSpec) -> dict[str, Any]:
 def _child_main() -> None:
     """Entry point of a row subprocess: run the row, add peak RSS, print one JSON line."""
     request = json.loads(sys.stdin.read())
-    module_name, _, attr = request["target"].partition(":")
     try:
-        function = getattr(importlib.import_module(module_name), attr)
-        metrics = dict(function(BenchSpec(**request["spec"])))
+        metrics = dict(_call(request["target"], BenchSpec(**request["spec"])))
         metrics.setdefault("peak_rss_mb", _peak_rss_mb())
     except Exception as exc:  # reported in the table, never a traceback in the middle of it
         metrics = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
@@ -426,6 +441,7 @@ def _hf_copy(model: str, directory: Path) -> tuple[str | None, str]:
         "architectures": ["GPT2LMHeadModel"],
         "vocab_size": c.vocab_size,
         "n_positions": c.block_size,
+        "n_ctx": c.block_size,  # older readers of GPT-2 configs (llama.cpp's converter) want this name
         "n_embd": c.n_embd,
         "n_layer": c.n_layer,
         "n_head": c.n_head,

@@ -19,6 +19,7 @@ from gpt2reg.cli import cli
 def test_bench_runs_every_row_on_a_tiny_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("transformers")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the row processes: a tiny model gains nothing from threads
+    monkeypatch.delenv("GPT2REG_LLAMA_CPP", raising=False)  # a user's llama.cpp build would add its rows
     model_dir = tmp_path / "tiny"
     gpt2reg.save_model(gpt2reg.build_model(**TINY, seed=0), model_dir)
     result = CliRunner().invoke(cli, [

@@ -24,9 +24,12 @@ import click
 @click.option("--train-seq", type=click.IntRange(min=1), default=256, show_default=True,
               help="Training rows: tokens per sequence (capped at the model's context).")
 @click.option("--train-compile", is_flag=True, help="Training rows: torch.compile both models.")
+@click.option("--llama-cpp", "llama_cpp", metavar="DIR",
+              help="A llama.cpp build (`make llama-cpp` makes .llama.cpp): adds its f32, q8_0 and q4_0 rows on "
+                   "the same weights.  [default: $GPT2REG_LLAMA_CPP]")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
 def bench(model, rows, list_rows, rounds, repeats, prompt_tokens, new_tokens, prefill_tokens, device, train_batch,
-          train_seq, train_compile, as_json) -> None:
+          train_seq, train_compile, llama_cpp, as_json) -> None:
     """Benchmark MODEL (anything `gpt2reg generate` accepts) with every engine on the same weights.
 
     Each engine runs in its own process (its own load time and peak memory); rows alternate over the
@@ -36,7 +39,9 @@ def bench(model, rows, list_rows, rounds, repeats, prompt_tokens, new_tokens, pr
 
     if list_rows:
         for row in ROWS:
-            extra = (" (baseline)" if row.baseline else "") + ("" if row.default else " (only when named in --rows)")
+            when = (f" (with --{row.default_if.replace('_', '-')} or when named in --rows)" if row.default_if
+                    else "" if row.default else " (only when named in --rows)")
+            extra = (" (baseline)" if row.baseline else "") + when
             needs = f"  needs {', '.join(row.requires)}" if row.requires else ""
             click.echo(f"{row.name}{extra}{needs}")
         return
@@ -52,6 +57,7 @@ def bench(model, rows, list_rows, rounds, repeats, prompt_tokens, new_tokens, pr
         train_batch=train_batch,
         train_seq=train_seq,
         train_compile=train_compile,
+        llama_cpp=llama_cpp,
         progress=lambda msg: click.echo(f"bench: {msg}", err=True),
     )
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.format())
