@@ -59,8 +59,8 @@ $(LLAMA_DIR)/bin/llama-bench: $(LLAMA_SDIST)
 	nice -n 19 cmake --build $(LLAMA_DIR)/build --config Release -j $$(nproc) --target $(LLAMA_TOOLS)
 	mkdir -p $(LLAMA_DIR)/bin
 	cp $(addprefix $(LLAMA_DIR)/build/bin/,$(LLAMA_TOOLS)) $(LLAMA_DIR)/bin/
-	ln -sfn ../$(patsubst $(LLAMA_DIR)/%,%,$(LLAMA_SRC)) $(LLAMA_DIR)/src
-	@echo "llama.cpp tools in $(LLAMA_DIR)/bin, converter in $(LLAMA_DIR)/src; run: $(BIN)/gpt2reg bench --llama-cpp $(LLAMA_DIR)"
+	ln -sfn $(patsubst $(LLAMA_DIR)/%,%,$(LLAMA_SRC)) $(LLAMA_DIR)/src
+	@echo "llama.cpp tools in $(LLAMA_DIR)/bin, converter in $(LLAMA_DIR)/src; then: $(BIN)/gpt2reg bench MODEL --llama-cpp $(LLAMA_DIR)"
 
 clean:
 	rm -rf $(VENV) models exports/*.onnx exports/*.onnx.data

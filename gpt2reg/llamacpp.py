@@ -214,19 +214,30 @@ def _hf_with_tokenizer(model: str, directory: Path) -> Path:
     return directory
 
 
+# Runs a command and writes its peak RSS (KiB) to argv[1]. A process forked from the bench's row
+# (torch loaded, the model read) would inherit that process's peak in ru_maxrss across exec; forked
+# from this small interpreter, the figure is the command's own (within this interpreter's ~10 MB).
+_MEASURE = """
+import os, sys
+pid = os.fork() or os.execv(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def _run_measured(command: list[str], what: str) -> tuple[str, float]:
     """Run ``command``; its stdout and its own peak resident memory in MB. A failure: its last stderr line."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(command, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
-    if proc.returncode:
-        tail = (stderr.strip().splitlines() or stdout.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"{what} failed (exit {proc.returncode}): {tail}")
-    return stdout, usage.ru_maxrss / 2**10  # KiB on Linux
+    with tempfile.TemporaryDirectory(prefix="gpt2reg-rss-") as tmp:
+        rss_file = Path(tmp) / "rss"
+        proc = subprocess.run([sys.executable, "-c", _MEASURE, str(rss_file), *command], capture_output=True,
+                              stdin=subprocess.DEVNULL)
+        stdout, stderr = proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
+        if proc.returncode:
+            tail = (stderr.strip().splitlines() or stdout.strip().splitlines() or ["no output"])[-1]
+            raise RuntimeError(f"{what} failed (exit {proc.returncode}): {tail}")
+        return stdout, int(rss_file.read_text()) / 2**10  # KiB on Linux
 
 
 def _gguf_module(build: LlamaCppBuild) -> Any:

@@ -181,7 +181,9 @@ def test_llama_cpp_rows_measure_a_tiny_model(gpt2_vocab_model: Path) -> None:
                        new_tokens=4, prefill_tokens=16, llama_cpp=str(_build_dir()))
     (row,) = report.rows
     assert row.note == "" and row.metrics["decode_tps"] > 0 and row.metrics["prefill_s"] > 0
-    assert row.metrics["file_mb"] > 0 and row.metrics["export_s"] > 0 and row.metrics["peak_rss_mb"] > 1
+    assert row.metrics["file_mb"] > 0 and row.metrics["export_s"] > 0
+    # llama-bench's own peak (a few MB of weights), not the row process's (torch, the model) carried over exec
+    assert 1 < row.metrics["peak_rss_mb"] < 200
     # q8_0: the tied token table (50257 x 64) read in full at 34 bytes per 32 weights dominates
     assert 50257 * 64 * 34 / 32 < row.metrics["weight_bytes"] < 1.3 * 50257 * 64 * 34 / 32
     assert re.match(r"llama\.cpp \S+, gpt2 .*Q8_0, \d+ threads", row.info), row.info
