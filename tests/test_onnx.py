@@ -21,6 +21,7 @@ from gpt2reg.cli import cli
 from gpt2reg.generation import generate
 from gpt2reg.model import build_model
 from gpt2reg.onnx import ProviderError, export_onnx, validate_onnx
+from gpt2reg.onnx.export import RECIPES
 from gpt2reg.onnx.metadata import BATCH, DEFAULT_OPSET, PAST, SEQ, TOTAL
 from gpt2reg.onnx.providers import CPU, create_session
 from gpt2reg.onnx.validate import describe, make_cases
@@ -198,20 +199,20 @@ def test_reduced_precision_exports_validate_with_their_tolerances(tmp_path: Path
     assert report.variant == (quantize or dtype) and report.atol > 1e-4
     assert report.max_abs_diff > 1e-6  # really reduced precision, not an fp32 graph
     assert describe(path).quantize == (quantize or "none")
-    if quantize:
+    tight = validate_onnx(path, model, provider="cpu", cases=4, atol=report.max_abs_diff / 4)
+    assert not tight.passed and "> atol" in tight.reason  # the tolerance is what passes it
+    if quantize:  # every MatMul with a weight -> MatMulNBits, the tied head included (N = 101 outputs, K = 32)
         graph = onnx.load(str(path)).graph
-        scales = {n.input[2] for n in graph.node if n.op_type == "MatMulNBits"}  # int4's per-block scales
+        nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
+        scales = {n.input[2] for n in nbits}  # the per-block scales
         fp32_matrices = [tuple(t.dims) for t in graph.initializer
                          if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2 and t.name not in scales]
         assert fp32_matrices == [(101, 32)]  # only the embedding table (a Gather); the head is quantized
-    if quantize == "int8":
-        assert (32, 101) in [tuple(t.dims) for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
-    if quantize == "int4":  # every MatMul with a weight, the tied head included (N = 101 outputs, K = 32)
-        nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
         attrs = [{a.name: a.i for a in n.attribute} for n in nbits]
         assert len(nbits) == 2 * 4 + 1 and {"N": 101, "K": 32} in [{k: a[k] for k in ("N", "K")} for a in attrs]
-        assert all(a["bits"] == 4 for a in attrs) and not [n for n in graph.node if n.op_type == "MatMul"
-                                                         and any(i in {t.name for t in graph.initializer} for i in n.input)]
+        assert all(a["bits"] == RECIPES[quantize].bits and a["accuracy_level"] == 4 for a in attrs)
+        initializers = {t.name for t in graph.initializer}
+        assert not [n for n in graph.node if n.op_type == "MatMul" and any(i in initializers for i in n.input)]
 
 
 @pytest.mark.parametrize("kind,name", _single_components(), ids=[f"{k}={n}" for k, n in _single_components()])
@@ -236,6 +237,13 @@ def test_weight_bytes_per_token_counts_what_a_decode_step_reads(tmp_path: Path) 
     # Every parameter but the position table (only looked up), the tied table once (read by the head);
     # the graph's few scalar constants are the rest.
     assert sizes[None] == pytest.approx(4 * (model.num_parameters() - position_table), rel=1e-3)
+    # Quantized: each matrix (the head too: vocab outputs of n_embd inputs) as bits/8 bytes per weight
+    # plus one fp32 scale per block of its input dimension; biases and norms stay fp32.
+    matrices = [tuple(p.shape) for name, p in model.named_parameters() if p.ndim == 2 and name != "pos.weight"]
+    fp32_rest = model.num_parameters() - position_table - sum(n * k for n, k in matrices)
+    for q, recipe in RECIPES.items():
+        packed = sum(n * k * recipe.bits // 8 + n * -(-k // recipe.block) * 4 for n, k in matrices)
+        assert sizes[q] == pytest.approx(4 * fp32_rest + packed, rel=1e-3), q
     assert sizes["int4"] < sizes["int8"] < sizes[None] / 2
 
 

@@ -27,7 +27,7 @@ def _print_report(report, as_json: bool) -> None:
               help="ONNX opset; 18 for runtimes without the opset-23 Attention op.")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
 @click.option("--quantize", type=click.Choice(QUANTIZATIONS),
-              help="int8: dynamic quantization; int4: block-wise 4-bit weights (MatMulNBits). Fast CPU inference.")
+              help="Block-wise 8- or 4-bit weights (onnxruntime MatMulNBits). Fast CPU inference.")
 @click.option("--validate/--no-validate", default=True, show_default=True,
               help="Check the file against the torch model under onnxruntime.")
 @click.option("--atol", type=Real(min=0), help="Validation tolerance.  [default: per dtype, see validate]")

@@ -79,7 +79,7 @@ def onnxruntime_row(spec: BenchSpec) -> dict[str, float]:
 
 
 def onnxruntime_int8_row(spec: BenchSpec) -> dict[str, float]:
-    """The default int8 (dynamically quantized) export."""
+    """The default int8 (8-bit MatMulNBits) export."""
     return _row(spec, "int8")
 
 

@@ -11,9 +11,9 @@ stored once. For int8 and int4 the projection gets its own pre-transposed copy: 
 quantize a MatMul whose weight is an initializer, and the 50257-wide head is the largest one.
 
 Defaults are the fastest forms that validate, measured on onnxruntime's CPU provider (README, "ONNX
-export"): opset 23, whose standard ``Attention`` op onnxruntime runs fused; int8 as onnxruntime's
-dynamic quantization (int8 weights, activations quantized per call); int4 as ``MatMulNBits``
-(block-wise 4-bit weights, int8 compute on the CPU).
+export"): opset 23, whose standard ``Attention`` op onnxruntime runs fused; int8 and int4 as
+onnxruntime's block-wise weight-only ``MatMulNBits`` (8- or 4-bit weights, one scale per block,
+activations quantized to int8 per block inside the kernel).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import logging
 import os
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -46,14 +47,28 @@ from .metadata import (
 )
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
-# int4: weights in blocks of INT4_BLOCK along the input dimension, one fp32 scale per block (and a
-# zero point unless symmetric); accuracy level 4 lets onnxruntime's CPU kernel multiply in int8.
-# Measured (README): blocks of 128 decode ~1.8x int8, blocks of 32 only ~1.3x (their scales are a
-# fifth of the bytes read); on the trained poem model every block size 32-256 and both forms kept
-# perplexity within 0.5% of fp32. Symmetric is as fast and was as good or better.
-INT4_BLOCK = 128
-INT4_SYMMETRIC = True
-INT4_ACCURACY_LEVEL = 4
+
+
+@dataclass(frozen=True)
+class NBitsRecipe:
+    """One ``MatMulNBits`` quantization: weights in blocks of ``block`` along the input dimension, one
+    fp32 scale per block (and a zero point unless symmetric); accuracy level 4 lets onnxruntime's CPU
+    kernel quantize the activations to int8 and multiply in int8 (levels 0/1 multiply in fp32)."""
+
+    bits: int
+    block: int = 128
+    symmetric: bool = True
+    accuracy_level: int = 4
+
+
+# Measured on the 124M model (README, "ONNX export"; AMD EPYC Zen 4, onnxruntime 1.31): 8-bit blocks
+# of 128 decode 1.2-1.5x faster than onnxruntime's dynamic quantization (MatMulInteger, per-tensor
+# weights) and move the logits half as much; 8-bit blocks of 32 or 64 are slower, accuracy level 0
+# (fp32 compute on 8-bit weights) ~50x slower. 4-bit blocks of 128 decode ~1.4x faster than blocks of
+# 32 (their scales are a fifth of the bytes read); symmetric is as fast as asymmetric and was as good
+# or better on the trained poem model.
+RECIPES: dict[str, NBitsRecipe] = {"int8": NBitsRecipe(bits=8), "int4": NBitsRecipe(bits=4)}
+
 TWO_GB = 2**31
 PRODUCER = "gpt2reg"
 PRODUCER_TAG = b"\x12" + bytes([len(PRODUCER)]) + PRODUCER.encode()  # protobuf: field 2 (producer_name)
@@ -213,35 +228,17 @@ def _check_loads(path: Path, opset: int) -> None:
                          f"({detail}); nothing was written; use a lower --opset (default {DEFAULT_OPSET})") from None
 
 
-def _quantize_int8(src: Path, dst: Path, large: bool) -> None:
-    """onnxruntime dynamic quantization: int8 weights for every MatMul with a constant weight."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    with _quiet():
-        quantize_dynamic(
-            src,
-            dst,
-            weight_type=QuantType.QInt8,
-            op_types_to_quantize=["MatMul"],
-            use_external_data_format=large,
-            extra_options={"MatMulConstBOnly": True},
-        )
-
-
-def _quantize_int4(src: Path, dst: Path, large: bool) -> None:
-    """onnxruntime's block-wise 4-bit weight-only quantization: every constant-weight MatMul -> MatMulNBits."""
+def _quantize_nbits(recipe: NBitsRecipe, src: Path, dst: Path, large: bool) -> None:
+    """onnxruntime's block-wise weight-only quantization: every constant-weight MatMul -> ``MatMulNBits``."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
-    config = DefaultWeightOnlyQuantConfig(block_size=INT4_BLOCK, is_symmetric=INT4_SYMMETRIC, bits=4,
-                                          accuracy_level=INT4_ACCURACY_LEVEL, op_types_to_quantize=("MatMul",))
+    config = DefaultWeightOnlyQuantConfig(block_size=recipe.block, is_symmetric=recipe.symmetric, bits=recipe.bits,
+                                          accuracy_level=recipe.accuracy_level, op_types_to_quantize=("MatMul",))
     quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), algo_config=config)
     with _quiet():  # after the import, whose logging.basicConfig(level=INFO) would undo it
         quantizer.process()
         quantizer.model.save_model_to_file(str(dst), use_external_data_format=large)
-
-
-_QUANTIZERS = {"int8": _quantize_int8, "int4": _quantize_int4}
 
 
 def _quantize(quantize: str, src: Path, dst: Path, props: dict[str, str], external_data: bool | None) -> None:
@@ -250,7 +247,7 @@ def _quantize(quantize: str, src: Path, dst: Path, props: dict[str, str], extern
 
     data = Path(f"{src}.data")
     large = src.stat().st_size + (data.stat().st_size if data.exists() else 0) > TWO_GB
-    _QUANTIZERS[quantize](src, dst, large)
+    _quantize_nbits(RECIPES[quantize], src, dst, large)
     model = onnx.load(str(dst))
     model.producer_name = PRODUCER
     del model.metadata_props[:]
@@ -294,8 +291,8 @@ def export_onnx(
     """Export ``model`` (a ``GPT``) to ``path`` and return it; the caller's model is left unchanged.
 
     ``kv_cache`` picks the decoder-with-cache graph (default) or the full-sequence one; ``dtype`` is
-    ``fp32`` or ``fp16``; ``quantize="int8"`` applies onnxruntime dynamic quantization to an fp32
-    export, ``quantize="int4"`` block-wise 4-bit weights (``MatMulNBits``). ``opset`` 23 (the
+    ``fp32`` or ``fp16``; ``quantize="int8"`` / ``"int4"`` quantizes an fp32 export's MatMul weights
+    to block-wise 8- / 4-bit ``MatMulNBits`` (``RECIPES``). ``opset`` 23 (the
     default) exports attention as the standard ``Attention`` op; 18 suits runtimes without it.
     Weights go to ``<path>.data`` when ``external_data`` is True, or, by default (None),
     when the file would pass protobuf's 2 GB limit. ``model_name`` is recorded in the metadata.

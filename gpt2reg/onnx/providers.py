@@ -93,7 +93,7 @@ def create_session(path: str, provider: str = "auto", *, threads: int | None = N
         raise ProviderError(f"{' and '.join(both)} are both installed and share the module name; "
                             "uninstall both, then install one (onnxruntime-gpu on CUDA machines)")
     options = ort.SessionOptions()
-    # All graph optimizations: onnxruntime fuses Gelu, the int8 MatMuls (DynamicQuantizeMatMul) and more
+    # All graph optimizations: onnxruntime fuses Gelu, the quantized MatMuls' biases and more
     # when the session starts; onnxruntime.transformers' offline optimizer adds nothing to our opset-23
     # graph (README). Intra-op threads default to the physical cores, the fastest for batch-1 decoding.
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
