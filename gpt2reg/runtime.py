@@ -24,8 +24,8 @@ import numpy as np
 
 from .errors import InputError
 from .generation import Prompt, Sample, StreamCallback, decode, left_padded
-from .onnx.metadata import OnnxDescription, past_names
-from .onnx.providers import create_session
+from .onnx.metadata import LOGITS_TO_KEEP, OnnxDescription, past_names
+from .onnx.providers import create_session, input_names
 from .tokenizer import EOT_ID
 
 __all__ = ["OnnxGPT", "load"]
@@ -56,6 +56,8 @@ class OnnxGPT:
             raise InputError(f"{path}: tokenizer '{self.description.tokenizer}' is not supported (only gpt2)")
         self.config: dict[str, Any] = self.description.config
         self._float = np.float16 if self.description.dtype == "fp16" else np.float32
+        # Files exported before the input existed return every position; run() slices those itself.
+        self.keeps_logits = LOGITS_TO_KEEP in input_names(self.session)
 
     @property
     def kv_cache(self) -> bool:
@@ -74,30 +76,44 @@ class OnnxGPT:
             raise InputError(f"sequence of {length} tokens exceeds the context of {self.block_size} (block_size)")
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None,
-            past: list[np.ndarray] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
-        """One graph call: logits (batch, seq, vocab) as float32 and, for the KV-cache graph, the presents.
+            past: list[np.ndarray] | None = None, *, logits_to_keep: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One graph call: logits (batch, kept, vocab) as float32 and, for the KV-cache graph, the presents.
 
         ``attention_mask`` (batch, past+seq) marks left pads with 0; position ids follow from it.
         ``past`` is the previous call's presents (one array per layer and key/value), or None.
+        ``logits_to_keep`` k > 0 returns the logits of the last k positions only (generation needs
+        the last one: the head, a 50257-wide projection, then runs once instead of seq times);
+        0 returns every position (perplexity needs them all).
         """
         input_ids = np.asarray(input_ids, dtype=np.int64)
         batch, seq = input_ids.shape
         past_len = past[0].shape[2] if past else 0
         self._check_length(past_len + seq)
+        if logits_to_keep < 0:
+            raise InputError(f"logits_to_keep={logits_to_keep}: use 0 (every position) or a count of last positions")
+        feed: dict[str, np.ndarray] = {"input_ids": input_ids}
+        if self.keeps_logits:
+            feed[LOGITS_TO_KEEP] = np.array(logits_to_keep, dtype=np.int64)
         if not self.kv_cache:
             if past or (attention_mask is not None and not np.all(attention_mask)):
                 raise InputError("this file holds the full-sequence graph: no KV cache, no padding")
-            return self.session.run(["logits"], {"input_ids": input_ids})[0].astype(np.float32, copy=False), []
+            return self._kept(self.session.run(["logits"], feed)[0], logits_to_keep), []
         mask = (np.ones((batch, past_len + seq), dtype=np.int64) if attention_mask is None
                 else np.asarray(attention_mask, dtype=np.int64))
-        positions = np.clip(mask.cumsum(-1) - 1, 0, None)[:, past_len:]
-        feed = {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions}
+        feed["attention_mask"] = mask
+        feed["position_ids"] = np.clip(mask.cumsum(-1) - 1, 0, None)[:, past_len:]
         heads, head_dim = self.config["n_head"], self.config["n_embd"] // self.config["n_head"]
         empty = np.zeros((batch, heads, 0, head_dim), dtype=self._float)
         for i, name in enumerate(past_names(self.description.n_layer)):
             feed[name] = past[i] if past else empty
         logits, *presents = self.session.run(None, feed)
-        return logits.astype(np.float32, copy=False), presents
+        return self._kept(logits, logits_to_keep), presents
+
+    def _kept(self, logits: np.ndarray, logits_to_keep: int) -> np.ndarray:
+        """float32 logits of the last ``logits_to_keep`` positions (a file without the input returns all)."""
+        if logits_to_keep and not self.keeps_logits:
+            logits = logits[:, -logits_to_keep:]
+        return logits.astype(np.float32, copy=False)
 
     def logits(self, input_ids: Sequence[Sequence[int]] | np.ndarray) -> np.ndarray:
         """Logits (batch, seq, vocab), float32, for a batch of equal-length token sequences."""
@@ -149,7 +165,7 @@ class _Decoder:
         if not self.model.kv_cache:
             return self._full()
         ids, self.mask = left_padded(prompts, self.model.vocab_size)
-        logits, self.past = self.model.run(ids, self.mask)
+        logits, self.past = self.model.run(ids, self.mask, logits_to_keep=1)
         return logits[:, -1]
 
     def step(self, tokens: Sequence[int]) -> np.ndarray:
@@ -159,7 +175,7 @@ class _Decoder:
             return self._full()
         self.mask = np.concatenate((self.mask, np.ones((len(tokens), 1), dtype=np.int64)), axis=1)
         new = np.asarray(tokens, dtype=np.int64).reshape(-1, 1)
-        logits, self.past = self.model.run(new, self.mask, self.past)
+        logits, self.past = self.model.run(new, self.mask, self.past, logits_to_keep=1)
         return logits[:, -1]
 
     def repeat(self, n: int) -> None:
@@ -172,7 +188,8 @@ class _Decoder:
             self.past = [np.repeat(p, n, axis=0) for p in self.past]
 
     def _full(self) -> np.ndarray:
-        return np.concatenate([self.model.run(np.array([row], dtype=np.int64))[0][:, -1] for row in self.rows])
+        return np.concatenate([self.model.run(np.array([row], dtype=np.int64), logits_to_keep=1)[0][:, -1]
+                               for row in self.rows])
 
 
 def load(path: str | os.PathLike, *, provider: str = "auto", threads: int | None = None) -> OnnxGPT:

@@ -22,7 +22,7 @@ from gpt2reg.generation import generate
 from gpt2reg.model import build_model
 from gpt2reg.onnx import ProviderError, export_onnx, validate_onnx
 from gpt2reg.onnx.export import RECIPES
-from gpt2reg.onnx.metadata import BATCH, DEFAULT_OPSET, PAST, SEQ, TOTAL
+from gpt2reg.onnx.metadata import BATCH, DEFAULT_OPSET, KEPT, LOGITS_TO_KEEP, PAST, SEQ, TOTAL
 from gpt2reg.onnx.providers import CPU, create_session
 from gpt2reg.onnx.validate import describe, make_cases
 from gpt2reg.runtime import OnnxGPT
@@ -72,6 +72,7 @@ def test_every_combination_exports_and_matches_torch(tmp_path: Path, pos: str, a
     report = validate_onnx(path, model, provider="cpu", cases=4)  # lengths 1, 7, full context, 100; batch 1 and 3
     assert {(c["batch"], c["seq"]) for c in report.cases} == {(1, 1), (3, 7), (1, 128), (3, 100)}
     assert report.passed, report.summary()
+    assert report.kept_max_abs_diff is not None and report.kept_max_abs_diff <= 1e-6  # last-k logits = their slice
 
 
 def _single_components() -> list[tuple[str, str]]:
@@ -88,6 +89,7 @@ def test_kv_cache_graph_of_every_component_matches_torch(tmp_path: Path, kind: s
     assert any(p > 0 and pad for p, _, pad in seen) and any(p == 0 and pad for p, _, pad in seen)
     assert report.passed, report.summary()
     assert report.max_abs_diff <= 1e-4 and report.present_max_abs_diff <= 1e-4
+    assert report.kept_max_abs_diff is not None and report.kept_max_abs_diff <= 1e-6  # last-k logits = their slice
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +108,24 @@ def test_graph_io_is_optimum_layout_and_fully_dynamic(rope_export) -> None:
     assert dims["attention_mask"] == [BATCH, TOTAL]
     assert dims["past_key_values.1.value"] == [BATCH, 2, PAST, 16]
     assert dims["present.0.key"] == [BATCH, 2, TOTAL, 16]
-    assert dims["logits"] == [BATCH, SEQ, 101]
+    assert dims["logits"] == [BATCH, KEPT, 101] and dims[LOGITS_TO_KEEP] == []
     assert [v.name for v in graph.output] == ["logits"] + [f"present.{i}.{kv}" for i in range(2) for kv in ("key", "value")]
+    default = next(t for t in graph.initializer if t.name == LOGITS_TO_KEEP)  # overridable: all positions
+    assert onnx.numpy_helper.to_array(default) == 0
+
+
+def test_logits_to_keep_default_and_last_k_under_onnxruntime(rope_export) -> None:
+    _, path = rope_export
+    session = create_session(str(path), "cpu").session
+    ids = np.random.default_rng(0).integers(0, 101, (2, 6))
+    feed = {"input_ids": ids, "attention_mask": np.ones((2, 6), dtype=np.int64),
+            "position_ids": np.tile(np.arange(6), (2, 1)),
+            **{f"past_key_values.{i}.{kv}": np.zeros((2, 2, 0, 16), dtype=np.float32) for i in range(2) for kv in ("key", "value")}}
+    every = session.run(["logits"], feed)[0]  # not fed: the default keeps every position
+    assert every.shape == (2, 6, 101)
+    for keep, want in [(0, every), (1, every[:, -1:]), (4, every[:, -4:]), (6, every), (50, every)]:
+        got = session.run(["logits"], {**feed, LOGITS_TO_KEEP: np.array(keep)})[0]
+        assert got.shape == want.shape and np.array_equal(got, want), keep
 
 
 def test_metadata_describes_the_file(rope_export) -> None:
@@ -116,7 +134,8 @@ def test_metadata_describes_the_file(rope_export) -> None:
     assert d.graph == "kv_cache" and d.dtype == "fp32" and d.quantize == "none" and d.tokenizer == "gpt2"
     assert d.config == model.config.to_dict() and d.model_name == "tiny-rope" and d.version
     names = [i["name"] for i in d.io["inputs"]]
-    assert names[:3] == ["input_ids", "attention_mask", "position_ids"] and len(names) == 3 + 2 * 2
+    assert names[:3] == ["input_ids", "attention_mask", "position_ids"] and names[-1] == LOGITS_TO_KEEP
+    assert len(names) == 3 + 2 * 2 + 1 and d.io["inputs"][-1]["default"] == 0
 
 
 def test_tied_embedding_is_stored_once(rope_export) -> None:

@@ -37,6 +37,8 @@ from .metadata import (
     DEFAULT_OPSET,
     GRAPH_FULL,
     GRAPH_KV,
+    KEPT,
+    LOGITS_TO_KEEP,
     PAST,
     QUANTIZATIONS,
     SEQ,
@@ -71,6 +73,7 @@ RECIPES: dict[str, NBitsRecipe] = {"int8": NBitsRecipe(bits=8), "int4": NBitsRec
 
 TWO_GB = 2**31
 PRODUCER = "gpt2reg"
+_HEAD_INPUT = "head_input"  # the traced graphs' extra last output; see _add_logits_to_keep
 PRODUCER_TAG = b"\x12" + bytes([len(PRODUCER)]) + PRODUCER.encode()  # protobuf: field 2 (producer_name)
 
 
@@ -89,11 +92,15 @@ class _Graph(nn.Module):
 
 
 class FullSequenceGraph(_Graph):
-    """``input_ids`` (batch, seq) -> ``logits`` (batch, seq, vocab)."""
+    """``input_ids`` (batch, seq) -> ``logits`` (batch, seq, vocab).
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    Both graphs also return the head's input as a last output, ``_HEAD_INPUT``, which
+    ``_add_logits_to_keep`` turns into the ``logits_to_keep`` slice and removes.
+    """
+
+    def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x, _ = self.model.hidden_states(input_ids)
-        return self.head(x)
+        return self.head(x), x
 
 
 class KVCacheGraph(_Graph):
@@ -102,7 +109,7 @@ class KVCacheGraph(_Graph):
     def forward(self, input_ids, attention_mask, position_ids, past):
         pairs = [(past[i], past[i + 1]) for i in range(0, len(past), 2)]
         x, presents = self.model.hidden_states(input_ids, pairs, position_ids, attention_mask)
-        return (self.head(x), *[t for pair in presents for t in pair])
+        return (self.head(x), *[t for pair in presents for t in pair], x)
 
 
 def _example_inputs(model: nn.Module, kv_cache: bool):
@@ -163,6 +170,46 @@ def _name_total_dim(onnx_model) -> None:
     for node in graph.all_nodes():
         for value in node.outputs:
             rename(value)
+
+
+def _add_logits_to_keep(onnx_model) -> None:
+    """Add the ``logits_to_keep`` input: the head projects only the last k positions (0, the default, all).
+
+    The traced graph returns the head's input as its last output (``_HEAD_INPUT``); that output is
+    removed and the head reads ``Slice(hidden, starts=-logits_to_keep, axis=1)`` instead. Slice clamps,
+    so 0 (whose negation starts at position 0) and any k >= seq keep every position: Hugging Face's
+    ``logits_to_keep`` semantics. The input's default is an initializer of the same name (ONNX's
+    overridable initializer), so callers that do not feed it get every position, as before.
+    """
+    import numpy as np
+    import onnx_ir as ir
+
+    graph = onnx_model.graph
+    hidden = graph.outputs.pop()
+    if hidden.name != _HEAD_INPUT:
+        raise RuntimeError(f"the traced graph's last output is {hidden.name}, not the head input")
+    uses = list(hidden.uses())
+    keep = ir.Value(name=LOGITS_TO_KEEP, shape=ir.Shape([]), type=ir.TensorType(ir.DataType.INT64),
+                    const_value=ir.tensor(np.array(0, dtype=np.int64), name=LOGITS_TO_KEEP))
+    graph.inputs.append(keep)
+    graph.register_initializer(keep)
+
+    def constant(name: str, values: list[int]) -> ir.Node:
+        return ir.node("Constant", [], {"value": ir.tensor(np.array(values, dtype=np.int64), name=name)},
+                       name=f"logits_to_keep_{name}")
+
+    shape, ends, axes = constant("shape", [1]), constant("ends", [np.iinfo(np.int64).max]), constant("axes", [1])
+    start = ir.node("Neg", [ir.node("Reshape", [keep, shape.outputs[0]]).outputs[0]], name="logits_to_keep_start")
+    nodes = [shape, ends, axes, start.inputs[0].producer(), start]
+    sliced = ir.node("Slice", [hidden, start.outputs[0], ends.outputs[0], axes.outputs[0]], name="logits_to_keep_slice")
+    nodes.append(sliced)
+    graph.insert_before(uses[0].node, nodes)
+    for use in uses:
+        use.node.replace_input_with(use.idx, sliced.outputs[0])
+    hidden.name = "final_hidden_states"
+    logits = graph.outputs[0]
+    if logits.shape is not None:
+        logits.shape = ir.Shape([logits.shape[0], KEPT, *logits.shape[2:]])
 
 
 def _store_tied_once(onnx_model, parameters: set[str]) -> None:
@@ -325,7 +372,7 @@ def export_onnx(
     args, dynamic = _example_inputs(source, kv_cache)
     n_layer = source.config.n_layer
     inputs = ["input_ids"] + (["attention_mask", "position_ids", *past_names(n_layer)] if kv_cache else [])
-    outputs = ["logits"] + (present_names(n_layer) if kv_cache else [])
+    outputs = ["logits"] + (present_names(n_layer) if kv_cache else []) + [_HEAD_INPUT]
     try:
         with _quiet(), torch.no_grad():
             program = torch.onnx.export(
@@ -351,6 +398,7 @@ def export_onnx(
     )
     props = description.to_props()
     _name_total_dim(program.model)
+    _add_logits_to_keep(program.model)
     if quantize is None:  # quantization wants the head's own transposed copy (see the module docstring)
         _store_tied_once(program.model, {name for name, _ in wrapper.named_parameters()})
     program.model.metadata_props.update(props)

@@ -9,7 +9,8 @@ Keys (all strings; the JSON ones parse with ``json.loads``):
 - ``gpt2reg.graph``: ``kv_cache`` or ``full_sequence``;
 - ``gpt2reg.config``: the model config as JSON (``GPTConfig.to_dict()``);
 - ``gpt2reg.io``: the inputs and outputs as JSON ``{"inputs": [{"name", "dtype", "shape"}], "outputs": [...]}``
-  with symbolic dimensions named ``batch_size``, ``sequence_length``, ``past_sequence_length``;
+  with symbolic dimensions named ``batch_size``, ``sequence_length``, ``past_sequence_length``,
+  ``logits_length``; an input with a ``default`` may be left out of the feed;
 - ``gpt2reg.dtype``: ``fp32`` or ``fp16`` (of the floating inputs/outputs: past and present, logits);
 - ``gpt2reg.quantize``: ``none``, ``int8`` or ``int4``;
 - ``gpt2reg.tokenizer``: ``gpt2`` (tiktoken's GPT-2 BPE), ``gpt2reg.eos_token_id``: ``50256``;
@@ -35,6 +36,12 @@ BATCH = "batch_size"
 SEQ = "sequence_length"
 PAST = "past_sequence_length"
 TOTAL = f"{PAST} + {SEQ}"
+KEPT = "logits_length"  # positions whose logits are returned: min(logits_to_keep, seq), or seq for 0
+
+# The scalar int64 input saying how many of the last positions get logits (Hugging Face's
+# ``logits_to_keep``): 0, its default, keeps all; generation asks for 1. Earlier exports lack it and
+# return every position (``OnnxGPT`` reads the session's inputs to know).
+LOGITS_TO_KEEP = "logits_to_keep"
 
 
 def past_names(n_layer: int) -> list[str]:
@@ -52,7 +59,7 @@ def io_layout(graph: str, config: dict[str, Any], dtype: str) -> dict[str, list[
     float_t = "float16" if dtype == "fp16" else "float32"
     heads, head_dim = config["n_head"], config["n_embd"] // config["n_head"]
     inputs = [{"name": "input_ids", "dtype": "int64", "shape": [BATCH, SEQ]}]
-    outputs = [{"name": "logits", "dtype": float_t, "shape": [BATCH, SEQ, config["vocab_size"]]}]
+    outputs = [{"name": "logits", "dtype": float_t, "shape": [BATCH, KEPT, config["vocab_size"]]}]
     if graph == GRAPH_KV:
         inputs += [
             {"name": "attention_mask", "dtype": "int64", "shape": [BATCH, TOTAL]},
@@ -62,6 +69,7 @@ def io_layout(graph: str, config: dict[str, Any], dtype: str) -> dict[str, list[
                    for n in past_names(config["n_layer"])]
         outputs += [{"name": n, "dtype": float_t, "shape": [BATCH, heads, TOTAL, head_dim]}
                     for n in present_names(config["n_layer"])]
+    inputs.append({"name": LOGITS_TO_KEEP, "dtype": "int64", "shape": [], "default": 0})
     return {"inputs": inputs, "outputs": outputs}
 
 

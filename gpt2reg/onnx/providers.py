@@ -69,6 +69,11 @@ def cuda_listed() -> bool:
     return CUDA in ort.get_available_providers()
 
 
+def input_names(session) -> set[str]:
+    """Every input a session accepts: ``get_inputs()`` leaves out those with a default (an initializer)."""
+    return {i.name for i in session.get_inputs()} | {i.name for i in session.get_overridable_initializers()}
+
+
 def _session(path: str, options, providers: list[str]):
     """``InferenceSession``, with a file onnxruntime cannot read reported in one line."""
     import onnxruntime as ort
@@ -97,6 +102,9 @@ def create_session(path: str, provider: str = "auto", *, threads: int | None = N
     # when the session starts; onnxruntime.transformers' offline optimizer adds nothing to our opset-23
     # graph (README). Intra-op threads default to the physical cores, the fastest for batch-1 decoding.
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Errors only: onnxruntime warns on every load that ``logits_to_keep``'s default (an initializer
+    # that is also a graph input, ONNX's overridable default) is not a constant, which is its purpose.
+    options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
     if provider == "cpu" or (provider == "auto" and not cuda_listed()):

@@ -3,6 +3,9 @@
 Cases cover batch sizes 1-4 and sequence lengths 1, odd ones and the full context; for the KV-cache
 graph also past lengths 0 and > 0 (the past computed by the torch model from a real prefix) and
 left-padded rows. Logits are compared at real (unpadded) positions; the KV-cache graph's presents too.
+Every case runs the graph as a file's user would for perplexity (``logits_to_keep`` left at its
+default: every position) and once more keeping the last k positions, as generation does (k = 1 and
+half the sequence, alternating), which must equal the same slice of the full output.
 
 Tolerances per variant (``TOLERANCES``) are absolute differences on logits against the torch model in
 its own dtype, plus a least top-1 agreement. fp32 must agree to 1e-4 (measured: ~7e-6 on a random
@@ -29,8 +32,8 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .metadata import OnnxDescription, past_names
-from .providers import create_session
+from .metadata import LOGITS_TO_KEEP, OnnxDescription, past_names
+from .providers import create_session, input_names
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,7 @@ class ValidationReport:
     requested_provider: str = "auto"
     provider_note: str = ""
     present_max_abs_diff: float | None = None
+    kept_max_abs_diff: float | None = None  # last-k logits against the same slice of all positions' logits
     reason: str = ""
     cases: list[dict[str, Any]] = field(default_factory=list)
 
@@ -98,6 +102,7 @@ class ValidationReport:
                 f"max |diff| {self.max_abs_diff:.2e} (atol {self.atol:g}), mean |diff| {self.mean_abs_diff:.2e}, "
                 f"top-1 agreement {self.top1_agreement:.2%}"
                 + (f", presents max |diff| {self.present_max_abs_diff:.2e}" if self.present_max_abs_diff is not None else "")
+                + (f", last-k logits vs slice {self.kept_max_abs_diff:.2e}" if self.kept_max_abs_diff is not None else "")
             )
         lines.append(("PASS" if self.passed else "FAIL") + (f": {self.reason}" if self.reason else ""))
         return "\n".join(lines)
@@ -176,10 +181,20 @@ class _Outputs:
     got_presents: list[np.ndarray]
     want_presents: list[np.ndarray]
     real: np.ndarray  # (batch, seq) True where the token is not a left pad
+    kept_diff: float | None = None  # max |last-k logits - got[:, -k:]|; None for a file without the input
+
+
+def _kept_diff(session, feed: dict[str, np.ndarray], got: np.ndarray, keep: int) -> float | None:
+    """Run ``feed`` again keeping the last ``keep`` positions; their max difference from ``got``'s slice."""
+    if LOGITS_TO_KEEP not in input_names(session):
+        return None
+    kept = session.run(["logits"], {**feed, LOGITS_TO_KEEP: np.array(keep, dtype=np.int64)})[0].astype(np.float32)
+    want = got[:, -keep:]
+    return float("inf") if kept.shape != want.shape else float(np.abs(kept - want).max())
 
 
 def _run_case(session, model: torch.nn.Module, description: OnnxDescription, case: Case,
-              rng: np.random.Generator) -> _Outputs:
+              rng: np.random.Generator, keep: int) -> _Outputs:
     """Random tokens and padding for ``case``; the KV-cache graph gets the past torch computed for a prefix."""
     config = model.config
     device = next(model.parameters()).device
@@ -196,8 +211,8 @@ def _run_case(session, model: torch.nn.Module, description: OnnxDescription, cas
     new = slice(case.past, None)
     with torch.no_grad():
         if not description.kv_cache:
-            got = session.run(["logits"], {"input_ids": ids})[0]
-            return _Outputs(got.astype(np.float32), n(model(t(ids))), [], [], mask.astype(bool))
+            got = session.run(["logits"], {"input_ids": ids})[0].astype(np.float32)
+            return _Outputs(got, n(model(t(ids))), [], [], mask.astype(bool), _kept_diff(session, {"input_ids": ids}, got, keep))
         pasts: list = []
         if case.past:
             old = slice(0, case.past)
@@ -209,8 +224,9 @@ def _run_case(session, model: torch.nn.Module, description: OnnxDescription, cas
     feed = {"input_ids": ids[:, new], "attention_mask": mask, "position_ids": positions[:, new],
             **dict(zip(past_names(config.n_layer), flat, strict=True))}
     got, *got_presents = session.run(None, feed)
-    return _Outputs(got.astype(np.float32), n(want), [p.astype(np.float32) for p in got_presents],
-                    [n(x) for pair in presents for x in pair], mask[:, new].astype(bool))
+    got = got.astype(np.float32)
+    return _Outputs(got, n(want), [p.astype(np.float32) for p in got_presents],
+                    [n(x) for pair in presents for x in pair], mask[:, new].astype(bool), _kept_diff(session, feed, got, keep))
 
 
 def validate_onnx(
@@ -245,11 +261,14 @@ def validate_onnx(
         return report
     rng = np.random.default_rng(seed)
     abs_sum, compared, agree, present_max = 0.0, 0, 0, 0.0
+    kept_max: float | None = None
     was_training = model.training
     model.eval()
     try:
-        for case in make_cases(model.config.block_size, description.kv_cache, cases, seed):
-            out = _run_case(info.session, model, description, case, rng)
+        for i, case in enumerate(make_cases(model.config.block_size, description.kv_cache, cases, seed)):
+            out = _run_case(info.session, model, description, case, rng, keep=1 if i % 2 == 0 else max(1, case.seq // 2))
+            if out.kept_diff is not None:
+                kept_max = max(kept_max or 0.0, out.kept_diff)
             diff = np.abs(out.got - out.want)[out.real]  # (real positions, vocab)
             case_agree = int((out.got.argmax(-1) == out.want.argmax(-1))[out.real].sum())
             abs_sum, compared, agree = abs_sum + float(diff.sum()), compared + diff.size, agree + case_agree
@@ -264,11 +283,14 @@ def validate_onnx(
     report.top1_agreement = agree / (compared // model.config.vocab_size)
     if description.kv_cache:
         report.present_max_abs_diff = present_max
+    report.kept_max_abs_diff = kept_max
     failures = []
     if not report.max_abs_diff <= atol:  # NaN fails too
         failures.append(f"max |diff| {report.max_abs_diff:.3g} > atol {atol:g}")
     if report.present_max_abs_diff is not None and not report.present_max_abs_diff <= atol:
         failures.append(f"presents max |diff| {report.present_max_abs_diff:.3g} > atol {atol:g}")
+    if kept_max is not None and not kept_max <= atol:
+        failures.append(f"last-k logits differ from the same positions of all logits by {kept_max:.3g} > atol {atol:g}")
     if report.top1_agreement < tolerance.min_top1:
         failures.append(f"top-1 agreement {report.top1_agreement:.1%} < {tolerance.min_top1:.0%}")
     report.passed = not failures

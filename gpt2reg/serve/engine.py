@@ -132,7 +132,7 @@ class OnnxCache:
         self.block_size = model.block_size
 
     def run(self, ids: np.ndarray, mask: np.ndarray, past: list[np.ndarray] | None) -> tuple[np.ndarray, list[np.ndarray]]:
-        logits, presents = self.model.run(ids, mask, past)
+        logits, presents = self.model.run(ids, mask, past, logits_to_keep=1)
         return logits[:, -1], presents
 
     def left_pad(self, past: list[np.ndarray], width: int) -> list[np.ndarray]:
@@ -171,7 +171,7 @@ class FullSequenceBatch:
         self.sequences = [self.sequences[i] for i in rows]
 
     def _last_logits(self, tokens: list[int]) -> np.ndarray:
-        return self.model.run(np.array([tokens], dtype=np.int64))[0][:, -1]
+        return self.model.run(np.array([tokens], dtype=np.int64), logits_to_keep=1)[0][:, -1]
 
 
 def onnx_engine(model: OnnxGPT) -> BatchEngine:
