@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import logging
 import mmap
-import os
 import weakref
-from pathlib import Path
 
 import torch
 from torch import nn
+
+from .machine import huge_pages_available as available
 
 log = logging.getLogger(__name__)
 
@@ -29,20 +29,8 @@ HUGE_PAGE = 2 * 2**20
 MIN_BYTES = 4 * 2**20  # weights smaller than this stay within the TLB's reach: nothing to gain
 BLOCK_BYTES = 64 * 2**20  # the most copied at once (a larger tensor is its own block)
 ALIGN = 64  # each tensor starts on a cache line
-THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 _placed: dict[int, tuple[weakref.ref, int]] = {}  # id(parameter) -> (the parameter, where its data went)
-
-
-def available() -> bool:
-    """Whether the OS backs memory advised ``MADV_HUGEPAGE`` with huge pages (Linux THP not ``never``)."""
-    if not hasattr(mmap, "MADV_HUGEPAGE") or os.environ.get("GPT2REG_HUGE_PAGES", "").strip().lower() in (
-            "0", "off", "no", "false"):
-        return False
-    try:
-        return "[never]" not in THP_SETTING.read_text()
-    except OSError:
-        return False
 
 
 def empty(nbytes: int) -> torch.Tensor:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import mmap
+import os
 import platform
 from pathlib import Path
+
+THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 
 def cpu_name() -> str:
@@ -15,3 +19,17 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def huge_pages_available() -> bool:
+    """Whether the OS backs memory advised ``MADV_HUGEPAGE`` with huge pages (Linux THP not ``never``).
+
+    ``GPT2REG_HUGE_PAGES=off`` says no: weights then stay in ordinary pages, for torch and onnxruntime.
+    """
+    if not hasattr(mmap, "MADV_HUGEPAGE") or os.environ.get("GPT2REG_HUGE_PAGES", "").strip().lower() in (
+            "0", "off", "no", "false"):
+        return False
+    try:
+        return "[never]" not in THP_SETTING.read_text()
+    except OSError:
+        return False

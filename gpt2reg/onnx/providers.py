@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass
 
 from ..errors import Gpt2regError, InputError
+from . import pages
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -75,11 +76,18 @@ def input_names(session) -> set[str]:
 
 
 def _session(path: str, options, providers: list[str]):
-    """``InferenceSession``, with a file onnxruntime cannot read reported in one line."""
+    """``InferenceSession``, with a file onnxruntime cannot read reported in one line.
+
+    On the CPU the memory the session allocated (its weights) is then put in huge pages (``pages``).
+    """
     import onnxruntime as ort
 
+    before = pages.anonymous_regions()
     try:
-        return ort.InferenceSession(str(path), options, providers=providers)
+        session = ort.InferenceSession(str(path), options, providers=providers)
+        if session.get_providers()[0] == CPU:
+            pages.collapse_new(before)
+        return session
     except (RuntimeError, ort.capi.onnxruntime_pybind11_state.Fail,
             ort.capi.onnxruntime_pybind11_state.InvalidProtobuf, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
             ort.capi.onnxruntime_pybind11_state.NoSuchFile) as exc:
