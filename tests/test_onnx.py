@@ -320,3 +320,56 @@ def test_default_export_uses_the_attention_op(rope_export) -> None:
     graph = onnx.load(str(rope_export[1])).graph
     assert {o.version for o in onnx.load(str(rope_export[1])).opset_import if o.domain == ""} == {DEFAULT_OPSET}
     assert DEFAULT_OPSET >= 23 and sum(n.op_type == "Attention" for n in graph.node) == SMALL["n_layer"]
+
+
+def _run_steps(path: Path, model, seed: int = 0) -> list[np.ndarray]:
+    """A padded prefill of 5 tokens then one decode step, batch 2, through onnxruntime: every output."""
+    session = create_session(str(path), "cpu").session
+    rng = np.random.default_rng(seed)
+    n, layers = model.config.n_head, model.config.n_layer
+    past = {f"past_key_values.{i}.{kv}": np.zeros((2, n, 0, model.config.head_dim), np.float32)
+            for i in range(layers) for kv in ("key", "value")}
+    mask = np.ones((2, 5), np.int64)
+    mask[1, :2] = 0
+    feed = {"input_ids": rng.integers(0, 101, (2, 5)), "attention_mask": mask,
+            "position_ids": np.clip(mask.cumsum(-1) - 1, 0, None), **past}
+    first = session.run(None, feed)
+    feed = {"input_ids": rng.integers(0, 101, (2, 1)), "attention_mask": np.ones((2, 6), np.int64),
+            "position_ids": np.array([[5], [3]]), **dict(zip(past, first[1:], strict=True))}
+    return first + session.run(None, feed)
+
+
+@pytest.mark.parametrize("pos", ["learned", "rope"])
+def test_attention_fusion_changes_no_result(tmp_path: Path, monkeypatch, pos: str) -> None:
+    import gpt2reg.onnx.export as export_module
+
+    model = build_model(**SMALL, pos=pos, seed=3)
+    fused = export_onnx(model, tmp_path / "fused.onnx")
+    monkeypatch.setattr(export_module, "fuse_attention", lambda m: 0)
+    plain = export_onnx(model, tmp_path / "plain.onnx")
+    graphs = {name: onnx.load(str(p)).graph for name, p in (("fused", fused), ("plain", plain))}
+    attention = [n for n in graphs["fused"].node if n.op_type == "Attention"]
+    # The past goes in and the presents come out of the op itself: no Concat writes a present any more.
+    assert len(attention) == SMALL["n_layer"] and all(len(n.input) == 6 and len(n.output) == 3 for n in attention)
+    presents = {o.name for o in graphs["fused"].output} - {"logits"}
+    assert {o for n in attention for o in n.output[1:]} == presents
+    assert not [n for n in graphs["fused"].node if n.op_type == "Concat" and set(n.output) & presents]
+    if pos == "learned":  # plain head splits: (batch, seq, hidden) in and out, no Transpose left
+        assert all({a.name for a in n.attribute} >= {"q_num_heads", "kv_num_heads"} for n in attention)
+        assert not [n for n in graphs["fused"].node if n.op_type == "Transpose"
+                    and [list(a.ints) for a in n.attribute if a.name == "perm"] == [[0, 2, 1, 3]]]
+    else:  # RoPE rotates the heads: they stay heads-first
+        assert not any(a.name == "q_num_heads" for n in attention for a in n.attribute)
+    assert len(graphs["fused"].node) <= len(graphs["plain"].node) - 2 * SMALL["n_layer"]  # two Concats a layer, at least
+    for got, want in zip(_run_steps(fused, model), _run_steps(plain, model), strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+def test_quantized_export_fuses_residual_add_and_layer_norm(tmp_path: Path) -> None:
+    model = build_model(**SMALL, pos="learned", seed=3)
+    graph = onnx.load(str(export_onnx(model, tmp_path / "m.onnx", quantize="int8"))).graph
+    ops = [n.op_type for n in graph.node]
+    # Every norm reads a residual sum: embeddings + positions, then attention and MLP outputs.
+    assert ops.count("SkipLayerNormalization") == 2 * SMALL["n_layer"] + 1 and "LayerNormalization" not in ops
+    fp32 = onnx.load(str(export_onnx(model, tmp_path / "fp32.onnx"))).graph
+    assert "SkipLayerNormalization" not in [n.op_type for n in fp32.node]  # fp32 stays standard ONNX

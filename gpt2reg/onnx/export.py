@@ -32,6 +32,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..files import check_file, staged
+from .fusions import fuse_attention, fuse_skip_layer_norm
 from .metadata import (
     BATCH,
     DEFAULT_OPSET,
@@ -399,6 +400,9 @@ def export_onnx(
     props = description.to_props()
     _name_total_dim(program.model)
     _add_logits_to_keep(program.model)
+    fuse_attention(program.model)
+    if quantize is not None:  # a contrib op: only in files that need onnxruntime anyway
+        fuse_skip_layer_norm(program.model)
     if quantize is None:  # quantization wants the head's own transposed copy (see the module docstring)
         _store_tied_once(program.model, {name for name, _ in wrapper.named_parameters()})
     program.model.metadata_props.update(props)
