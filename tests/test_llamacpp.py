@@ -149,9 +149,11 @@ needs_build = pytest.mark.skipif(_build_dir() is None, reason=f"no llama.cpp bui
 
 @pytest.fixture(scope="module")
 def gpt2_vocab_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny model with GPT-2's whole vocabulary: llama.cpp converts it with GPT-2's tokenizer."""
+    """A tiny model with GPT-2's whole vocabulary: llama.cpp converts it with GPT-2's tokenizer. At GPT-2's
+    init (std 0.02) random weights repeat one token when decoding greedily; at 0.5 they wander."""
     path = tmp_path_factory.mktemp("llamacpp") / "m"
-    gpt2reg.save_model(gpt2reg.build_model(n_layer=2, n_head=2, n_embd=64, block_size=128, seed=0), path)
+    model = gpt2reg.build_model(n_layer=2, n_head=2, n_embd=64, block_size=128, seed=0, init_std=0.5)
+    gpt2reg.save_model(model, path)
     return path
 
 
@@ -167,11 +169,12 @@ def test_llama_cpp_greedy_tokens_match_ours_on_the_converted_f32(gpt2_vocab_mode
     if simple is None:
         pytest.skip("this llama.cpp build has no llama-simple")
     path = convert(build, str(gpt2_vocab_model), tmp_path, "f32")
-    prompt, n = "The quick brown fox", 12
+    prompt, n = "The quick brown fox", 24
     out = subprocess.run([str(simple), "-m", str(path), "-n", str(n), prompt], capture_output=True, check=True).stdout
     model = gpt2reg.load_model(gpt2_vocab_model)
     ours = generate(model, get_tokenizer().encode(prompt), max_new_tokens=n, greedy=True, eos_token_id=None)
     text = get_tokenizer().decode(ours[0].generated_ids)
+    assert len(set(ours[0].generated_ids)) > n // 2  # a continuation that tells models apart
     assert prompt + text in out.decode(errors="replace"), (out, text)
 
 
