@@ -55,7 +55,7 @@ MANY_ROWS = 32  # the row count that stands for prefill and batches; one row sta
 PASSES = 2  # timed passes per kernel at least (the first one warms up too), the best counts
 PASSES_MAX = 20  # and at most, while within BUDGET_S
 BUDGET_S = 0.2  # per row count
-RETRY_BUSY_S = 3600  # a decision without clean timings is kept this long, then measured again
+RETRY_BUSY_S = 3600  # a decision without clean timings is kept this long (or till a process starts on an idle CPU)
 CACHE_VERSION = 2  # 2: decisions measured on weights in huge pages (gpt2reg.hugepages)
 
 
@@ -187,8 +187,8 @@ def _choose(groups: dict[str, list[Layer]]) -> dict[str, Kernel]:
                 cache.put(shape, rows, decided[rows][shape], timings[shape])
             busy = [shape for shape in missing if "busy" in timings[shape]]
             if busy:
-                log.info("CPU busy while timing %s at %s: decisions used, measured again after %d s",
-                         ", ".join(busy), rows, RETRY_BUSY_S)
+                log.info("CPU busy while timing %s at %s: decisions used, measured again after %d s or by the next "
+                         "process starting on an idle CPU", ", ".join(busy), rows, RETRY_BUSY_S)
         cache.save()
     _record(decided)
     one, many = decided["1 row"], decided[f"{MANY_ROWS} rows"]
@@ -286,6 +286,14 @@ def _working(kernels: dict[str, Kernel], shape: str, x: torch.Tensor, weight: to
     return works
 
 
+def _idle() -> bool:
+    """Whether the CPU looks idle: a 1-minute load average under half the cores (False where unknown)."""
+    try:
+        return os.getloadavg()[0] < 0.5 * (os.cpu_count() or 1)
+    except (AttributeError, OSError):
+        return False
+
+
 def _preemptions() -> int:
     """Involuntary context switches of this process's threads so far (0 where the OS does not say)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw if resource is not None else 0
@@ -324,9 +332,12 @@ class _Cache:
             self.entries.update(self._read().get(self.machine, {}))
 
     def get(self, shape: str, rows: str) -> str | None:
-        """The cached kernel name; None if never measured, or measured on a busy CPU over an hour ago."""
+        """The cached kernel name; None if never measured, or measured on a busy CPU over an hour ago or
+        by another process while this one starts on an idle CPU (the quiet moment to measure again)."""
         entry = self.entries.get(f"{shape} @ {rows}")
-        if not isinstance(entry, dict) or entry.get("busy_until", math.inf) < _now():
+        if not isinstance(entry, dict):
+            return None
+        if "busy_until" in entry and (entry["busy_until"] < _now() or (entry.get("pid") != os.getpid() and _idle())):
             return None
         return entry.get("kernel")
 
@@ -334,7 +345,7 @@ class _Cache:
         """Remember a decision; one measured on a busy CPU only for ``RETRY_BUSY_S``."""
         entry: dict[str, Any] = {"kernel": name, "us": {k: round(v * 1e6, 1) for k, v in timings.items() if k != "busy"}}
         if "busy" in timings:
-            entry["busy_until"] = round(_now() + RETRY_BUSY_S)
+            entry["busy_until"], entry["pid"] = round(_now() + RETRY_BUSY_S), os.getpid()
         self.entries[f"{shape} @ {rows}"] = self.new[f"{shape} @ {rows}"] = entry
         log.debug("measured %s @ %s: %s", shape, rows, entry)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ def fresh(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     and every timing clean (on a busy machine decisions would not be cached, whatever the test)."""
     cache = tmp_path / "kernels.json"
     monkeypatch.setattr(kernels, "_preemptions", lambda: 0)
+    monkeypatch.setattr(kernels, "_idle", lambda: False)  # whatever the machine's load average says
     monkeypatch.setenv("GPT2REG_KERNEL_CACHE", str(cache))
     monkeypatch.delenv("GPT2REG_KERNELS", raising=False)
     monkeypatch.setattr(kernels, "_memory", {})
@@ -201,6 +203,27 @@ def test_decisions_measured_on_a_busy_cpu_are_cached_for_an_hour(monkeypatch, fr
     monkeypatch.setattr(kernels, "_now", lambda: later)
     monkeypatch.setattr(kernels, "_memory", {})
     monkeypatch.setattr(kernels, "_preemptions", lambda: 0)  # an hour later, on an idle CPU
+    tiny().prepare_for_inference()
+    assert sorted(calls) == [1, kernels.MANY_ROWS]
+    entries = json.loads(fresh.read_text())["machines"][kernels.machine_key()]
+    assert not any("busy_until" in e for e in entries.values())
+
+
+def test_busy_decisions_of_another_process_are_measured_again_on_an_idle_cpu(monkeypatch, fresh: Path) -> None:
+    counter = iter(range(10**9))
+    monkeypatch.setattr(kernels, "_preemptions", lambda: next(counter))  # every call was preempted
+    calls = []
+    real_measure = kernels.measure
+    monkeypatch.setattr(kernels, "measure", lambda *a, **k: calls.append(a[2]) or real_measure(*a, **k))
+    tiny().prepare_for_inference()
+    monkeypatch.setattr(kernels, "_idle", lambda: True)
+    calls.clear()
+    tiny().prepare_for_inference()  # this process's own busy decisions: not measured again at every call
+    assert calls == []
+
+    monkeypatch.setattr(kernels, "_memory", {})
+    monkeypatch.setattr(os, "getpid", lambda: -1)  # another process, starting on an idle CPU
+    monkeypatch.setattr(kernels, "_preemptions", lambda: 0)
     tiny().prepare_for_inference()
     assert sorted(calls) == [1, kernels.MANY_ROWS]
     entries = json.loads(fresh.read_text())["machines"][kernels.machine_key()]
