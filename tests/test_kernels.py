@@ -184,13 +184,19 @@ def test_decisions_are_cached_per_machine_torch_threads_and_shape(monkeypatch, f
     assert f"48x{3 * 48}+bias @ 1 row" in json.loads(fresh.read_text())["machines"][key]
 
 
-def test_decisions_measured_on_a_busy_cpu_are_cached_for_an_hour(monkeypatch, fresh: Path) -> None:
+def calibrated_on_a_busy_cpu(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A tiny model prepared while every timed call was preempted; the row counts measured from now on."""
     counter = iter(range(10**9))
-    monkeypatch.setattr(kernels, "_preemptions", lambda: next(counter))  # every call was preempted
-    calls = []
+    monkeypatch.setattr(kernels, "_preemptions", lambda: next(counter))
+    calls: list[int] = []
     real_measure = kernels.measure
     monkeypatch.setattr(kernels, "measure", lambda *a, **k: calls.append(a[2]) or real_measure(*a, **k))
     tiny().prepare_for_inference()
+    return calls
+
+
+def test_decisions_measured_on_a_busy_cpu_are_cached_for_an_hour(monkeypatch, fresh: Path) -> None:
+    calls = calibrated_on_a_busy_cpu(monkeypatch)
     entries = json.loads(fresh.read_text())["machines"][kernels.machine_key()]
     assert len(entries) == 10 and all("busy_until" in e for e in entries.values())  # 5 shapes x 2 row counts
 
@@ -210,12 +216,7 @@ def test_decisions_measured_on_a_busy_cpu_are_cached_for_an_hour(monkeypatch, fr
 
 
 def test_busy_decisions_of_another_process_are_measured_again_on_an_idle_cpu(monkeypatch, fresh: Path) -> None:
-    counter = iter(range(10**9))
-    monkeypatch.setattr(kernels, "_preemptions", lambda: next(counter))  # every call was preempted
-    calls = []
-    real_measure = kernels.measure
-    monkeypatch.setattr(kernels, "measure", lambda *a, **k: calls.append(a[2]) or real_measure(*a, **k))
-    tiny().prepare_for_inference()
+    calls = calibrated_on_a_busy_cpu(monkeypatch)
     monkeypatch.setattr(kernels, "_idle", lambda: True)
     calls.clear()
     tiny().prepare_for_inference()  # this process's own busy decisions: not measured again at every call
