@@ -468,7 +468,8 @@ class Decoder:
         if self.past is not None:
             from .model import GrowingKV
 
-            self.past = [GrowingKV(p[0].repeat_interleave(n, dim=0), p[1].repeat_interleave(n, dim=0)) for p in self.past]
+            self.past = [GrowingKV(p[0].repeat_interleave(n, dim=0), p[1].repeat_interleave(n, dim=0), self.block_size)
+                         for p in self.past]
 
     def _run(self, new: torch.Tensor) -> np.ndarray:
         import torch
@@ -479,7 +480,7 @@ class Decoder:
             if self.use_cache:
                 logits, past = self.model.forward_cached(new, self.past, attention_mask=self.mask, last_only=True)
                 # from now on each step writes its keys and values in place (see GrowingKV)
-                self.past = [p if isinstance(p, GrowingKV) else GrowingKV(*p) for p in past]
+                self.past = [p if isinstance(p, GrowingKV) else GrowingKV(*p, self.block_size) for p in past]
             else:
                 logits = self.model(self.ids, attention_mask=self.mask)[:, -1:]
             return logits[:, -1].float().cpu().numpy()

@@ -25,10 +25,11 @@ class GrowingKV:
 
     ``past[0]``/``past[1]`` are the keys/values so far, (batch, heads, len, head_dim), as in a tuple. A
     cache is extended in place: a decoder that wants an earlier state back keeps tuples instead.
+    ``limit`` (the model's context) caps the room, so doubling never reserves more than a full context.
     """
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
-        self._keys, self._values, self.length = keys, values, keys.shape[2]
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, limit: int | None = None) -> None:
+        self._keys, self._values, self.length, self.limit = keys, values, keys.shape[2], limit
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return (self._keys, self._values)[index][:, :, : self.length]
@@ -36,8 +37,8 @@ class GrowingKV:
     def extend(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         end = self.length + keys.shape[2]
         if end > self._keys.shape[2]:  # double the room: copies stay proportional to the final length
-            self._keys, self._values = (self._grown(buffer, max(end, 2 * self._keys.shape[2]))
-                                        for buffer in (self._keys, self._values))
+            room = 2 * self._keys.shape[2] if self.limit is None else min(2 * self._keys.shape[2], self.limit)
+            self._keys, self._values = (self._grown(buffer, max(end, room)) for buffer in (self._keys, self._values))
         self._keys[:, :, self.length : end] = keys
         self._values[:, :, self.length : end] = values
         self.length = end

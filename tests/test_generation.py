@@ -90,6 +90,29 @@ def test_growing_cache_equals_concatenation(pos: str) -> None:
     torch.testing.assert_close(growing[-1][1], tuples[-1][1], rtol=1e-5, atol=1e-5)
 
 
+def test_growing_cache_room_stops_at_the_context() -> None:
+    """Doubling the room never reserves more than ``limit`` positions (the model's context), and a
+    decode to the full context through ``generate`` ends with a cache of exactly that room."""
+    from gpt2reg.generation import Decoder
+    from gpt2reg.model import GrowingKV
+
+    cache = GrowingKV(torch.zeros(1, 2, 5, 4), torch.zeros(1, 2, 5, 4), limit=12)
+    rooms = []
+    for _ in range(7):
+        cache.extend(torch.ones(1, 2, 1, 4), torch.ones(1, 2, 1, 4))
+        rooms.append(cache._keys.shape[2])
+    assert rooms == [10, 10, 10, 10, 10, 12, 12] and cache[0].shape == (1, 2, 12, 4)
+    assert torch.equal(cache[1][:, :, 5:], torch.ones(1, 2, 7, 4))
+
+    model = tiny("learned").prepare_for_inference()
+    decoder = Decoder(model)
+    block = model.config.block_size
+    decoder.prefill([[1, 2, 3]])
+    for _ in range(block - 3):
+        decoder.step([4])
+    assert all(layer._keys.shape[2] == block for layer in decoder.past)
+
+
 # -- parity with Hugging Face -------------------------------------------------------------------
 
 
