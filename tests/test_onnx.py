@@ -261,9 +261,19 @@ def test_weight_bytes_per_token_counts_what_a_decode_step_reads(tmp_path: Path) 
     matrices = [tuple(p.shape) for name, p in model.named_parameters() if p.ndim == 2 and name != "pos.weight"]
     fp32_rest = model.num_parameters() - position_table - sum(n * k for n, k in matrices)
     for q, recipe in RECIPES.items():
-        packed = sum(n * k * recipe.bits // 8 + n * -(-k // recipe.block) * 4 for n, k in matrices)
+        block = recipe.block_for([k for _, k in matrices])
+        packed = sum(n * k * recipe.bits // 8 + n * -(-k // block) * 4 for n, k in matrices)
         assert sizes[q] == pytest.approx(4 * fp32_rest + packed, rel=1e-3), q
     assert sizes["int4"] < sizes["int8"] < sizes[None] / 2
+
+
+def test_quantization_blocks_divide_every_input_size() -> None:
+    from gpt2reg.onnx.export import NBitsRecipe
+
+    assert NBitsRecipe(bits=4, block=256).block_for([768, 3072]) == 256  # GPT-2 small: whole blocks
+    assert NBitsRecipe(bits=4, block=256).block_for([384, 1536]) == 128  # 384 would pad 256-blocks to 512
+    assert NBitsRecipe(bits=8, block=128).block_for([32, 128]) == 32
+    assert NBitsRecipe(bits=4, block=256).block_for([24]) == 16  # onnxruntime's smallest; the rest is padding
 
 
 def test_external_data_and_nothing_half_written(tmp_path: Path) -> None:

@@ -54,23 +54,32 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
 @dataclass(frozen=True)
 class NBitsRecipe:
-    """One ``MatMulNBits`` quantization: weights in blocks of ``block`` along the input dimension, one
-    fp32 scale per block (and a zero point unless symmetric); accuracy level 4 lets onnxruntime's CPU
-    kernel quantize the activations to int8 and multiply in int8 (levels 0/1 multiply in fp32)."""
+    """One ``MatMulNBits`` quantization: weights in blocks along the input dimension, one fp32 scale per
+    block (and a zero point unless symmetric); accuracy level 4 lets onnxruntime's CPU kernel quantize
+    the activations to int8 and multiply in int8 (levels 0/1 multiply in fp32)."""
 
     bits: int
-    block: int = 128
+    block: int = 128  # the largest block; see block_for
     symmetric: bool = True
     accuracy_level: int = 4
 
+    def block_for(self, input_sizes: list[int]) -> int:
+        """``block``, halved (down to 16) until it divides every weight's input size: a row's last
+        partial block is padded to full size, bytes stored and read for nothing."""
+        block = self.block
+        while block > 16 and any(k % block for k in input_sizes):
+            block //= 2
+        return block
 
-# Measured on the 124M model (README, "ONNX export"; AMD EPYC Zen 4, onnxruntime 1.31): 8-bit blocks
-# of 128 decode 1.2-1.5x faster than onnxruntime's dynamic quantization (MatMulInteger, per-tensor
-# weights) and move the logits half as much; 8-bit blocks of 32 or 64 are slower, accuracy level 0
-# (fp32 compute on 8-bit weights) ~50x slower. 4-bit blocks of 128 decode ~1.4x faster than blocks of
-# 32 (their scales are a fifth of the bytes read); symmetric is as fast as asymmetric and was as good
-# or better on the trained poem model.
-RECIPES: dict[str, NBitsRecipe] = {"int8": NBitsRecipe(bits=8), "int4": NBitsRecipe(bits=4)}
+
+# Measured on the 124M model (README, "ONNX export"; AMD EPYC Zen 4, onnxruntime 1.31, one thread, CPU
+# time): 8-bit blocks of 128 decode 1.2-1.5x faster than onnxruntime's dynamic quantization
+# (MatMulInteger, per-tensor weights) and move the logits half as much; 8-bit blocks of 32 or 64 are
+# slower, of 256 no faster, accuracy level 0 (fp32 compute on 8-bit weights) ~50x slower. 4-bit
+# blocks of 256 (onnxruntime's largest) decode 1.15-1.3x faster than blocks of 128, and those 1.4x
+# faster than blocks of 32: the kernel's per-block work, not the scales' few bytes, decides.
+# Symmetric is as fast as asymmetric and was as good or better on the trained poem model.
+RECIPES: dict[str, NBitsRecipe] = {"int8": NBitsRecipe(bits=8, block=128), "int4": NBitsRecipe(bits=4, block=256)}
 
 TWO_GB = 2**31
 PRODUCER = "gpt2reg"
@@ -281,9 +290,13 @@ def _quantize_nbits(recipe: NBitsRecipe, src: Path, dst: Path, large: bool) -> N
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
-    config = DefaultWeightOnlyQuantConfig(block_size=recipe.block, is_symmetric=recipe.symmetric, bits=recipe.bits,
-                                          accuracy_level=recipe.accuracy_level, op_types_to_quantize=("MatMul",))
-    quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), algo_config=config)
+    model = onnx.load(str(src))
+    weights = {t.name: t for t in model.graph.initializer}
+    sizes = [weights[n.input[1]].dims[0] for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+    config = DefaultWeightOnlyQuantConfig(block_size=recipe.block_for(sizes), is_symmetric=recipe.symmetric,
+                                          bits=recipe.bits, accuracy_level=recipe.accuracy_level,
+                                          op_types_to_quantize=("MatMul",))
+    quantizer = MatMulNBitsQuantizer(model, algo_config=config)
     with _quiet():  # after the import, whose logging.basicConfig(level=INFO) would undo it
         quantizer.process()
         quantizer.model.save_model_to_file(str(dst), use_external_data_format=large)
