@@ -21,12 +21,11 @@ import weakref
 import torch
 from torch import nn
 
+from .machine import HUGE_PAGE, MIN_BYTES
 from .machine import huge_pages_available as available
 
 log = logging.getLogger(__name__)
 
-HUGE_PAGE = 2 * 2**20
-MIN_BYTES = 4 * 2**20  # weights smaller than this stay within the TLB's reach: nothing to gain
 BLOCK_BYTES = 64 * 2**20  # the most copied at once (a larger tensor is its own block)
 ALIGN = 64  # each tensor starts on a cache line
 

@@ -8,6 +8,8 @@ import platform
 from pathlib import Path
 
 THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+HUGE_PAGE = 2 * 2**20  # an x86-64 transparent huge page
+MIN_BYTES = 4 * 2**20  # less memory than this stays within the TLB's reach: nothing to gain from huge pages
 
 
 def cpu_name() -> str:

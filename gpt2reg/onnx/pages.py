@@ -18,12 +18,10 @@ from __future__ import annotations
 import ctypes
 import logging
 
-from ..machine import huge_pages_available
+from ..machine import HUGE_PAGE, MIN_BYTES, huge_pages_available
 
 log = logging.getLogger(__name__)
 
-HUGE_PAGE = 2 * 2**20
-MIN_BYTES = 4 * 2**20  # smaller regions stay within the TLB's reach: nothing to gain
 MADV_HUGEPAGE = 14
 MADV_COLLAPSE = 25
 
