@@ -480,7 +480,7 @@ class Decoder:
             if self.use_cache:
                 logits, past = self.model.forward_cached(new, self.past, attention_mask=self.mask, last_only=True)
                 # from now on each step writes its keys and values in place (see GrowingKV)
-                self.past = [p if isinstance(p, GrowingKV) else GrowingKV(*p, self.block_size) for p in past]
+                self.past = GrowingKV.wrap(past, self.block_size)
             else:
                 logits = self.model(self.ids, attention_mask=self.mask)[:, -1:]
             return logits[:, -1].float().cpu().numpy()

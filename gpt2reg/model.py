@@ -31,6 +31,11 @@ class GrowingKV:
     def __init__(self, keys: torch.Tensor, values: torch.Tensor, limit: int | None = None) -> None:
         self._keys, self._values, self.length, self.limit = keys, values, keys.shape[2], limit
 
+    @classmethod
+    def wrap(cls, past: KVCache, limit: int | None = None) -> list[GrowingKV]:
+        """``past`` with every layer a ``GrowingKV`` (those already one kept), so later steps extend in place."""
+        return [p if isinstance(p, GrowingKV) else cls(*p, limit) for p in past]
+
     def __getitem__(self, index: int) -> torch.Tensor:
         return (self._keys, self._values)[index][:, :, : self.length]
 

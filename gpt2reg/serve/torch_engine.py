@@ -37,8 +37,7 @@ class TorchCache:
                 torch.from_numpy(ids).to(self.device), past,
                 attention_mask=torch.from_numpy(mask).to(self.device), last_only=True,
             )
-            return logits[:, -1].float().cpu().numpy(), [p if isinstance(p, GrowingKV) else GrowingKV(*p, self.block_size)
-                                                    for p in presents]
+            return logits[:, -1].float().cpu().numpy(), GrowingKV.wrap(presents, self.block_size)
 
     def left_pad(self, past: KVCache, width: int) -> KVCache:
         pad = width - past[0][0].shape[2]
