@@ -414,10 +414,10 @@ def export_onnx(
     _name_total_dim(program.model)
     _add_logits_to_keep(program.model)
     fuse_attention(program.model)
-    if quantize is not None:  # a contrib op: only in files that need onnxruntime anyway
-        fuse_skip_layer_norm(program.model)
     if quantize is None:  # quantization wants the head's own transposed copy (see the module docstring)
         _store_tied_once(program.model, {name for name, _ in wrapper.named_parameters()})
+    else:  # a contrib op: only in files that need onnxruntime anyway
+        fuse_skip_layer_norm(program.model)
     program.model.metadata_props.update(props)
     program.model.producer_name = PRODUCER
     program.model.producer_version = description.version
