@@ -24,11 +24,11 @@ import numpy as np
 
 from .errors import InputError
 from .generation import Prompt, Sample, StreamCallback, decode, left_padded
-from .onnx.metadata import LOGITS_TO_KEEP, OnnxDescription, past_names
-from .onnx.providers import create_session, input_names
+from .onnx.metadata import LOGITS_TO_KEEP, OnnxDescription, past_names, present_names
+from .onnx.providers import CPU, create_session, input_names
 from .tokenizer import EOT_ID
 
-__all__ = ["OnnxGPT", "load"]
+__all__ = ["InPlaceKV", "OnnxGPT", "load"]
 
 
 class OnnxGPT:
@@ -64,6 +64,12 @@ class OnnxGPT:
         return self.description.kv_cache
 
     @property
+    def in_place(self) -> bool:
+        """Whether decoding extends the KV cache in place (``InPlaceKV``): files whose graph does it
+        (``kv_in_place``, the quantized ones), on the CPU, where the cache is host memory."""
+        return self.description.kv_in_place and self.provider == CPU
+
+    @property
     def vocab_size(self) -> int:
         return int(self.config["vocab_size"])
 
@@ -88,26 +94,35 @@ class OnnxGPT:
         input_ids = np.asarray(input_ids, dtype=np.int64)
         batch, seq = input_ids.shape
         past_len = past[0].shape[2] if past else 0
-        self._check_length(past_len + seq)
-        if logits_to_keep < 0:
-            raise InputError(f"logits_to_keep={logits_to_keep}: use 0 (every position) or a count of last positions")
-        feed: dict[str, np.ndarray] = {"input_ids": input_ids}
-        if self.keeps_logits:
-            feed[LOGITS_TO_KEEP] = np.array(logits_to_keep, dtype=np.int64)
+        feed = self._feed(input_ids, attention_mask if self.kv_cache else None, past_len, logits_to_keep)
         if not self.kv_cache:
             if past or (attention_mask is not None and not np.all(attention_mask)):
                 raise InputError("this file holds the full-sequence graph: no KV cache, no padding")
             return self._kept(self.session.run(["logits"], feed)[0], logits_to_keep), []
-        mask = (np.ones((batch, past_len + seq), dtype=np.int64) if attention_mask is None
-                else np.asarray(attention_mask, dtype=np.int64))
-        feed["attention_mask"] = mask
-        feed["position_ids"] = np.clip(mask.cumsum(-1) - 1, 0, None)[:, past_len:]
         heads, head_dim = self.config["n_head"], self.config["n_embd"] // self.config["n_head"]
         empty = np.zeros((batch, heads, 0, head_dim), dtype=self._float)
         for i, name in enumerate(past_names(self.description.n_layer)):
             feed[name] = past[i] if past else empty
         logits, *presents = self.session.run(None, feed)
         return self._kept(logits, logits_to_keep), presents
+
+    def _feed(self, input_ids: np.ndarray, attention_mask: np.ndarray | None, past_len: int,
+              logits_to_keep: int) -> dict[str, np.ndarray]:
+        """Every input but the past: ids, ``logits_to_keep``, and for the KV-cache graph the mask over
+        past + seq (all ones when None) and the position ids that follow from it."""
+        batch, seq = input_ids.shape
+        self._check_length(past_len + seq)
+        if logits_to_keep < 0:
+            raise InputError(f"logits_to_keep={logits_to_keep}: use 0 (every position) or a count of last positions")
+        feed: dict[str, np.ndarray] = {"input_ids": input_ids}
+        if self.keeps_logits:
+            feed[LOGITS_TO_KEEP] = np.array(logits_to_keep, dtype=np.int64)
+        if self.kv_cache:
+            mask = (np.ones((batch, past_len + seq), dtype=np.int64) if attention_mask is None
+                    else np.asarray(attention_mask, dtype=np.int64))
+            feed["attention_mask"] = mask
+            feed["position_ids"] = np.clip(mask.cumsum(-1) - 1, 0, None)[:, past_len:]
+        return feed
 
     def _kept(self, logits: np.ndarray, logits_to_keep: int) -> np.ndarray:
         """float32 logits of the last ``logits_to_keep`` positions (a file without the input returns all)."""
@@ -146,9 +161,84 @@ class OnnxGPT:
         )
 
 
+class InPlaceKV:
+    """A KV cache in buffers with room to grow, which the graph extends in place: every layer's past
+    and present are bound (onnxruntime's IOBinding) to one buffer, (batch, heads, capacity, head_dim),
+    so a step writes its new key/value there and copies nothing, where ``OnnxGPT.run`` copies the
+    whole cache into new presents. Only for files whose ``kv_in_place`` says so (``OnnxGPT.in_place``).
+
+    ``arrays`` are the cached keys/values so far (views). The room doubles when a call needs more, so
+    copies stay proportional to the final length, and never exceeds the model's context (as
+    ``gpt2reg.model.GrowingKV`` does for torch).
+    """
+
+    def __init__(self, model: OnnxGPT, past: list[np.ndarray], capacity: int = 0) -> None:
+        self.model = model
+        self.binding = model.session.io_binding()
+        self.length = past[0].shape[2]
+        self.buffers: list[np.ndarray] = []
+        self._fill(past, max(capacity, self.length))
+
+    @classmethod
+    def empty(cls, model: OnnxGPT, batch: int, capacity: int = 0) -> InPlaceKV:
+        c = model.config
+        shape = (batch, c["n_head"], 0, c["n_embd"] // c["n_head"])
+        return cls(model, [np.zeros(shape, dtype=model._float)] * (2 * c["n_layer"]), capacity)
+
+    @property
+    def arrays(self) -> list[np.ndarray]:
+        return [b[:, :, : self.length] for b in self.buffers]
+
+    @property
+    def capacity(self) -> int:
+        return self.buffers[0].shape[2]
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None, *,
+            logits_to_keep: int = 0) -> np.ndarray:
+        """``OnnxGPT.run`` with this cache as the past, extended in place; returns the logits."""
+        input_ids = np.asarray(input_ids, dtype=np.int64)
+        batch, seq = input_ids.shape
+        feed = self.model._feed(input_ids, attention_mask, self.length, logits_to_keep)
+        end = self.length + seq
+        if end > self.capacity:
+            self._fill(self.arrays, max(end, min(2 * self.capacity, self.model.block_size)))
+        values = {name: self._value(np.ascontiguousarray(array)) for name, array in feed.items()}
+        for name, value in values.items():  # an OrtValue: an input with a default (logits_to_keep) too
+            self.binding.bind_ortvalue_input(name, value)
+        kept = seq if logits_to_keep == 0 else min(logits_to_keep, seq)
+        logits = np.empty((batch, kept, self.model.vocab_size), dtype=self.model._float)
+        self.binding.bind_ortvalue_output("logits", self._value(logits))
+        self.model.session.run_with_iobinding(self.binding)
+        self.length = end
+        return logits.astype(np.float32, copy=False)
+
+    def repeat(self, n: int) -> None:
+        """Each row becomes ``n`` consecutive rows (the samples of one prompt)."""
+        self._fill([np.repeat(p, n, axis=0) for p in self.arrays], self.capacity)
+
+    def _fill(self, past: list[np.ndarray], capacity: int) -> None:
+        """New buffers of ``capacity`` holding ``past``, bound as both past and present."""
+        n_layer = self.model.description.n_layer
+        self.buffers = []
+        for array, past_name, present_name in zip(past, past_names(n_layer), present_names(n_layer), strict=True):
+            buffer = np.zeros((*array.shape[:2], capacity, array.shape[3]), dtype=array.dtype)
+            buffer[:, :, : array.shape[2]] = array
+            self.buffers.append(buffer)
+            value = self._value(buffer)
+            self.binding.bind_ortvalue_input(past_name, value)
+            self.binding.bind_ortvalue_output(present_name, value)
+
+    @staticmethod
+    def _value(array: np.ndarray):
+        from onnxruntime import OrtValue
+
+        return OrtValue.ortvalue_from_numpy(array)  # shares the array's memory (the CPU's)
+
+
 class _Decoder:
     """One batch being decoded: ids, left-padding mask, and the KV cache (or, for the full-sequence
-    graph, each row recomputed from its own unpadded tokens every step)."""
+    graph, each row recomputed from its own unpadded tokens every step). The cache is an ``InPlaceKV``
+    where the file extends it in place, else the presents ``OnnxGPT.run`` returns."""
 
     def __init__(self, model: OnnxGPT) -> None:
         self.model = model
@@ -158,15 +248,14 @@ class _Decoder:
         self.cache_bytes_per_token = 2 * c["n_layer"] * c["n_embd"] * np.dtype(model._float).itemsize
         self.rows: list[list[int]] = []
         self.mask: np.ndarray | None = None
-        self.past: list[np.ndarray] | None = None
+        self.past: list[np.ndarray] | InPlaceKV | None = None
 
     def prefill(self, prompts: list[list[int]]) -> np.ndarray:
         self.rows = [list(p) for p in prompts]
         if not self.model.kv_cache:
             return self._full()
         ids, self.mask = left_padded(prompts, self.model.vocab_size)
-        logits, self.past = self.model.run(ids, self.mask, logits_to_keep=1)
-        return logits[:, -1]
+        return self._run(ids)
 
     def step(self, tokens: Sequence[int]) -> np.ndarray:
         for row, token in zip(self.rows, tokens, strict=True):
@@ -174,8 +263,14 @@ class _Decoder:
         if not self.model.kv_cache:
             return self._full()
         self.mask = np.concatenate((self.mask, np.ones((len(tokens), 1), dtype=np.int64)), axis=1)
-        new = np.asarray(tokens, dtype=np.int64).reshape(-1, 1)
-        logits, self.past = self.model.run(new, self.mask, self.past, logits_to_keep=1)
+        return self._run(np.asarray(tokens, dtype=np.int64).reshape(-1, 1))
+
+    def _run(self, ids: np.ndarray) -> np.ndarray:
+        if self.past is None and self.model.in_place:  # room for as many tokens again as the prompt
+            self.past = InPlaceKV.empty(self.model, len(ids), min(2 * ids.shape[1], self.block_size))
+        if isinstance(self.past, InPlaceKV):
+            return self.past.run(ids, self.mask, logits_to_keep=1)[:, -1]
+        logits, self.past = self.model.run(ids, self.mask, self.past, logits_to_keep=1)
         return logits[:, -1]
 
     def repeat(self, n: int) -> None:
@@ -184,7 +279,9 @@ class _Decoder:
         self.rows = [list(row) for row in self.rows for _ in range(n)]
         if self.mask is not None:
             self.mask = np.repeat(self.mask, n, axis=0)
-        if self.past is not None:
+        if isinstance(self.past, InPlaceKV):
+            self.past.repeat(n)
+        elif self.past is not None:
             self.past = [np.repeat(p, n, axis=0) for p in self.past]
 
     def _full(self) -> np.ndarray:

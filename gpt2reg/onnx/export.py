@@ -32,7 +32,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..files import check_file, staged
-from .fusions import fuse_attention, fuse_skip_layer_norm
+from .fusions import fuse_attention, fuse_group_query_attention, fuse_skip_layer_norm
 from .metadata import (
     BATCH,
     DEFAULT_OPSET,
@@ -310,6 +310,14 @@ def _quantize(quantize: str, src: Path, dst: Path, props: dict[str, str], extern
     large = src.stat().st_size + (data.stat().st_size if data.exists() else 0) > TWO_GB
     _quantize_nbits(RECIPES[quantize], src, dst, large)
     model = onnx.load(str(dst))
+    if any(node.op_type == "If" for node in model.graph.node):
+        # The quantizer sorts the nodes by their inputs, not by what an If's branches read from
+        # outside (GroupQueryAttention's fallback): sort again, so the file stays valid ONNX.
+        import onnx_ir as ir
+
+        sorted_model = ir.from_proto(model)
+        sorted_model.graph.sort()
+        model = ir.to_proto(sorted_model)
     model.producer_name = PRODUCER
     del model.metadata_props[:]
     for key, value in props.items():
@@ -402,6 +410,15 @@ def export_onnx(
             )
     finally:
         model.train(was_training)
+    _name_total_dim(program.model)
+    _add_logits_to_keep(program.model)
+    fuse_attention(program.model)
+    in_place = False
+    if quantize is None:  # quantization wants the head's own transposed copy (see the module docstring)
+        _store_tied_once(program.model, {name for name, _ in wrapper.named_parameters()})
+    else:  # contrib ops: only in files that need onnxruntime anyway
+        fuse_skip_layer_norm(program.model)
+        in_place = kv_cache and fuse_group_query_attention(program.model) == n_layer
     description = OnnxDescription(
         graph=GRAPH_KV if kv_cache else GRAPH_FULL,
         config=source.config.to_dict(),
@@ -409,15 +426,9 @@ def export_onnx(
         quantize=quantize or "none",
         version=_package_version(),
         model_name=str(model_name),
+        kv_in_place=in_place,
     )
     props = description.to_props()
-    _name_total_dim(program.model)
-    _add_logits_to_keep(program.model)
-    fuse_attention(program.model)
-    if quantize is None:  # quantization wants the head's own transposed copy (see the module docstring)
-        _store_tied_once(program.model, {name for name, _ in wrapper.named_parameters()})
-    else:  # a contrib op: only in files that need onnxruntime anyway
-        fuse_skip_layer_norm(program.model)
     program.model.metadata_props.update(props)
     program.model.producer_name = PRODUCER
     program.model.producer_version = description.version

@@ -167,3 +167,199 @@ def fuse_skip_layer_norm(model: ir.Model) -> int:
     if fused:
         model.opset_imports.setdefault("com.microsoft", 1)
     return fused
+
+
+_INT64_MAX = 2**63 - 1
+
+
+def _const(name: str, values, dtype) -> ir.Node:
+    import numpy as np
+
+    return ir.node("Constant", [], {"value": ir.tensor(np.array(values, dtype=dtype), name=name)},
+                   outputs=[ir.Value(name=name)], name=name)
+
+
+def _op(op: str, inputs: list, name: str, attributes: dict | None = None, domain: str = "",
+        outputs: int = 1) -> ir.Node:
+    """A node whose outputs carry names of their own: values used in an If branch must not collide."""
+    names = [name] if outputs == 1 else [f"{name}_{i}" for i in range(outputs)]
+    return ir.node(op, inputs, attributes or {}, domain=domain, outputs=[ir.Value(name=n) for n in names],
+                   name=name)
+
+
+def _packed_split(q: ir.Value, k: ir.Value, v: ir.Value, attention: ir.Node) -> ir.Node | None:
+    """The ``Split`` of one 3-D tensor into exactly ``q, k, v`` (equal thirds on the last axis), read
+    only by ``attention``: GroupQueryAttention takes its input packed."""
+    split = q.producer()
+    if split is None or split.op_type != "Split" or split.domain not in ("", "ai.onnx") or list(split.outputs) != [q, k, v]:
+        return None
+    packed = split.inputs[0]
+    if (packed is None or packed.shape is None or len(packed.shape) != 3 or _int(split, "axis", 0) not in (2, -1)
+            or len(split.inputs) > 1 and split.inputs[1] is not None or _int(split, "num_outputs", 3) != 3):
+        return None
+    return split if all(_only_consumer(x, attention) for x in (q, k, v)) else None
+
+
+class _GQAShared:
+    """The values every GroupQueryAttention of a graph shares, computed once per run from the input shapes."""
+
+    def __init__(self, graph: ir.Graph, mask: ir.Value, ids: ir.Value) -> None:
+        import numpy as np
+
+        self.graph, self.first = graph, graph.node(0)
+        batch = _op("Shape", [mask], "gqa_batch", {"end": 1})
+        total = _op("Shape", [mask], "gqa_total", {"start": 1})
+        seq = _op("Shape", [ids], "gqa_seq", {"start": 1, "end": 2})
+        one, one32 = _const("gqa_one", [1], np.int64), _const("gqa_one32", [1], np.int32)
+        total32 = _op("Cast", [total.outputs[0]], "gqa_total_sequence_length", {"to": ir.DataType.INT32})
+        last = _op("Sub", [total32.outputs[0], one32.outputs[0]], "gqa_last")
+        seqlens = _op("Expand", [last.outputs[0], batch.outputs[0]], "gqa_seqlens_k")
+        # GroupQueryAttention refuses a prompt that extends a past in a batch of several rows; those
+        # calls (only they) take the Attention op instead: use it unless batch > 1 and 1 < seq < total.
+        b1, s1, t1 = (_op("Sub", [x.outputs[0], y.outputs[0]], f"gqa_{n}")
+                      for x, y, n in ((batch, one, "b1"), (seq, one, "s1"), (total, seq, "ts")))
+        product = _op("Mul", [_op("Mul", [b1.outputs[0], s1.outputs[0]], "gqa_bs").outputs[0], t1.outputs[0]], "gqa_bst")
+        zero = _const("gqa_zero", [0], np.int64)
+        cond = _op("Equal", [product.outputs[0], zero.outputs[0]], "gqa_use")
+        nodes = [batch, total, seq, one, one32, total32, last, seqlens, b1, s1, t1, product.inputs[0].producer(),
+                 product, zero, cond]
+        self.axes, self.end = _const("gqa_axes", [2], np.int64), _const("gqa_end", [_INT64_MAX], np.int64)
+        # The past's real length (a buffer may be longer): what the graph read from the past's shape.
+        self.past_length = t1.outputs[0]
+        graph.insert_before(self.first, [*nodes, self.axes, self.end])
+        self.seqlens_k, self.total_sequence_length = seqlens.outputs[0], total32.outputs[0]
+        self.use_gqa, self.zero, self.total, self.seq = cond.outputs[0], zero.outputs[0], total.outputs[0], seq.outputs[0]
+        self._biases: dict[int, ir.Value] = {}
+
+    def bias(self, mask: ir.Value, dtype: ir.DataType) -> ir.Value:
+        """The mask as GroupQueryAttention's additive ``attention_bias``: a bool mask -> 0 / -inf, once."""
+        import numpy as np
+
+        if mask.dtype != ir.DataType.BOOL:
+            return mask
+        if id(mask) not in self._biases:
+            np_type = dtype.numpy()
+            zero = _const(f"gqa_bias_zero_{len(self._biases)}", 0, np_type)
+            neg = _const(f"gqa_bias_neg_{len(self._biases)}", -np.inf, np_type)
+            where = _op("Where", [mask, zero.outputs[0], neg.outputs[0]], f"gqa_attention_bias_{len(self._biases)}")
+            self.graph.insert_before(self.first, [zero, neg])
+            producer = mask.producer()
+            if producer is None:
+                self.graph.insert_before(self.first, where)
+            else:
+                self.graph.insert_after(producer, where)
+            self._biases[id(mask)] = where.outputs[0]
+        return self._biases[id(mask)]
+
+
+def _past_length_reads(pasts: set[ir.Value], attentions: list[ir.Node]) -> list[ir.Node] | None:
+    """The ``Shape`` nodes that read the past's length (axis 2), which a buffer with room would
+    falsify; None when a past has another reader than ``attentions`` and shapes of other axes."""
+    reads = []
+    for past in pasts:
+        for use in past.uses():
+            node = use.node
+            if node in attentions:
+                continue
+            if node.op_type != "Shape" or node.domain not in ("", "ai.onnx"):
+                return None
+            start, end = _int(node, "start", 0), _int(node, "end", 4)
+            if (start, end) == (2, 3):
+                reads.append(node)
+            elif not (0 <= start < end <= 2):
+                return None
+    return reads
+
+
+def _gqa_candidate(attention: ir.Node) -> bool:
+    """A fused Attention that GroupQueryAttention computes the same way: 3-D q/k/v with past and mask,
+    heads of a multiple of 8, default output mode (the exporter's attention is causal: its mask says so)."""
+    if len(attention.inputs) != 6 or len(attention.outputs) != 3 or any(x is None for x in attention.inputs):
+        return False
+    q, mask = attention.inputs[0], attention.inputs[3]
+    heads, kv_heads = _int(attention, "q_num_heads", 0), _int(attention, "kv_num_heads", 0)
+    if not heads or not kv_heads or heads % kv_heads or _int(attention, "is_causal", 0) \
+            or _int(attention, "qk_matmul_output_mode", 0):
+        return False
+    if q.shape is None or len(q.shape) != 3 or not isinstance(q.shape[2], int) or q.shape[2] % heads \
+            or (q.shape[2] // heads) % 8 or mask.shape is None or len(mask.shape) != 4:
+        return False
+    return mask.dtype == ir.DataType.BOOL or mask.dtype == q.dtype
+
+
+def fuse_group_query_attention(model: ir.Model) -> int:
+    """Each fused 3-D opset-23 ``Attention`` -> onnxruntime's ``GroupQueryAttention``; returns how many.
+
+    GroupQueryAttention appends the new key/value to the past itself and, when the caller binds the
+    present to the past's own buffer (onnxruntime's IOBinding), writes them in place: the past may
+    then have spare room along axis 2 (its real length is ``attention_mask``'s minus the new tokens),
+    and nothing is copied. Given a past of exact length it returns past + new as the Attention op
+    did. It takes the packed QKV projection (the Split goes), ``seqlens_k`` = total - 1 for every row
+    and ``total_sequence_length`` from ``attention_mask``'s shape (left padding: every row's total is
+    past + seq), and the mask as an additive bias, computed once per graph. Its own causal mask only
+    repeats the exporter's. It refuses a prompt that extends a past in a batch of several rows, so
+    each layer is an ``If``: those calls run the Attention op as before, on the past's first
+    past_length positions (present = that, the new tokens, then the rest of the buffer, so its
+    length is GroupQueryAttention's: the larger of the total and the buffer).
+    """
+    graph = model.graph
+    attentions = [n for n in graph if n.op_type == "Attention" and n.domain in ("", "ai.onnx")]
+    mask_input = next((v for v in graph.inputs if v.name == "attention_mask"), None)
+    ids = next((v for v in graph.inputs if v.name == "input_ids"), None)
+    if not attentions or not all(map(_gqa_candidate, attentions)) or mask_input is None or ids is None:
+        return 0
+    pasts = {x for n in attentions for x in n.inputs[4:6]}
+    reads = _past_length_reads(pasts, attentions)
+    if reads is None or not all(p.is_graph_input() for p in pasts):
+        return 0
+    shared = _GQAShared(graph, mask_input, ids)
+    for shape in reads:
+        shape.outputs[0].replace_all_uses_with(shared.past_length)
+    graph.remove(reads, safe=True)
+    for i, attention in enumerate(attentions):
+        q, k, v, mask, past_k, past_v = attention.inputs
+        split = _packed_split(q, k, v, attention)
+        prefix = f"gqa{i}"
+        gqa_inputs = [split.inputs[0], None, None] if split is not None else [q, k, v]
+        attributes = {"num_heads": ir.AttrInt64("num_heads", _int(attention, "q_num_heads", 0)),
+                      "kv_num_heads": ir.AttrInt64("kv_num_heads", _int(attention, "kv_num_heads", 0))}
+        for name in ("scale", "softcap"):
+            attr = attention.attributes.get(name)
+            if attr is not None and attr.as_float():
+                attributes[name] = ir.AttrFloat32(name, attr.as_float())
+        gqa = _op("GroupQueryAttention",
+                  [*gqa_inputs, past_k, past_v, shared.seqlens_k, shared.total_sequence_length,
+                   None, None, None, shared.bias(mask, q.dtype)],
+                  f"{prefix}_then", attributes, domain="com.microsoft", outputs=3)
+        for branch_out, out in zip(gqa.outputs, attention.outputs, strict=True):
+            branch_out.type = out.type
+        then_branch = ir.Graph([], list(gqa.outputs), nodes=[gqa], name=f"{prefix}_gqa")
+        # The Attention op on the past's real length, then the buffer's remaining room appended.
+        else_nodes: list[ir.Node] = []
+        if split is not None:
+            graph.remove(split)
+            split.outputs[0].name, split.outputs[1].name, split.outputs[2].name = (f"{prefix}_{x}" for x in "qkv")
+            else_nodes.append(split)
+        heads = [_op("Slice", [p, shared.zero, shared.past_length, shared.axes.outputs[0]], f"{prefix}_{kv}_past")
+                 for p, kv in ((past_k, "k"), (past_v, "v"))]
+        tails = [_op("Slice", [p, shared.total, shared.end.outputs[0], shared.axes.outputs[0]], f"{prefix}_{kv}_room")
+                 for p, kv in ((past_k, "k"), (past_v, "v"))]
+        old = ir.Node("", "Attention", [q, k, v, mask, heads[0].outputs[0], heads[1].outputs[0]],
+                      attributes=dict(attention.attributes), num_outputs=3, name=f"{prefix}_attention",
+                      outputs=[ir.Value(name=f"{prefix}_{x}") for x in ("y", "k_total", "v_total")])
+        presents = [_op("Concat", [old.outputs[j + 1], tails[j].outputs[0]], f"{prefix}_{kv}_present", {"axis": 2})
+                    for j, kv in enumerate("kv")]
+        else_nodes += [*heads, *tails, old, *presents]
+        for branch_out, out in zip((old.outputs[0], *(p.outputs[0] for p in presents)), attention.outputs, strict=True):
+            branch_out.type = out.type
+        else_branch = ir.Graph([], [old.outputs[0], *(p.outputs[0] for p in presents)], nodes=else_nodes,
+                               name=f"{prefix}_attention")
+        node = ir.Node("", "If", [shared.use_gqa], num_outputs=3, name=attention.name,
+                       attributes={"then_branch": ir.AttrGraph("then_branch", then_branch),
+                                   "else_branch": ir.AttrGraph("else_branch", else_branch)})
+        graph.insert_before(attention, node)
+        for old_out, new in zip(attention.outputs, node.outputs, strict=True):
+            _replace(old_out, new)
+        graph.remove(attention, safe=True)
+    model.opset_imports.setdefault("com.microsoft", 1)
+    return len(attentions)

@@ -14,7 +14,12 @@ Keys (all strings; the JSON ones parse with ``json.loads``):
 - ``gpt2reg.dtype``: ``fp32`` or ``fp16`` (of the floating inputs/outputs: past and present, logits);
 - ``gpt2reg.quantize``: ``none``, ``int8`` or ``int4``;
 - ``gpt2reg.tokenizer``: ``gpt2`` (tiktoken's GPT-2 BPE), ``gpt2reg.eos_token_id``: ``50256``;
-- ``gpt2reg.model_name``: where the weights came from, as given to the exporter.
+- ``gpt2reg.model_name``: where the weights came from, as given to the exporter;
+- ``gpt2reg.kv_in_place``: ``true`` where the graph extends the KV cache in place (onnxruntime's
+  ``GroupQueryAttention``, the quantized files): a past may have spare room along axis 2 (its real
+  length is ``attention_mask``'s minus the new tokens) and a present bound to the past's own buffer
+  (IOBinding) is written there, nothing copied; a present not bound so has the larger of past + seq
+  and the past's length. Absent (``false``) elsewhere: pasts of exact length, presents new arrays.
 """
 
 from __future__ import annotations
@@ -86,6 +91,7 @@ class OnnxDescription:
     eos_token_id: int = 50256
     model_name: str = ""
     io: dict[str, Any] = field(default_factory=dict)
+    kv_in_place: bool = False
 
     @property
     def kv_cache(self) -> bool:
@@ -116,7 +122,7 @@ class OnnxDescription:
             "gpt2reg.tokenizer": self.tokenizer,
             "gpt2reg.eos_token_id": str(self.eos_token_id),
             "gpt2reg.model_name": self.model_name,
-        }
+        } | ({"gpt2reg.kv_in_place": "true"} if self.kv_in_place else {})
 
     @classmethod
     def from_props(cls, props: dict[str, str], source: str = "the file") -> OnnxDescription:
@@ -134,6 +140,7 @@ class OnnxDescription:
                 eos_token_id=int(props.get("gpt2reg.eos_token_id", "50256")),
                 model_name=props.get("gpt2reg.model_name", ""),
                 io=json.loads(props.get("gpt2reg.io", "{}")),
+                kv_in_place=props.get("gpt2reg.kv_in_place") == "true",
             )
         except (KeyError, ValueError) as exc:
             raise ValueError(f"{source} has damaged gpt2reg metadata: {exc}") from None
