@@ -172,18 +172,18 @@ class InPlaceKV:
     ``gpt2reg.model.GrowingKV`` does for torch).
     """
 
-    def __init__(self, model: OnnxGPT, past: list[np.ndarray], capacity: int = 0) -> None:
+    def __init__(self, model: OnnxGPT, past: list[np.ndarray]) -> None:
         self.model = model
         self.binding = model.session.io_binding()
         self.length = past[0].shape[2]
         self.buffers: list[np.ndarray] = []
-        self._fill(past, max(capacity, self.length))
+        self._fill(past, self.length)
 
     @classmethod
-    def empty(cls, model: OnnxGPT, batch: int, capacity: int = 0) -> InPlaceKV:
+    def empty(cls, model: OnnxGPT, batch: int) -> InPlaceKV:
         c = model.config
         shape = (batch, c["n_head"], 0, c["n_embd"] // c["n_head"])
-        return cls(model, [np.zeros(shape, dtype=model._float)] * (2 * c["n_layer"]), capacity)
+        return cls(model, [np.zeros(shape, dtype=model._float)] * (2 * c["n_layer"]))
 
     @property
     def arrays(self) -> list[np.ndarray]:
@@ -266,8 +266,8 @@ class _Decoder:
         return self._run(np.asarray(tokens, dtype=np.int64).reshape(-1, 1))
 
     def _run(self, ids: np.ndarray) -> np.ndarray:
-        if self.past is None and self.model.in_place:  # room for as many tokens again as the prompt
-            self.past = InPlaceKV.empty(self.model, len(ids), min(2 * ids.shape[1], self.block_size))
+        if self.past is None and self.model.in_place:
+            self.past = InPlaceKV.empty(self.model, len(ids))
         if isinstance(self.past, InPlaceKV):
             return self.past.run(ids, self.mask, logits_to_keep=1)[:, -1]
         logits, self.past = self.model.run(ids, self.mask, self.past, logits_to_keep=1)

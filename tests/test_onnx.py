@@ -22,10 +22,10 @@ from gpt2reg.generation import generate
 from gpt2reg.model import build_model
 from gpt2reg.onnx import ProviderError, export_onnx, validate_onnx
 from gpt2reg.onnx.export import RECIPES
-from gpt2reg.onnx.metadata import BATCH, DEFAULT_OPSET, KEPT, LOGITS_TO_KEEP, PAST, SEQ, TOTAL
+from gpt2reg.onnx.metadata import BATCH, DEFAULT_OPSET, KEPT, LOGITS_TO_KEEP, PAST, QUANTIZATIONS, SEQ, TOTAL
 from gpt2reg.onnx.providers import CPU, create_session
 from gpt2reg.onnx.validate import describe, make_cases
-from gpt2reg.runtime import OnnxGPT
+from gpt2reg.runtime import InPlaceKV, OnnxGPT
 
 # Context 128 so the cases reach length 100 and the full context; example sizes used by the exporter
 # (batch 2, seq 3, past 5) appear nowhere in the checks below.
@@ -373,6 +373,62 @@ def test_attention_fusion_changes_no_result(tmp_path: Path, monkeypatch, pos: st
     assert len(graphs["fused"].node) <= len(graphs["plain"].node) - 2 * SMALL["n_layer"]  # two Concats a layer, at least
     for got, want in zip(_run_steps(fused, model), _run_steps(plain, model), strict=True):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+def _calls(rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Batch 2: a left-padded prompt, a decode step, then a prompt of 3 that extends the past
+    (GroupQueryAttention refuses that one for batches > 1: the graph's Attention-op fallback)."""
+    mask = np.ones((2, 5), np.int64)
+    mask[1, :2] = 0
+    calls = [(rng.integers(0, 101, (2, 5)), mask)]
+    for seq in (1, 3):
+        mask = np.concatenate((mask, np.ones((2, seq), np.int64)), axis=1)
+        calls.append((rng.integers(0, 101, (2, seq)), mask))
+    return calls
+
+
+@pytest.mark.parametrize("pos,quantize", [(p, q) for p in component_names("pos") for q in QUANTIZATIONS])
+def test_quantized_graph_extends_the_cache_in_place_with_the_attention_ops_results(
+        tmp_path: Path, monkeypatch, pos: str, quantize: str) -> None:
+    """GroupQueryAttention against the Attention op it replaces, same quantized weights: the same logits
+    and presents for prompts with padding, decode steps and the fallback; and through ``InPlaceKV``
+    (buffers with room, bound as past and present) the same again, written in place."""
+    import gpt2reg.onnx.export as export_module
+    from gpt2reg.components.base import PositionalEncoding
+
+    model = build_model(**SMALL, pos=pos, seed=3)
+    path = export_onnx(model, tmp_path / "gqa.onnx", quantize=quantize)
+    report = validate_onnx(path, model, provider="cpu", cases=5)  # padding, past, a batch's prompt after a past
+    assert report.passed, report.summary()
+    monkeypatch.setattr(export_module, "fuse_group_query_attention", lambda m: 0)
+    plain = OnnxGPT(export_onnx(model, tmp_path / "plain.onnx", quantize=quantize), provider="cpu")
+    gqa = OnnxGPT(path, provider="cpu")
+    graph = onnx.load(str(path)).graph
+    ops = [n.op_type for n in graph.node]
+    if type(model.pos).rotate is not PositionalEncoding.rotate:  # RoPE rotates the heads: the Attention op stays
+        assert not gqa.in_place and "If" not in ops and ops.count("Attention") == SMALL["n_layer"]
+        return
+    assert gqa.in_place and describe(path).kv_in_place and not plain.in_place
+    branches = [[n.op_type for n in a.g.node] for n in graph.node if n.op_type == "If" for a in n.attribute]
+    assert len(branches) == 2 * SMALL["n_layer"] and ["GroupQueryAttention"] in branches
+    assert "Attention" not in ops and "Split" not in ops  # the packed QKV goes in whole
+    onnx.checker.check_model(onnx.load(str(path)))  # still sorted, valid ONNX (If branches read outer values)
+    cache, pasts, grown = InPlaceKV.empty(gqa, 2), {"gqa": None, "plain": None}, []
+    for ids, mask in _calls(np.random.default_rng(0)):
+        outputs = {}
+        for name, m in (("gqa", gqa), ("plain", plain)):
+            logits, pasts[name] = m.run(ids, mask, pasts[name])
+            outputs[name] = [logits, *pasts[name]]
+        buffers = [b.__array_interface__["data"][0] for b in cache.buffers]
+        outputs["in place"] = [cache.run(ids, mask), *cache.arrays]
+        grown.append([b.__array_interface__["data"][0] for b in cache.buffers] != buffers)
+        for got, want in zip(outputs["gqa"], outputs["plain"], strict=True):
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+        for got, want in zip(outputs["in place"], outputs["gqa"], strict=True):
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    # Lengths 5, 6, 9: the room is made for the prompt, doubled (to 10) for the step, then the third
+    # call writes into the same buffers.
+    assert grown == [True, True, False] and cache.capacity == 10
 
 
 def test_quantized_export_fuses_residual_add_and_layer_norm(tmp_path: Path) -> None:

@@ -578,26 +578,45 @@ def test_a_model_directory_is_served_on_torch(tiny) -> None:
         server.stop()
 
 
-def test_the_torch_engine_cache_grows_in_place_through_joins_leaves_and_copies() -> None:
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime-int8"])
+def test_the_engine_cache_grows_in_place_through_joins_leaves_and_copies(backend: str, tmp_path: Path) -> None:
     import torch
 
     from gpt2reg.model import GrowingKV
+    from gpt2reg.runtime import InPlaceKV
+    from gpt2reg.serve.engine import onnx_engine
     from gpt2reg.serve.torch_engine import torch_engine
 
     model = build_model(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=96, init_std=0.2, seed=0)
-    engine = torch_engine(model)
+    if backend == "torch":
+        engine = torch_engine(model)
+
+        def alone(row: list[int]) -> np.ndarray:
+            with torch.inference_mode():
+                return model(torch.tensor([row]))[0, -1].numpy()
+
+        def in_place() -> bool:
+            return all(isinstance(p, GrowingKV) for p in engine.past)
+    else:  # the quantized file's graph extends the cache in place (GroupQueryAttention)
+        onnx_model = OnnxGPT(export_onnx(model, tmp_path / "m.onnx", quantize="int8"), provider="cpu")
+        assert onnx_model.in_place
+        engine = onnx_engine(onnx_model)
+
+        def alone(row: list[int]) -> np.ndarray:
+            return onnx_model.run(np.array([row]))[0][0, -1]
+
+        def in_place() -> bool:
+            return isinstance(engine.past, InPlaceKV)
     rows = [[1, 2, 3], [4, 5, 6, 7, 8]]
 
     def check(logits: np.ndarray, first: int = 0) -> None:  # rows from ``first`` on, each alone, no cache
-        with torch.inference_mode():
-            want = np.stack([model(torch.tensor([r]))[0, -1].numpy() for r in rows[first:]])
-        np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(logits, np.stack([alone(r) for r in rows[first:]]), rtol=1e-5, atol=1e-5)
 
     check(engine.add([rows[0], rows[1]], [1, 1]))
     for token in (9, 10):
         rows = [r + [token] for r in rows]
         check(engine.step([token] * len(rows)))
-    assert all(isinstance(p, GrowingKV) for p in engine.past)  # steps write in place
+    assert in_place()  # steps write in place
     rows += [[11, 12], [11, 12]]  # joins: one prompt, two copies
     check(engine.add([[11, 12]], [2]), first=2)  # add returns the joining rows' logits
     rows = [r + [13] for r in rows]
@@ -605,6 +624,7 @@ def test_the_torch_engine_cache_grows_in_place_through_joins_leaves_and_copies()
     engine.keep([1, 2])  # leaves
     rows = [rows[1] + [14], rows[2] + [14]]
     check(engine.step([14, 14]))
+    assert in_place()
 
 
 def test_an_export_without_kv_cache_is_served_too(tiny, tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..generation import left_padded
-from ..runtime import OnnxGPT
+from ..runtime import InPlaceKV, OnnxGPT
 
 
 class BatchEngine(Protocol):
@@ -124,28 +124,43 @@ def _pad_mask(mask: np.ndarray, width: int) -> np.ndarray:
 
 
 class OnnxCache:
-    """``CacheBackend`` of an exported KV-cache graph under onnxruntime: the cache is numpy arrays."""
+    """``CacheBackend`` of an exported KV-cache graph under onnxruntime: the cache is numpy arrays.
+
+    Where the file extends the cache in place (``OnnxGPT.in_place``) a call's cache is an ``InPlaceKV``,
+    so decode steps copy nothing; the reshapes below (joining and leaving) read its arrays and return
+    new ones, which the next call moves into a buffer with room again.
+    """
 
     def __init__(self, model: OnnxGPT) -> None:
         self.model = model
         self.vocab_size = model.vocab_size
         self.block_size = model.block_size
 
-    def run(self, ids: np.ndarray, mask: np.ndarray, past: list[np.ndarray] | None) -> tuple[np.ndarray, list[np.ndarray]]:
+    def run(self, ids: np.ndarray, mask: np.ndarray, past: list[np.ndarray] | InPlaceKV | None
+            ) -> tuple[np.ndarray, list[np.ndarray] | InPlaceKV]:
+        if self.model.in_place:
+            if not isinstance(past, InPlaceKV):
+                past = InPlaceKV.empty(self.model, len(ids)) if past is None else InPlaceKV(self.model, past)
+            return past.run(ids, mask, logits_to_keep=1)[:, -1], past
         logits, presents = self.model.run(ids, mask, past, logits_to_keep=1)
         return logits[:, -1], presents
 
-    def left_pad(self, past: list[np.ndarray], width: int) -> list[np.ndarray]:
-        return [np.pad(p, ((0, 0), (0, 0), (width - p.shape[2], 0), (0, 0))) if p.shape[2] < width else p for p in past]
+    def left_pad(self, past: list[np.ndarray] | InPlaceKV, width: int) -> list[np.ndarray]:
+        return [np.pad(p, ((0, 0), (0, 0), (width - p.shape[2], 0), (0, 0))) if p.shape[2] < width else p
+                for p in _arrays(past)]
 
-    def concat(self, first: list[np.ndarray], second: list[np.ndarray]) -> list[np.ndarray]:
-        return [np.concatenate((a, b)) for a, b in zip(first, second, strict=True)]
+    def concat(self, first: list[np.ndarray] | InPlaceKV, second: list[np.ndarray] | InPlaceKV) -> list[np.ndarray]:
+        return [np.concatenate((a, b)) for a, b in zip(_arrays(first), _arrays(second), strict=True)]
 
-    def take(self, past: list[np.ndarray], rows: np.ndarray, start: int) -> list[np.ndarray]:
-        return [np.ascontiguousarray(p[rows, :, start:]) for p in past]
+    def take(self, past: list[np.ndarray] | InPlaceKV, rows: np.ndarray, start: int) -> list[np.ndarray]:
+        return [np.ascontiguousarray(p[rows, :, start:]) for p in _arrays(past)]
 
-    def repeat(self, past: list[np.ndarray], copies: np.ndarray) -> list[np.ndarray]:
-        return [np.repeat(p, copies, axis=0) for p in past]
+    def repeat(self, past: list[np.ndarray] | InPlaceKV, copies: np.ndarray) -> list[np.ndarray]:
+        return [np.repeat(p, copies, axis=0) for p in _arrays(past)]
+
+
+def _arrays(past: list[np.ndarray] | InPlaceKV) -> list[np.ndarray]:
+    return past.arrays if isinstance(past, InPlaceKV) else past
 
 
 class FullSequenceBatch:
