@@ -211,9 +211,12 @@ class _GQAShared:
         total = _op("Shape", [mask], "gqa_total", {"start": 1})
         seq = _op("Shape", [ids], "gqa_seq", {"start": 1, "end": 2})
         one, one32 = _const("gqa_one", [1], np.int64), _const("gqa_one32", [1], np.int32)
-        total32 = _op("Cast", [total.outputs[0]], "gqa_total_sequence_length", {"to": ir.DataType.INT32})
-        last = _op("Sub", [total32.outputs[0], one32.outputs[0]], "gqa_last")
+        cast = _op("Cast", [total.outputs[0]], "gqa_total32", {"to": ir.DataType.INT32})
+        last = _op("Sub", [cast.outputs[0], one32.outputs[0]], "gqa_last")
         seqlens = _op("Expand", [last.outputs[0], batch.outputs[0]], "gqa_seqlens_k")
+        # Not the Cast's own output: onnxruntime's optimizers log a warning for every removable node
+        # (a Cast) whose output an If branch reads.
+        total32 = _op("Add", [last.outputs[0], one32.outputs[0]], "gqa_total_sequence_length")
         # GroupQueryAttention refuses a prompt that extends a past in a batch of several rows; those
         # calls (only they) take the Attention op instead: use it unless batch > 1 and 1 < seq < total.
         b1, s1, t1 = (_op("Sub", [x.outputs[0], y.outputs[0]], f"gqa_{n}")
@@ -221,7 +224,7 @@ class _GQAShared:
         product = _op("Mul", [_op("Mul", [b1.outputs[0], s1.outputs[0]], "gqa_bs").outputs[0], t1.outputs[0]], "gqa_bst")
         zero = _const("gqa_zero", [0], np.int64)
         cond = _op("Equal", [product.outputs[0], zero.outputs[0]], "gqa_use")
-        nodes = [batch, total, seq, one, one32, total32, last, seqlens, b1, s1, t1, product.inputs[0].producer(),
+        nodes = [batch, total, seq, one, one32, cast, last, seqlens, total32, b1, s1, t1, product.inputs[0].producer(),
                  product, zero, cond]
         self.axes, self.end = _const("gqa_axes", [2], np.int64), _const("gqa_end", [_INT64_MAX], np.int64)
         # The past's real length (a buffer may be longer): what the graph read from the past's shape.
