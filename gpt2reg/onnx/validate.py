@@ -5,7 +5,10 @@ graph also past lengths 0 and > 0 (the past computed by the torch model from a r
 left-padded rows. Logits are compared at real (unpadded) positions; the KV-cache graph's presents too.
 Every case runs the graph as a file's user would for perplexity (``logits_to_keep`` left at its
 default: every position) and once more keeping the last k positions, as generation does (k = 1 and
-half the sequence, alternating), which must equal the same slice of the full output.
+half the sequence, alternating), which must equal the same slice of the full output. A file whose
+graph writes the KV cache in place (``kv_in_place``, the quantized ones) runs every KV-cache case a
+third time on the CPU as ``gpt2reg.runtime`` decodes it, the past in buffers with room bound as the
+presents (``InPlaceKV``), which must equal the copying run within the same tolerance.
 
 Tolerances per variant (``TOLERANCES``) are absolute differences on logits against the torch model in
 its own dtype, plus a least top-1 agreement. fp32 must agree to 1e-4 (measured: ~7e-6 on a random
@@ -33,7 +36,7 @@ import torch
 
 from ..errors import InputError
 from .metadata import LOGITS_TO_KEEP, OnnxDescription, past_names
-from .providers import create_session, input_names
+from .providers import CPU, create_session, input_names
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ class ValidationReport:
     provider_note: str = ""
     present_max_abs_diff: float | None = None
     kept_max_abs_diff: float | None = None  # last-k logits against the same slice of all positions' logits
+    in_place_max_abs_diff: float | None = None  # kv_in_place files: the cache in buffers with room, bound in place
     reason: str = ""
     cases: list[dict[str, Any]] = field(default_factory=list)
 
@@ -103,6 +107,7 @@ class ValidationReport:
                 f"top-1 agreement {self.top1_agreement:.2%}"
                 + (f", presents max |diff| {self.present_max_abs_diff:.2e}" if self.present_max_abs_diff is not None else "")
                 + (f", last-k logits vs slice {self.kept_max_abs_diff:.2e}" if self.kept_max_abs_diff is not None else "")
+                + (f", in place vs copied {self.in_place_max_abs_diff:.2e}" if self.in_place_max_abs_diff is not None else "")
             )
         lines.append(("PASS" if self.passed else "FAIL") + (f": {self.reason}" if self.reason else ""))
         return "\n".join(lines)
@@ -182,6 +187,7 @@ class _Outputs:
     want_presents: list[np.ndarray]
     real: np.ndarray  # (batch, seq) True where the token is not a left pad
     kept_diff: float | None = None  # max |last-k logits - got[:, -k:]|; None for a file without the input
+    feed: dict[str, np.ndarray] | None = None  # the KV-cache graph's inputs
 
 
 def _kept_diff(session, feed: dict[str, np.ndarray], got: np.ndarray, keep: int) -> float | None:
@@ -226,7 +232,20 @@ def _run_case(session, model: torch.nn.Module, description: OnnxDescription, cas
     got, *got_presents = session.run(None, feed)
     got = got.astype(np.float32)
     return _Outputs(got, n(want), [p.astype(np.float32) for p in got_presents],
-                    [n(x) for pair in presents for x in pair], mask[:, new].astype(bool), _kept_diff(session, feed, got, keep))
+                    [n(x) for pair in presents for x in pair], mask[:, new].astype(bool), _kept_diff(session, feed, got, keep),
+                    feed)
+
+
+def _in_place_diff(model, out: _Outputs) -> float:
+    """The case again through ``InPlaceKV`` (the past in buffers with room, bound as the presents, as
+    ``gpt2reg.runtime`` decodes): its max difference from the copying run, logits and presents."""
+    from ..runtime import InPlaceKV
+
+    n_layer = model.description.n_layer
+    cache = InPlaceKV(model, [out.feed[name] for name in past_names(n_layer)])
+    logits = cache.run(out.feed["input_ids"], out.feed["attention_mask"])
+    diffs = [np.abs(logits - out.got).max()] + [np.abs(a - p).max() for a, p in zip(cache.arrays, out.got_presents, strict=True)]
+    return float(max(diffs))
 
 
 def validate_onnx(
@@ -259,6 +278,12 @@ def validate_onnx(
     if mismatch:
         report.reason = mismatch
         return report
+    in_place = None
+    if description.kv_in_place and info.provider == CPU:  # the runtime's decoding path, checked too
+        from ..runtime import OnnxGPT
+
+        in_place = OnnxGPT(onnx_path, provider="cpu")
+        report.in_place_max_abs_diff = 0.0
     rng = np.random.default_rng(seed)
     abs_sum, compared, agree, present_max = 0.0, 0, 0, 0.0
     kept_max: float | None = None
@@ -269,6 +294,8 @@ def validate_onnx(
             out = _run_case(info.session, model, description, case, rng, keep=1 if i % 2 == 0 else max(1, case.seq // 2))
             if out.kept_diff is not None:
                 kept_max = max(kept_max or 0.0, out.kept_diff)
+            if in_place is not None:
+                report.in_place_max_abs_diff = max(report.in_place_max_abs_diff, _in_place_diff(in_place, out))
             diff = np.abs(out.got - out.want)[out.real]  # (real positions, vocab)
             case_agree = int((out.got.argmax(-1) == out.want.argmax(-1))[out.real].sum())
             abs_sum, compared, agree = abs_sum + float(diff.sum()), compared + diff.size, agree + case_agree
@@ -289,6 +316,9 @@ def validate_onnx(
         failures.append(f"max |diff| {report.max_abs_diff:.3g} > atol {atol:g}")
     if report.present_max_abs_diff is not None and not report.present_max_abs_diff <= atol:
         failures.append(f"presents max |diff| {report.present_max_abs_diff:.3g} > atol {atol:g}")
+    if report.in_place_max_abs_diff is not None and not report.in_place_max_abs_diff <= atol:
+        failures.append(f"the cache written in place differs from the copied one by {report.in_place_max_abs_diff:.3g} "
+                        f"> atol {atol:g}")
     if kept_max is not None and not kept_max <= atol:
         failures.append(f"last-k logits differ from the same positions of all logits by {kept_max:.3g} > atol {atol:g}")
     if report.top1_agreement < tolerance.min_top1:
