@@ -10,8 +10,10 @@
 The file's metadata (``gpt2reg.onnx.metadata``) says which graph it holds, its config and tokenizer,
 so nothing else is needed. Sampling is ``gpt2reg.generation``'s numpy half (temperature, top-k,
 top-p, greedy, per-sequence seeds, stop strings, streaming): the same seed picks the same tokens as
-the torch path from the same logits. Imports here must stay torch-free; a test runs this module in a
-process where importing torch fails.
+the torch path from the same logits. Files whose graph writes the KV cache in place (the quantized
+ones, ``kv_in_place``) decode through ``InPlaceKV``, which binds the cache's buffers with IOBinding
+so a step copies nothing; others get the presents back from each call. Imports here must stay
+torch-free; a test runs this module in a process where importing torch fails.
 """
 
 from __future__ import annotations
@@ -86,7 +88,9 @@ class OnnxGPT:
         """One graph call: logits (batch, kept, vocab) as float32 and, for the KV-cache graph, the presents.
 
         ``attention_mask`` (batch, past+seq) marks left pads with 0; position ids follow from it.
-        ``past`` is the previous call's presents (one array per layer and key/value), or None.
+        ``past`` is the previous call's presents (one array per layer and key/value, of exact length),
+        or None; the presents are new arrays (past + new), whatever the file (``InPlaceKV`` extends a
+        cache in place instead).
         ``logits_to_keep`` k > 0 returns the logits of the last k positions only (generation needs
         the last one: the head, a 50257-wide projection, then runs once instead of seq times);
         0 returns every position (perplexity needs them all).
