@@ -71,6 +71,7 @@ class Metric:
 
 METRICS: list[Metric] = [
     Metric("load_s", "load s", "{:.2f}", False),
+    Metric("pages_s", "huge pages s", "{:.2f}", False),  # after the load: a session's memory moved (onnx.pages)
     Metric("peak_rss_mb", "peak RSS MB", "{:.0f}", False),
     Metric("prefill_s", "prefill s", "{:.3f}", False, ratio=True),
     Metric("decode_tps", "decode tok/s", "{:.1f}", True, ratio=True),

@@ -27,6 +27,7 @@ import numpy as np
 from .errors import InputError
 from .generation import Prompt, Sample, StreamCallback, decode, left_padded
 from .onnx.metadata import LOGITS_TO_KEEP, OnnxDescription, past_names, present_names
+from .onnx.pages import collapse
 from .onnx.providers import CPU, create_session, input_names
 from .tokenizer import EOT_ID
 
@@ -37,14 +38,18 @@ class OnnxGPT:
     """An exported model under onnxruntime: ``logits`` for a batch, ``generate`` for text.
 
     ``provider`` is ``auto`` (CUDA when it really loads), ``cuda`` (an error where it cannot) or
-    ``cpu``; ``self.provider`` is the one that actually runs.
+    ``cpu``; ``self.provider`` is the one that actually runs. ``huge_pages=False`` loads faster and
+    decodes slower on the CPU (for a short run; ``use_huge_pages`` catches up later): see
+    ``gpt2reg.onnx.pages``.
     """
 
-    def __init__(self, path: str | os.PathLike, *, provider: str = "auto", threads: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, *, provider: str = "auto", threads: int | None = None,
+                 huge_pages: bool = True) -> None:
         if not os.path.isfile(path):
             missing = not os.path.exists(path)
             raise InputError(f"{path}: no such ONNX file" if missing else f"{path} is not a file (an exported .onnx file is)")
-        info = create_session(str(path), provider, threads=threads)
+        info = create_session(str(path), provider, threads=threads, huge_pages=huge_pages)
+        self._memory = [] if huge_pages else info.memory
         self.path = str(path)
         self.session = info.session
         self.provider = info.provider
@@ -60,6 +65,11 @@ class OnnxGPT:
         self._float = np.float16 if self.description.dtype == "fp16" else np.float32
         # Files exported before the input existed return every position; run() slices those itself.
         self.keeps_logits = LOGITS_TO_KEEP in input_names(self.session)
+
+    def use_huge_pages(self) -> int:
+        """Move the session's memory into 2 MiB pages now, if it was loaded with ``huge_pages=False``; bytes moved."""
+        moved, self._memory = collapse(self._memory), []
+        return moved
 
     @property
     def kv_cache(self) -> bool:
@@ -293,6 +303,7 @@ class _Decoder:
                                for row in self.rows])
 
 
-def load(path: str | os.PathLike, *, provider: str = "auto", threads: int | None = None) -> OnnxGPT:
+def load(path: str | os.PathLike, *, provider: str = "auto", threads: int | None = None,
+         huge_pages: bool = True) -> OnnxGPT:
     """Open an exported file (``OnnxGPT(path, ...)``)."""
-    return OnnxGPT(path, provider=provider, threads=threads)
+    return OnnxGPT(path, provider=provider, threads=threads, huge_pages=huge_pages)

@@ -11,6 +11,7 @@ import platform
 
 import numpy as np
 import pytest
+from conftest import TINY
 
 from gpt2reg.machine import huge_pages_available
 from gpt2reg.onnx import pages
@@ -41,8 +42,10 @@ def test_new_anonymous_memory_is_collapsed_and_keeps_its_contents(monkeypatch: p
     data = np.frombuffer(block, dtype=np.uint8)
     data[:] = np.arange(size, dtype=np.uint64).astype(np.uint8)  # every page written, a known pattern
     start = data.ctypes.data
-    assert any(a <= start < b for a, b in pages.anonymous_regions() - before)
-    collapsed = pages.collapse_new(before)
+    regions = pages.new_regions(before)
+    assert any(a <= start < b for a, b in regions)
+    assert all(a % pages.HUGE_PAGE == 0 and b % pages.HUGE_PAGE == 0 and b - a >= pages.MIN_BYTES for a, b in regions)
+    collapsed = pages.collapse(regions)
     assert np.array_equal(data, np.arange(size, dtype=np.uint64).astype(np.uint8))
     kernel = tuple(int(x) for x in platform.release().split(".")[:2] if x.isdigit())
     if kernel >= (6, 1):  # MADV_COLLAPSE
@@ -53,7 +56,8 @@ def test_new_anonymous_memory_is_collapsed_and_keeps_its_contents(monkeypatch: p
 
 def test_off_switch_leaves_memory_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GPT2REG_HUGE_PAGES", "off")
-    assert pages.anonymous_regions() == set() and pages.collapse_new(set()) == 0
+    assert pages.anonymous_regions() == set() and pages.new_regions(set()) == []
+    assert pages.collapse([(0, pages.MIN_BYTES)]) == pages.advise([(0, pages.MIN_BYTES)]) == 0
 
 
 def test_a_failure_is_logged_not_raised(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
@@ -64,5 +68,32 @@ def test_a_failure_is_logged_not_raised(monkeypatch: pytest.MonkeyPatch, caplog:
         raise OSError("no /proc here")
 
     monkeypatch.setattr(pages, "anonymous_regions", broken)
-    assert pages.collapse_new(set()) == 0
+    assert pages.new_regions(set()) == []
     assert "not moved to huge pages" in caplog.text
+
+
+def test_a_session_loaded_without_the_collapse_is_advised_and_collapsed_on_request(
+        tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``huge_pages=False``: the session's new memory is only advised at load; ``use_huge_pages`` moves
+    that same memory once, later; the default moves it at load."""
+    import gpt2reg
+    from gpt2reg.runtime import OnnxGPT
+
+    path = gpt2reg.onnx.export_onnx(gpt2reg.build_model(**TINY, seed=0), tmp_path / "tiny.onnx")
+    span = (0, pages.MIN_BYTES)  # a tiny model allocates less than is worth moving: stand-in regions
+    calls: list[tuple[str, list]] = []
+    monkeypatch.setattr(pages, "new_regions", lambda before: [span])
+    monkeypatch.setattr(pages, "advise", lambda regions: calls.append(("advise", list(regions))) or 0)
+    monkeypatch.setattr(pages, "collapse", lambda regions: calls.append(("collapse", list(regions))) or 0)
+    monkeypatch.setattr("gpt2reg.runtime.collapse", pages.collapse)
+    lazy = OnnxGPT(path, provider="cpu", huge_pages=False)
+    assert calls == [("advise", [span])]
+    lazy.use_huge_pages()
+    lazy.use_huge_pages()  # once only
+    assert calls == [("advise", [span]), ("collapse", [span]), ("collapse", [])]
+    calls.clear()
+    eager = OnnxGPT(path, provider="cpu")
+    eager.use_huge_pages()  # nothing left to move
+    assert calls == [("collapse", [span]), ("collapse", [])]
+    ids = np.array([[1, 2, 3]])
+    np.testing.assert_array_equal(lazy.logits(ids), eager.logits(ids))

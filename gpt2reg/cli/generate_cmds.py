@@ -58,7 +58,8 @@ def generate(model, prompts, max_new_tokens, temperature, top_k, top_p, greedy, 
     if onnx_path is not None:
         from ..runtime import OnnxGPT  # torch-free: this path works where torch is not installed
 
-        loaded = OnnxGPT(onnx_path, provider=provider)
+        # One run, then the process ends: moving the session into huge pages would cost more than it saves.
+        loaded = OnnxGPT(onnx_path, provider=provider, huge_pages=False)
         if loaded.provider_note:  # e.g. auto fell back to the CPU: say so, on stderr
             click.echo(f"Note: {loaded.provider_note}", err=True)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import Gpt2regError, InputError
 from . import pages
@@ -32,6 +32,7 @@ class SessionInfo:
     provider: str  # session.get_providers()[0]: the provider that actually runs
     requested: str  # auto, cuda or cpu
     note: str = ""  # e.g. why auto fell back to the CPU
+    memory: list[pages.Region] = field(default_factory=list)  # CPU: what the session allocated (``pages``)
 
 
 def _cuda_load_error() -> str:
@@ -75,19 +76,20 @@ def input_names(session) -> set[str]:
     return {i.name for i in session.get_inputs()} | {i.name for i in session.get_overridable_initializers()}
 
 
-def _session(path: str, options, providers: list[str]):
-    """``InferenceSession``, with a file onnxruntime cannot read reported in one line.
+def _session(path: str, options, providers: list[str], huge_pages: bool) -> tuple[object, list[pages.Region]]:
+    """``InferenceSession`` and, on the CPU, the memory it allocated (its weights), with a file
+    onnxruntime cannot read reported in one line.
 
-    On the CPU the memory the session allocated (its weights) is then put in huge pages (``pages``).
+    That memory is put in huge pages now (``huge_pages``), else only advised to be (``pages``).
     """
     import onnxruntime as ort
 
     before = pages.anonymous_regions()
     try:
         session = ort.InferenceSession(str(path), options, providers=providers)
-        if session.get_providers()[0] == CPU:
-            pages.collapse_new(before)
-        return session
+        memory = pages.new_regions(before) if session.get_providers()[0] == CPU else []
+        (pages.collapse if huge_pages else pages.advise)(memory)
+        return session, memory
     except (RuntimeError, ort.capi.onnxruntime_pybind11_state.Fail,
             ort.capi.onnxruntime_pybind11_state.InvalidProtobuf, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
             ort.capi.onnxruntime_pybind11_state.NoSuchFile) as exc:
@@ -95,8 +97,14 @@ def _session(path: str, options, providers: list[str]):
         raise InputError(f"{path}: onnxruntime cannot load it ({first[-300:]})") from None
 
 
-def create_session(path: str, provider: str = "auto", *, threads: int | None = None) -> SessionInfo:
-    """An ``InferenceSession`` for ``path`` on ``provider`` (``auto``, ``cuda`` or ``cpu``)."""
+def create_session(path: str, provider: str = "auto", *, threads: int | None = None,
+                   huge_pages: bool = True) -> SessionInfo:
+    """An ``InferenceSession`` for ``path`` on ``provider`` (``auto``, ``cuda`` or ``cpu``).
+
+    ``huge_pages``: on the CPU, move the session's memory into 2 MiB pages before returning (faster
+    decoding, slower load: ``pages``); False only advises it, and ``pages.collapse(info.memory)`` moves
+    it later.
+    """
     import onnxruntime as ort
 
     if provider not in CHOICES:
@@ -116,9 +124,9 @@ def create_session(path: str, provider: str = "auto", *, threads: int | None = N
     if threads:
         options.intra_op_num_threads = threads
     if provider == "cpu" or (provider == "auto" and not cuda_listed()):
-        session = _session(path, options, [CPU])
+        session, memory = _session(path, options, [CPU], huge_pages)
         note = "" if provider == "cpu" else "CUDA not in this onnxruntime build; running on CPU"
-        return SessionInfo(session, session.get_providers()[0], provider, note)
+        return SessionInfo(session, session.get_providers()[0], provider, note, memory)
     if not cuda_listed():
         raise ProviderError(
             f"CUDA requested but this onnxruntime ({ort.__version__}) has no CUDA provider; "
@@ -127,7 +135,7 @@ def create_session(path: str, provider: str = "auto", *, threads: int | None = N
     # A failed CUDA load is logged as an error even when we fall back on purpose: we report it ourselves.
     ort.set_default_logger_severity(4)
     try:
-        session = _session(path, options, [CUDA, CPU])
+        session, memory = _session(path, options, [CUDA, CPU], huge_pages)
     finally:
         ort.set_default_logger_severity(2)
     actual = session.get_providers()[0]
@@ -136,4 +144,4 @@ def create_session(path: str, provider: str = "auto", *, threads: int | None = N
     reason = _cuda_load_error()
     if provider == "cuda":
         raise ProviderError(f"CUDA execution provider cannot load ({reason}); use --provider cpu or auto")
-    return SessionInfo(session, actual, provider, f"CUDA provider did not load ({reason}); fell back to CPU")
+    return SessionInfo(session, actual, provider, f"CUDA provider did not load ({reason}); fell back to CPU", memory)
