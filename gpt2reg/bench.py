@@ -12,8 +12,13 @@ figure) and append ``RowSpec(name, "module:function", requires=("some_module",))
 The function runs in its own process; ``peak_rss_mb`` is added for it. A row whose ``requires``
 cannot be imported is listed as skipped. ``ratio`` metrics are divided by the baseline row's.
 
+Threads: ``threads`` (``--threads``) sets every row's thread count (torch's intra-op threads,
+onnxruntime's ``intra_op_num_threads``, llama-bench's ``-t``, the bandwidth probe's); unset, each engine
+keeps its default. Each row reports the count it ran with (``threads``), since the defaults differ
+between engines where a core runs two hardware threads.
+
 How close each engine comes to the machine's limit: every round also measures the machine's read
-bandwidth (a streaming read of a buffer far larger than any cache, with the engines' thread count; the
+bandwidth (a streaming read of a buffer far larger than any cache, on the rows' thread count; the
 best round counts). A decode row that returns ``weight_bytes``, the bytes of weights one batch-1 decode
 step reads (``decode_weight_bytes`` for a torch model; an ONNX file's initializers), gets the GB/s it
 achieved (bytes x tokens/s) and that as a fraction of the bandwidth: the bound is bandwidth / bytes.
@@ -57,6 +62,7 @@ class BenchSpec:
     train_seq: int = 256  # and their length (capped at the model's context)
     train_compile: bool = False
     llama_cpp: str | None = None  # a llama.cpp build for the llama.cpp rows (gpt2reg.llamacpp)
+    threads: int | None = None  # every row's (and the bandwidth probe's) thread count; None: each engine's default
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,7 @@ class Metric:
 
 
 METRICS: list[Metric] = [
+    Metric("threads", "threads", "{:.0f}", False),  # what the row ran with (its engine's, when not --threads)
     Metric("load_s", "load s", "{:.2f}", False),
     Metric("pages_s", "huge pages s", "{:.2f}", False),  # after the load: a session's memory moved (onnx.pages)
     Metric("peak_rss_mb", "peak RSS MB", "{:.0f}", False),
@@ -131,6 +138,7 @@ class BenchReport:
     rounds: int
     baselines: tuple[str, ...] = ()  # every baseline row measured, for metrics the first one lacks
     read_gbps: float | None = None  # the machine's streaming read bandwidth, measured in the same run
+    read_threads: int | None = None  # the threads that read it
 
     def baseline_row(self, key: str) -> Row | None:
         """The row ``key`` is compared with: the baseline, or the next baseline row that has ``key``."""
@@ -167,21 +175,25 @@ class BenchReport:
             rows.append({**asdict(row), "vs_baseline": {k: v for k, v in ratios.items() if v is not None},
                          "achieved_gbps": self.achieved_gbps(row), "bound_fraction": self.bound_fraction(row)})
         return {"spec": asdict(self.spec), "machine": self.machine, "read_gbps": self.read_gbps,
-                "baseline": self.baseline, "rounds": self.rounds, "rows": rows}
+                "read_threads": self.read_threads, "baseline": self.baseline, "rounds": self.rounds, "rows": rows}
 
     def format(self) -> str:
         """The machine, the workload, and the table."""
         s, m = self.spec, self.machine
+        threads = (f"{m['threads']} in every row (--threads)" if m.get("threads") else
+                   f"each engine's default (torch {m['torch_threads']}, onnxruntime {m['physical_cores']} = one per "
+                   f"core, llama.cpp as torch); the threads column says what each row ran with")
         lines = [
-            f"machine: {m['cpu']}, {m['cpus']} CPUs, {m['memory_gb']} GB RAM, {m['os']}",
-            f"software: python {m['python']}, torch {m['torch']} ({m['torch_threads']} threads)"
+            f"machine: {m['cpu']}, {m['cpus']} CPUs ({m['physical_cores']} cores), {m['memory_gb']} GB RAM, "
+            f"{m['os']}; threads: {threads}",
+            f"software: python {m['python']}, torch {m['torch']}"
             + (f", transformers {m['transformers']}" if m.get("transformers") else "")
             + (f", device {s.device}" + (f" ({m['gpu']})" if m.get("gpu") else "")),
             f"date: {m['date']}; model: {s.model}",
         ]
         if self.read_gbps:
             lines.append(f"memory: streaming read {self.read_gbps:.1f} GB/s ({BANDWIDTH_MB} MB buffer, "
-                         f"{m['torch_threads']} threads, best round of {self.rounds}); a decode step's bound is "
+                         f"{self.read_threads} threads, best round of {self.rounds}); a decode step's bound is "
                          f"that over its weights MB/tok")
         if any(k in r.metrics for r in self.rows for k in ("decode_tps", "prefill_s")):
             lines.append(f"decode: batch 1, prompt {s.prompt_tokens} tokens, {s.new_tokens} new tokens, greedy "
@@ -275,18 +287,19 @@ def run_bench(
                 results["transformers"].note = f"skipped: {why}"
                 runnable = [r for r in runnable if r.name != "transformers"]
             spec = replace(spec, hf_dir=hf_dir)
-        read_gbps = None
+        read_gbps = read_threads = None
         for round_index in range(rounds if runnable else 0):  # nothing to measure: no bandwidth either
             say(f"round {round_index + 1}/{rounds}: read bandwidth")
-            measured = _run_target("gpt2reg.bench:bandwidth_probe", spec).get("read_gbps")
-            read_gbps = max(filter(None, (read_gbps, measured)), default=None)
+            probe = _run_target("gpt2reg.bench:bandwidth_probe", spec)
+            read_gbps = max(filter(None, (read_gbps, probe.get("read_gbps"))), default=None)
+            read_threads = probe.get("threads", read_threads)
             for r in runnable:
                 say(f"round {round_index + 1}/{rounds}: {r.name}")
                 _merge(results[r.name], _run_target(r.target, spec))
     baselines = tuple(r.name for r in specs if r.baseline and results[r.name].metrics)
     baseline = baselines[0] if baselines else None
-    return BenchReport(spec, machine_info(), [results[r.name] for r in specs], baseline, rounds, baselines,
-                       read_gbps)
+    return BenchReport(spec, machine_info(spec.threads), [results[r.name] for r in specs], baseline, rounds,
+                       baselines, read_gbps, read_threads)
 
 
 def _call(target: str, *args: Any) -> Any:
@@ -358,7 +371,7 @@ BANDWIDTH_MB = 512  # far beyond any L3 a few cores share, and about GPT-2 small
 
 
 def read_bandwidth(megabytes: int = BANDWIDTH_MB, repeats: int = 5) -> float:
-    """GB/s of the best streaming read (a sum, a max) over a ``megabytes`` fp32 buffer, torch's threads.
+    """GB/s of the best streaming read (a sum, a max) over a ``megabytes`` fp32 buffer, on torch's threads.
 
     The buffer is tried in ordinary memory and, where the OS offers them, in huge pages, where
     ``prepare_for_inference`` puts the weights: a read from 4 KiB pages alone under-measures what the
@@ -378,8 +391,18 @@ def read_bandwidth(megabytes: int = BANDWIDTH_MB, repeats: int = 5) -> float:
 
 
 def bandwidth_probe(spec: BenchSpec) -> dict[str, float]:
-    """The bench's bandwidth figure, measured in a child process like the rows."""
-    return {"read_gbps": read_bandwidth()}
+    """The bench's bandwidth figure, measured in a child process like the rows, on their thread count."""
+    threads = torch_threads(spec)
+    return {"read_gbps": read_bandwidth(), "threads": threads}
+
+
+def torch_threads(spec: BenchSpec) -> int:
+    """Set torch's intra-op threads to ``spec.threads`` (when given) in this row's process; the count in use."""
+    import torch
+
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    return torch.get_num_threads()
 
 
 def decode_weight_bytes(model: Any, tables: Iterable[Any] = ()) -> int:
@@ -390,11 +413,12 @@ def decode_weight_bytes(model: Any, tables: Iterable[Any] = ()) -> int:
     return sum((p[0] if id(p) in lookups else p).numel() * p.element_size() for p in model.parameters())
 
 
-def machine_info() -> dict[str, Any]:
-    """CPU, memory, OS and library versions, for the table's header."""
+def machine_info(threads: int | None = None) -> dict[str, Any]:
+    """CPU, memory, OS, library versions and the bench's ``threads`` (None: each engine's default), for
+    the table's header."""
     import torch
 
-    from .machine import cpu_name
+    from .machine import cpu_name, physical_cores
 
     try:
         memory_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
@@ -404,6 +428,8 @@ def machine_info() -> dict[str, Any]:
         "date": datetime.date.today().isoformat(),
         "cpu": cpu_name(),
         "cpus": os.cpu_count(),
+        "physical_cores": physical_cores(),
+        "threads": threads,
         "memory_gb": memory_gb,
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
@@ -508,6 +534,7 @@ def gpt2reg_row(spec: BenchSpec) -> dict[str, float]:
     from .kernels import describe as describe_kernels
 
     sync = _sync(spec.device)
+    threads = torch_threads(spec)
     start = time.perf_counter()
     model = load_model(spec.model, device=spec.device).prepare_for_inference()
     sync()
@@ -526,7 +553,7 @@ def gpt2reg_row(spec: BenchSpec) -> dict[str, float]:
         prefill_s = _best_time(lambda: model.forward_cached(ids, last_only=True), spec.repeats, sync)
     # a position encoding's parameters are per-position tables; the token table is read in full as a tied head
     tables = [*model.pos.parameters(), *([model.wte.weight] if model.lm_head is not None else [])]
-    return {"load_s": load_s, "decode_tps": spec.new_tokens / decode_s, "prefill_s": prefill_s,
+    return {"load_s": load_s, "decode_tps": spec.new_tokens / decode_s, "prefill_s": prefill_s, "threads": threads,
             "weight_bytes": decode_weight_bytes(model, tables), "info": f"linear kernels: {describe_kernels()}"}
 
 
@@ -538,6 +565,7 @@ def transformers_row(spec: BenchSpec) -> dict[str, float]:
 
     logging.set_verbosity_error()
     sync = _sync(spec.device)
+    threads = torch_threads(spec)
     start = time.perf_counter()
     model = GPT2LMHeadModel.from_pretrained(spec.hf_dir, dtype=torch.float32).to(spec.device).eval()
     sync()
@@ -565,7 +593,7 @@ def transformers_row(spec: BenchSpec) -> dict[str, float]:
         prefill_s = _best_time(lambda: model(long, use_cache=True, logits_to_keep=1), spec.repeats, sync)
     head_tied = model.lm_head.weight is model.transformer.wte.weight
     tables = [model.transformer.wpe.weight, *([] if head_tied else [model.transformer.wte.weight])]
-    return {"load_s": load_s, "decode_tps": spec.new_tokens / decode_s, "prefill_s": prefill_s,
+    return {"load_s": load_s, "decode_tps": spec.new_tokens / decode_s, "prefill_s": prefill_s, "threads": threads,
             "weight_bytes": decode_weight_bytes(model, tables)}
 
 
@@ -578,4 +606,4 @@ def _check_context(spec: BenchSpec, block_size: int) -> None:
 
 
 __all__ = ["BenchReport", "BenchSpec", "METRICS", "Metric", "ROWS", "Row", "RowSpec", "decode_weight_bytes", "machine_info",
-           "read_bandwidth", "run_bench"]
+           "read_bandwidth", "run_bench", "torch_threads"]

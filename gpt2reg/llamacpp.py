@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .bench import BenchSpec, _check_context, _hf_copy
+from .bench import BenchSpec, _check_context, _hf_copy, torch_threads
 from .errors import InputError
 
 ENV = "GPT2REG_LLAMA_CPP"
@@ -97,15 +97,16 @@ def missing_build(spec: BenchSpec) -> str | None:
 # -- what llama-bench and a GGUF file say ---------------------------------------------------------
 
 
-def parse_llama_bench(text: str, spec: BenchSpec) -> dict[str, float]:
-    """``decode_tps`` and ``prefill_s`` from ``llama-bench -o json`` output, best sample of each test."""
+def parse_llama_bench(text: str, spec: BenchSpec) -> dict[str, Any]:
+    """``decode_tps`` and ``prefill_s`` from ``llama-bench -o json`` output, best sample of each test, and
+    what llama-bench says it ran (``threads``, ``info``: its build, model type and backends)."""
     try:
         tests = json.loads(text)
     except json.JSONDecodeError as exc:
         raise RuntimeError(f"llama-bench printed no JSON ({exc})") from None
     if not isinstance(tests, list):
         raise RuntimeError("llama-bench printed JSON that is not a list of tests")
-    found: dict[str, float] = {}
+    found: dict[str, Any] = {}
     for test in tests:
         best_s = min(test.get("samples_ns") or [0]) / 1e9
         if best_s <= 0:
@@ -118,7 +119,11 @@ def parse_llama_bench(text: str, spec: BenchSpec) -> dict[str, float]:
     missing = {"decode_tps", "prefill_s"} - found.keys()
     if missing:
         raise RuntimeError(f"llama-bench reported no {' or '.join(sorted(missing))} test with timed samples")
-    return found
+    first = tests[0]
+    found["threads"] = first.get("n_threads")
+    found["info"] = (f"llama.cpp {first.get('build_commit', '?')}, {first.get('model_type', '?')}, "
+                     f"{first.get('n_threads', '?')} threads, backends {first.get('backends', '?')}")
+    return {k: v for k, v in found.items() if v is not None}
 
 
 def gguf_weight_bytes(path: str | os.PathLike, gguf: Any = None) -> int:
@@ -158,8 +163,6 @@ def llama_cpp_q4_0_row(spec: BenchSpec) -> dict[str, Any]:
 
 
 def _row(spec: BenchSpec, kind: str) -> dict[str, Any]:
-    import torch  # only for the bench's thread count, the one every row uses
-
     if spec.device != "cpu":
         raise RuntimeError(f"the llama.cpp rows run on the CPU only (got --device {spec.device})")
     build = find_build(spec.llama_cpp or "")
@@ -169,15 +172,12 @@ def _row(spec: BenchSpec, kind: str) -> dict[str, Any]:
         path = convert(build, spec.model, Path(tmp), kind)
         export_s = time.perf_counter() - start
         _check_context(spec, int(gguf.GGUFReader(str(path)).fields["gpt2.context_length"].contents()))
-        threads = torch.get_num_threads()
+        threads = torch_threads(spec)  # --threads, else torch's default, as the torch rows have it
         command = [str(build.bench), "-m", str(path), "-t", str(threads), "-r", str(spec.repeats), "-o", "json",
                    "-p", str(spec.prefill_tokens), "-n", "0", "-pg", f"{spec.prompt_tokens},{spec.new_tokens}"]
         out, peak_rss_mb = _run_measured(command, "llama-bench")
-        test = json.loads(out)[0]
         return {**parse_llama_bench(out, spec), "export_s": export_s, "file_mb": path.stat().st_size / 1e6,
-                "peak_rss_mb": peak_rss_mb, "weight_bytes": gguf_weight_bytes(path, gguf),
-                "info": f"llama.cpp {test.get('build_commit', '?')}, {test.get('model_type', kind)}, "
-                        f"{test.get('n_threads', threads)} threads, backends {test.get('backends', '?')}"}
+                "peak_rss_mb": peak_rss_mb, "weight_bytes": gguf_weight_bytes(path, gguf)}
 
 
 def convert(build: LlamaCppBuild, model: str, directory: Path, kind: str = "f32") -> Path:

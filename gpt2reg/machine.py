@@ -23,6 +23,18 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def physical_cores() -> int:
+    """The CPU cores, not counting SMT siblings (onnxruntime's default thread count); else the logical CPUs."""
+    cores = set()
+    for cpu in Path("/sys/devices/system/cpu").glob("cpu[0-9]*"):
+        try:
+            cores.add(((cpu / "topology/physical_package_id").read_text().strip(),
+                       (cpu / "topology/core_id").read_text().strip()))
+        except OSError:
+            continue
+    return len(cores) or os.cpu_count() or 1
+
+
 def huge_pages_available() -> bool:
     """Whether the OS backs memory advised ``MADV_HUGEPAGE`` with huge pages (Linux THP not ``never``).
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from click.testing import CliRunner
 from conftest import TINY
 
 import gpt2reg
-from gpt2reg.bench import BenchReport, BenchSpec, Row
+from gpt2reg.bench import BenchReport, BenchSpec, Row, run_bench
 from gpt2reg.cli import cli
 
 
@@ -48,10 +49,12 @@ def test_bench_runs_every_row_on_a_tiny_model(tmp_path: Path, monkeypatch: pytes
     ratio = rows["gpt2reg"]["metrics"]["decode_tps"] / rows["transformers"]["metrics"]["decode_tps"]
     assert rows["gpt2reg"]["vs_baseline"]["decode_tps"] == pytest.approx(ratio)
     assert report["machine"]["cpus"] >= 1 and report["machine"]["torch"]
+    # no --threads: each row says what its engine chose
+    assert report["machine"]["threads"] is None and all(row["metrics"]["threads"] >= 1 for row in rows.values())
 
 
-MACHINE = {"cpu": "cpu", "cpus": 2, "memory_gb": 8, "os": "os", "python": "3", "torch": "2", "torch_threads": 2,
-           "date": "2026-11-23"}
+MACHINE = {"cpu": "cpu", "cpus": 2, "physical_cores": 2, "memory_gb": 8, "os": "os", "python": "3", "torch": "2",
+           "torch_threads": 2, "threads": None, "date": "2026-11-23"}
 
 
 def test_table_shows_ratios_bandwidth_and_skipped_rows() -> None:
@@ -66,8 +69,11 @@ def test_table_shows_ratios_bandwidth_and_skipped_rows() -> None:
         baseline="transformers",
         rounds=1,
         read_gbps=25.0,
+        read_threads=2,
     )
     text = report.format()
+    assert "threads: each engine's default (torch 2, onnxruntime 2 = one per core" in text
+    assert "threads: 3 in every row" in replace(report, machine={**MACHINE, "threads": 3}).format()
     gpt2reg_line = next(line for line in text.splitlines() if line.startswith("gpt2reg "))
     assert "2.00x" in gpt2reg_line and "1.50x" in gpt2reg_line  # decode faster x2, prefill 1.5x faster
     # 400 MB/token x 50 tokens/s = 20 GB/s, 80% of a 25 GB/s read
@@ -97,3 +103,57 @@ def test_peak_rss_is_the_row_process_own(tmp_path: Path) -> None:
 def test_unknown_row_is_a_clear_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["bench", str(tmp_path), "--rows", "nope"])
     assert result.exit_code == 1 and "unknown bench row 'nope'" in result.output
+
+
+FAKE_CONVERTER = """
+import sys
+import gguf
+import numpy as np
+writer = gguf.GGUFWriter(sys.argv[sys.argv.index("--outfile") + 1], "gpt2")
+writer.add_context_length(128)
+writer.add_tensor("token_embd.weight", np.zeros((8, 4), dtype=np.float32))
+writer.write_header_to_file()
+writer.write_kv_data_to_file()
+writer.write_tensors_to_file()
+writer.close()
+"""
+
+FAKE_LLAMA_BENCH = """
+import json, sys
+arg = lambda flag: sys.argv[sys.argv.index(flag) + 1]
+prompt, new = (int(x) for x in arg("-pg").split(","))
+tests = [(int(arg("-p")), 0), (prompt, new)]
+print(json.dumps([{"n_threads": int(arg("-t")), "n_prompt": p, "n_gen": n, "n_depth": 0, "samples_ns": [1000000]}
+                  for p, n in tests]))
+"""
+
+
+def _fake_llama_cpp(root: Path) -> Path:
+    """A llama.cpp build whose llama-bench reports the -t it was given (and a tiny GGUF to read)."""
+    (root / "bin").mkdir(parents=True)
+    (root / "src").mkdir()
+    (root / "src" / "convert_hf_to_gguf.py").write_text(FAKE_CONVERTER)
+    for name, code in (("llama-bench", FAKE_LLAMA_BENCH), ("llama-quantize", "")):
+        tool = root / "bin" / name
+        tool.write_text(f"#!{sys.executable}\n{code}")
+        tool.chmod(0o755)
+    return root
+
+
+def test_threads_option_reaches_every_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--threads 3 (no machine's default count for every engine) in the torch, transformers, training,
+    onnxruntime and llama.cpp rows and the bandwidth probe, as each reports what it ran with."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("gguf")
+    monkeypatch.delenv("GPT2REG_LLAMA_CPP", raising=False)
+    model_dir = tmp_path / "tiny"
+    gpt2reg.save_model(gpt2reg.build_model(**TINY, seed=0), model_dir)
+    rows = ["gpt2reg", "transformers", "gpt2reg-train", "onnxruntime", "llama.cpp-f32"]
+    report = run_bench(str(model_dir), rows=rows, rounds=1, repeats=1, prompt_tokens=4, new_tokens=4,
+                       prefill_tokens=16, train_batch=1, train_seq=8, threads=3,
+                       llama_cpp=str(_fake_llama_cpp(tmp_path / "llama.cpp")))
+    assert {row.name: (row.note, row.metrics.get("threads")) for row in report.rows} == {name: ("", 3) for name in rows}
+    assert report.read_threads == 3 and report.machine["threads"] == 3
+    assert "threads: 3 in every row (--threads)" in report.format()
+    assert report.to_dict()["machine"]["threads"] == 3

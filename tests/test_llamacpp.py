@@ -92,7 +92,8 @@ def test_llama_bench_json_gives_decode_and_prefill() -> None:
     spec = BenchSpec(model="m", prompt_tokens=32, new_tokens=128, prefill_tokens=1024)
     text = json.dumps([_test(1024, 0, [300_000_000, 250_000_000]), _test(32, 128, [900_000_000, 800_000_000])])
     # tokens per second counts the new tokens over the whole sample (prompt included), like our rows
-    assert parse_llama_bench(text, spec) == {"decode_tps": pytest.approx(128 / 0.8), "prefill_s": 0.25}
+    assert parse_llama_bench(text, spec) == {"decode_tps": pytest.approx(128 / 0.8), "prefill_s": 0.25, "threads": 2,
+                                             "info": "llama.cpp 0c1e570, gpt2 ?B F32, 2 threads, backends ?"}
 
 
 @pytest.mark.parametrize("text,message", [

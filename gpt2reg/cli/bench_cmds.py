@@ -27,9 +27,12 @@ import click
 @click.option("--llama-cpp", "llama_cpp", metavar="DIR",
               help="A llama.cpp build (`make llama-cpp` makes .llama.cpp): adds its f32, q8_0 and q4_0 rows on "
                    "the same weights.  [default: $GPT2REG_LLAMA_CPP]")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="Threads for every row (torch, onnxruntime, llama.cpp) and the bandwidth probe.  "
+                   "[default: each engine's own]")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
 def bench(model, rows, list_rows, rounds, repeats, prompt_tokens, new_tokens, prefill_tokens, device, train_batch,
-          train_seq, train_compile, llama_cpp, as_json) -> None:
+          train_seq, train_compile, llama_cpp, threads, as_json) -> None:
     """Benchmark MODEL (anything `gpt2reg generate` accepts) with every engine on the same weights.
 
     Each engine runs in its own process (its own load time and peak memory); rows alternate over the
@@ -58,6 +61,7 @@ def bench(model, rows, list_rows, rounds, repeats, prompt_tokens, new_tokens, pr
         train_seq=train_seq,
         train_compile=train_compile,
         llama_cpp=llama_cpp,
+        threads=threads,
         progress=lambda msg: click.echo(f"bench: {msg}", err=True),
     )
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.format())

@@ -56,7 +56,7 @@ def _row(spec: BenchSpec, quantize: str | None, opset: int = DEFAULT_OPSET) -> d
         size = sum(p.stat().st_size for p in Path(tmp).iterdir())
         provider = "cuda" if spec.device.startswith("cuda") else "cpu"
         start = time.perf_counter()
-        model = OnnxGPT(path, provider=provider, huge_pages=False)  # load s: what a one-shot run pays
+        model = OnnxGPT(path, provider=provider, threads=spec.threads, huge_pages=False)  # what a one-shot run pays
         load_s = time.perf_counter() - start
         start = time.perf_counter()
         model.use_huge_pages()  # what a long-lived session pays once more, before the speed measured below
@@ -76,8 +76,15 @@ def _row(spec: BenchSpec, quantize: str | None, opset: int = DEFAULT_OPSET) -> d
         long = np.array([long_ids], dtype=np.int64)
         prefill_s = _best_time(lambda: model.run(long, logits_to_keep=1), spec.repeats, no_sync)
         weight_bytes = weight_bytes_per_token(path)
-    return {"load_s": load_s, "pages_s": pages_s, "decode_tps": spec.new_tokens / decode_s, "prefill_s": prefill_s,
+    return {"threads": _threads(model.session), "load_s": load_s, "pages_s": pages_s, "decode_tps": spec.new_tokens / decode_s, "prefill_s": prefill_s,
             "export_s": export_s, "file_mb": size / 1e6, "weight_bytes": weight_bytes}
+
+
+def _threads(session) -> int:
+    """The intra-op threads ``session`` runs with: as set, else onnxruntime's default, one per physical core."""
+    from ..machine import physical_cores
+
+    return session.get_session_options().intra_op_num_threads or physical_cores()
 
 
 def onnxruntime_row(spec: BenchSpec) -> dict[str, float]:

@@ -115,12 +115,14 @@ def _hf_model(config: GPTConfig) -> nn.Module:
 
 # -- rows of `gpt2reg bench` (gpt2reg/bench.py runs each in its own process) ---------------------------
 def _row(engine: str, spec: Any) -> dict[str, float]:
+    from ..bench import torch_threads
     from ..checkpoints import load_model
 
+    threads = torch_threads(spec)
     config = load_model(spec.model).config.replace(dropout=0.0)
     seq_len = min(spec.train_seq, config.block_size)
-    return measure_training(engine, config, batch_size=spec.train_batch, seq_len=seq_len, steps=spec.repeats,
-                            device=spec.device, compile=spec.train_compile, seed=spec.seed)
+    return {**measure_training(engine, config, batch_size=spec.train_batch, seq_len=seq_len, steps=spec.repeats,
+                               device=spec.device, compile=spec.train_compile, seed=spec.seed), "threads": threads}
 
 
 def gpt2reg_train_row(spec: Any) -> dict[str, float]:
