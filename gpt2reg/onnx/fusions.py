@@ -15,6 +15,9 @@ Reshape + Transpose pairs, two Concats appending the new key/value to the past, 
 - ``fuse_skip_layer_norm``: ``Add`` + ``LayerNormalization`` -> onnxruntime's
   ``SkipLayerNormalization`` (com.microsoft), which also returns the sum for the next residual. A
   contrib op, so only for files that already need onnxruntime (the quantized ones).
+- ``fuse_group_query_attention``: the 3-D fused ``Attention`` -> onnxruntime's ``GroupQueryAttention``
+  (com.microsoft, so the quantized files only), which writes the KV cache in place when the caller
+  binds each present to its past's buffer; see its docstring for the fallback it keeps.
 
 Each rewrite matches its exact pattern and leaves anything else as it is; validation against the
 torch model checks the result like any export. Measured on the 124M int4 file (README, "ONNX export").
@@ -221,17 +224,17 @@ class _GQAShared:
         # calls (only they) take the Attention op instead: use it unless batch > 1 and 1 < seq < total.
         b1, s1, t1 = (_op("Sub", [x.outputs[0], y.outputs[0]], f"gqa_{n}")
                       for x, y, n in ((batch, one, "b1"), (seq, one, "s1"), (total, seq, "ts")))
-        product = _op("Mul", [_op("Mul", [b1.outputs[0], s1.outputs[0]], "gqa_bs").outputs[0], t1.outputs[0]], "gqa_bst")
+        bs = _op("Mul", [b1.outputs[0], s1.outputs[0]], "gqa_bs")
+        product = _op("Mul", [bs.outputs[0], t1.outputs[0]], "gqa_bst")
         zero = _const("gqa_zero", [0], np.int64)
         cond = _op("Equal", [product.outputs[0], zero.outputs[0]], "gqa_use")
-        nodes = [batch, total, seq, one, one32, cast, last, seqlens, total32, b1, s1, t1, product.inputs[0].producer(),
-                 product, zero, cond]
+        nodes = [batch, total, seq, one, one32, cast, last, seqlens, total32, b1, s1, t1, bs, product, zero, cond]
         self.axes, self.end = _const("gqa_axes", [2], np.int64), _const("gqa_end", [_INT64_MAX], np.int64)
         # The past's real length (a buffer may be longer): what the graph read from the past's shape.
         self.past_length = t1.outputs[0]
         graph.insert_before(self.first, [*nodes, self.axes, self.end])
         self.seqlens_k, self.total_sequence_length = seqlens.outputs[0], total32.outputs[0]
-        self.use_gqa, self.zero, self.total, self.seq = cond.outputs[0], zero.outputs[0], total.outputs[0], seq.outputs[0]
+        self.use_gqa, self.zero, self.total = cond.outputs[0], zero.outputs[0], total.outputs[0]
         self._biases: dict[int, ir.Value] = {}
 
     def bias(self, mask: ir.Value, dtype: ir.DataType) -> ir.Value:
