@@ -97,3 +97,24 @@ def test_a_session_loaded_without_the_collapse_is_advised_and_collapsed_on_reque
     assert calls == [("collapse", [span]), ("collapse", [])]
     ids = np.array([[1, 2, 3]])
     np.testing.assert_array_equal(lazy.logits(ids), eager.logits(ids))
+
+
+@pytest.mark.parametrize("new_tokens", [64, 512])
+def test_generate_onnx_moves_to_huge_pages_only_for_a_long_run(tmp_path, monkeypatch: pytest.MonkeyPatch,
+                                                               new_tokens: int) -> None:
+    from click.testing import CliRunner
+
+    from gpt2reg.cli import cli
+    from gpt2reg.cli.generate_cmds import HUGE_PAGES_FROM
+    from gpt2reg.errors import InputError
+
+    seen = {}
+
+    def opened(path, **kwargs):
+        seen.update(kwargs)
+        raise InputError("opened")
+
+    monkeypatch.setattr("gpt2reg.runtime.OnnxGPT", opened)
+    (tmp_path / "m.onnx").write_bytes(b"")
+    result = CliRunner().invoke(cli, ["generate", "--onnx", str(tmp_path / "m.onnx"), "-p", "Hi", "-n", str(new_tokens)])
+    assert "opened" in result.output and seen["huge_pages"] is (new_tokens >= HUGE_PAGES_FROM)

@@ -9,6 +9,12 @@ import click
 
 from .options import SEED, Real
 
+# One run, then the process ends: moving an onnxruntime session into huge pages (gpt2reg.onnx.pages)
+# pays for itself from about this many decode steps. It cost 0.8-1.9 s at load and saved 2.6-3.8 ms
+# a token (124M int8 and fp32, 2-core AMD EPYC VM, README ONNX section); where the kernel has free
+# huge pages at hand the move costs ~0.25 s and pays sooner.
+HUGE_PAGES_FROM = 512
+
 
 @click.command()
 @click.argument("model", required=False, metavar="MODEL")
@@ -58,8 +64,7 @@ def generate(model, prompts, max_new_tokens, temperature, top_k, top_p, greedy, 
     if onnx_path is not None:
         from ..runtime import OnnxGPT  # torch-free: this path works where torch is not installed
 
-        # One run, then the process ends: moving the session into huge pages would cost more than it saves.
-        loaded = OnnxGPT(onnx_path, provider=provider, huge_pages=False)
+        loaded = OnnxGPT(onnx_path, provider=provider, huge_pages=max_new_tokens >= HUGE_PAGES_FROM)
         if loaded.provider_note:  # e.g. auto fell back to the CPU: say so, on stderr
             click.echo(f"Note: {loaded.provider_note}", err=True)
 
