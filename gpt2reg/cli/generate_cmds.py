@@ -10,7 +10,7 @@ import click
 from .options import SEED, Real
 
 # One run, then the process ends: moving an onnxruntime session into huge pages (gpt2reg.onnx.pages)
-# pays for itself from about this many decode steps. It cost 0.8-1.9 s at load and saved 2.6-3.8 ms
+# pays for itself from about this many decode steps. It cost 0.9-1.9 s at load and saved 2.6-3.8 ms
 # a token (124M int8 and fp32, 2-core AMD EPYC VM, README ONNX section); where the kernel has free
 # huge pages at hand the move costs ~0.25 s and pays sooner.
 HUGE_PAGES_FROM = 512
