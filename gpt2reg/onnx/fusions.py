@@ -277,20 +277,70 @@ def _past_length_reads(pasts: set[ir.Value], attentions: list[ir.Node]) -> list[
     return reads
 
 
+def _geometry(attention: ir.Node) -> tuple[int, int, int] | None:
+    """(heads, kv_heads, head_dim) of an Attention on 3-D inputs (its attributes count the heads) or on
+    4-D heads-first ones whose output is merged back to 3-D (RoPE rotates q and k before the op)."""
+    q, k, v = attention.inputs[:3]
+    if any(x is None or x.shape is None for x in (q, k, v)):
+        return None
+    if len(q.shape) == 3:
+        heads, kv_heads = _int(attention, "q_num_heads", 0), _int(attention, "kv_num_heads", 0)
+        if not heads or not kv_heads or not isinstance(q.shape[2], int) or q.shape[2] % heads:
+            return None
+        return heads, kv_heads, q.shape[2] // heads
+    dims = [q.shape[1], q.shape[3], k.shape[1], k.shape[3]] if len(q.shape) == len(k.shape) == 4 else []
+    if not dims or not all(isinstance(d, int) for d in dims) or v.shape != k.shape or q.shape[3] != k.shape[3] \
+            or _head_merge(attention.outputs[0]) is None:
+        return None
+    return q.shape[1], k.shape[1], q.shape[3]
+
+
 def _gqa_candidate(attention: ir.Node) -> bool:
-    """A fused Attention that GroupQueryAttention computes the same way: 3-D q/k/v with past and mask,
+    """A fused Attention that GroupQueryAttention computes the same way: q/k/v with past and mask,
     heads of a multiple of 8, default output mode (the exporter's attention is causal: its mask says so)."""
     if len(attention.inputs) != 6 or len(attention.outputs) != 3 or any(x is None for x in attention.inputs):
         return False
-    q, mask = attention.inputs[0], attention.inputs[3]
-    heads, kv_heads = _int(attention, "q_num_heads", 0), _int(attention, "kv_num_heads", 0)
-    if not heads or not kv_heads or heads % kv_heads or _int(attention, "is_causal", 0) \
-            or _int(attention, "qk_matmul_output_mode", 0):
+    geometry, mask = _geometry(attention), attention.inputs[3]
+    if geometry is None or _int(attention, "is_causal", 0) or _int(attention, "qk_matmul_output_mode", 0):
         return False
-    if q.shape is None or len(q.shape) != 3 or not isinstance(q.shape[2], int) or q.shape[2] % heads \
-            or (q.shape[2] // heads) % 8 or mask.shape is None or len(mask.shape) != 4:
+    heads, kv_heads, head_dim = geometry
+    if heads % kv_heads or head_dim % 8 or mask.shape is None or len(mask.shape) != 4:
         return False
-    return mask.dtype == ir.DataType.BOOL or mask.dtype == q.dtype
+    return mask.dtype == ir.DataType.BOOL or mask.dtype == attention.inputs[0].dtype
+
+
+def _three_d(graph: ir.Graph, attention: ir.Node, bsh: ir.Value) -> ir.Node:
+    """A heads-first Attention -> the same op on (batch, seq, hidden), as ``fuse_attention`` makes for
+    plain head splits: rotated q and k are moved back (Transpose, Reshape to ``bsh`` = [0, 0, -1]), a
+    plain v split gives its source, and the output's merge goes. GroupQueryAttention takes these."""
+    heads, kv_heads, head_dim = _geometry(attention)
+    q, k, v, *rest = attention.inputs
+    removed: list[ir.Node] = [attention]
+    split = _head_split(v) if _only_consumer(v, attention) else None
+    inputs = []
+    for x, name in ((q, "q"), (k, "k"), (v, "v")):
+        if x is v and split is not None:
+            transpose = v.producer()
+            removed += [transpose, transpose.inputs[0].producer()]
+            inputs.append(split[0])
+            continue
+        moved = _op("Transpose", [x], f"{attention.name}_{name}_bshd", {"perm": _HEADS_FIRST})
+        flat = _op("Reshape", [moved.outputs[0], bsh], f"{attention.name}_{name}_bsh")
+        count = heads if x is q else kv_heads
+        flat.outputs[0].type, flat.outputs[0].shape = x.type, ir.Shape([x.shape[0], x.shape[2], count * head_dim])
+        graph.insert_before(attention, [moved, flat])
+        inputs.append(flat.outputs[0])
+    merged = _head_merge(attention.outputs[0])
+    move = next(iter(attention.outputs[0].uses())).node
+    removed += [move, next(iter(move.outputs[0].uses())).node]
+    attributes = {**attention.attributes, "q_num_heads": ir.AttrInt64("q_num_heads", heads),
+                  "kv_num_heads": ir.AttrInt64("kv_num_heads", kv_heads)}
+    node = ir.Node("", "Attention", [*inputs, *rest], attributes=attributes, num_outputs=3, name=attention.name)
+    graph.insert_before(attention, node)
+    for old, new in zip((merged, *attention.outputs[1:]), node.outputs, strict=True):
+        _replace(old, new)
+    graph.remove(removed, safe=True)
+    return node
 
 
 def fuse_group_query_attention(model: ir.Model) -> int:
@@ -308,6 +358,8 @@ def fuse_group_query_attention(model: ir.Model) -> int:
     past_length positions (present = that, the new tokens, then the rest of the buffer, so its
     length is GroupQueryAttention's: the larger of the total and the buffer).
     """
+    import numpy as np
+
     graph = model.graph
     attentions = [n for n in graph if n.op_type == "Attention" and n.domain in ("", "ai.onnx")]
     mask_input = next((v for v in graph.inputs if v.name == "attention_mask"), None)
@@ -318,6 +370,10 @@ def fuse_group_query_attention(model: ir.Model) -> int:
     reads = _past_length_reads(pasts, attentions)
     if reads is None or not all(p.is_graph_input() for p in pasts):
         return 0
+    if any(len(a.inputs[0].shape) == 4 for a in attentions):
+        bsh = _const("gqa_bsh", [0, 0, -1], np.int64)
+        graph.insert_before(graph.node(0), bsh)
+        attentions = [_three_d(graph, a, bsh.outputs[0]) if len(a.inputs[0].shape) == 4 else a for a in attentions]
     shared = _GQAShared(graph, mask_input, ids)
     for shape in reads:
         shape.outputs[0].replace_all_uses_with(shared.past_length)
