@@ -17,7 +17,8 @@ Reshape + Transpose pairs, two Concats appending the new key/value to the past, 
   contrib op, so only for files that already need onnxruntime (the quantized ones).
 - ``fuse_group_query_attention``: the 3-D fused ``Attention`` -> onnxruntime's ``GroupQueryAttention``
   (com.microsoft, so the quantized files only), which writes the KV cache in place when the caller
-  binds each present to its past's buffer; see its docstring for the fallback it keeps.
+  binds each present to its past's buffer; see its docstring for the fallback it keeps. RoPE's
+  rotated heads-first q and k go in moved back to (batch, seq, hidden); the rotation stays as exported.
 
 Each rewrite matches its exact pattern and leaves anything else as it is; validation against the
 torch model checks the result like any export. Measured on the 124M int4 file (README, "ONNX export").
@@ -357,6 +358,12 @@ def fuse_group_query_attention(model: ir.Model) -> int:
     each layer is an ``If``: those calls run the Attention op as before, on the past's first
     past_length positions (present = that, the new tokens, then the rest of the buffer, so its
     length is GroupQueryAttention's: the larger of the total and the buffer).
+
+    RoPE rotates q and k before the op, heads-first: those go in moved back to (batch, seq, hidden)
+    (``_three_d``), rotated by the exported nodes. GroupQueryAttention's own rotary (``do_rotary``) is
+    not used: in onnxruntime 1.31 (CPU) it honours ``position_ids`` per row and token only after a
+    past; a call without one rotates every row at ``position_ids[0, 0]`` + 0, 1, ..., which left
+    padding breaks (and it wants head sizes of a multiple of 16).
     """
     import numpy as np
 
