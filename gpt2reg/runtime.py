@@ -113,12 +113,27 @@ class OnnxGPT:
             if past or (attention_mask is not None and not np.all(attention_mask)):
                 raise InputError("this file holds the full-sequence graph: no KV cache, no padding")
             return self._kept(self.session.run(["logits"], feed)[0], logits_to_keep), []
-        heads, head_dim = self.config["n_head"], self.config["n_embd"] // self.config["n_head"]
-        empty = np.zeros((batch, heads, 0, head_dim), dtype=self._float)
-        for i, name in enumerate(past_names(self.description.n_layer)):
-            feed[name] = past[i] if past else empty
+        feed.update(zip(past_names(self.description.n_layer), past or self._empty_past(batch), strict=True))
         logits, *presents = self.session.run(None, feed)
         return self._kept(logits, logits_to_keep), presents
+
+    def decode_step(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+                    past: list[np.ndarray] | InPlaceKV | None) -> tuple[np.ndarray, list[np.ndarray] | InPlaceKV]:
+        """A generation call on the KV-cache graph: the last position's logits (batch, vocab) and the
+        cache extended by ``input_ids``. Where the file writes the cache in place (``in_place``) that
+        cache is an ``InPlaceKV`` (made from ``past``, arrays or None, on first use), else the presents
+        ``run`` returns."""
+        if self.in_place:
+            if not isinstance(past, InPlaceKV):
+                past = InPlaceKV(self, past if past is not None else self._empty_past(len(input_ids)))
+            return past.run(input_ids, attention_mask, logits_to_keep=1)[:, -1], past
+        logits, presents = self.run(input_ids, attention_mask, past, logits_to_keep=1)
+        return logits[:, -1], presents
+
+    def _empty_past(self, batch: int) -> list[np.ndarray]:
+        """A cache of no tokens: one (batch, heads, 0, head_dim) array per layer and key/value."""
+        heads, head_dim = self.config["n_head"], self.config["n_embd"] // self.config["n_head"]
+        return [np.zeros((batch, heads, 0, head_dim), dtype=self._float)] * (2 * self.description.n_layer)
 
     def _feed(self, input_ids: np.ndarray, attention_mask: np.ndarray | None, past_len: int,
               logits_to_keep: int) -> dict[str, np.ndarray]:
@@ -195,9 +210,7 @@ class InPlaceKV:
 
     @classmethod
     def empty(cls, model: OnnxGPT, batch: int) -> InPlaceKV:
-        c = model.config
-        shape = (batch, c["n_head"], 0, c["n_embd"] // c["n_head"])
-        return cls(model, [np.zeros(shape, dtype=model._float)] * (2 * c["n_layer"]))
+        return cls(model, model._empty_past(batch))
 
     @property
     def arrays(self) -> list[np.ndarray]:
@@ -280,12 +293,8 @@ class _Decoder:
         return self._run(np.asarray(tokens, dtype=np.int64).reshape(-1, 1))
 
     def _run(self, ids: np.ndarray) -> np.ndarray:
-        if self.past is None and self.model.in_place:
-            self.past = InPlaceKV.empty(self.model, len(ids))
-        if isinstance(self.past, InPlaceKV):
-            return self.past.run(ids, self.mask, logits_to_keep=1)[:, -1]
-        logits, self.past = self.model.run(ids, self.mask, self.past, logits_to_keep=1)
-        return logits[:, -1]
+        logits, self.past = self.model.decode_step(ids, self.mask, self.past)
+        return logits
 
     def repeat(self, n: int) -> None:
         if n == 1:

@@ -36,7 +36,7 @@ import torch
 
 from ..errors import InputError
 from .metadata import LOGITS_TO_KEEP, OnnxDescription, past_names
-from .providers import CPU, create_session, input_names
+from .providers import create_session, input_names
 
 
 @dataclass(frozen=True)
@@ -268,21 +268,27 @@ def validate_onnx(
     description = describe(onnx_path)
     tolerance = TOLERANCES[description.variant]
     atol = tolerance.atol if atol is None else atol
-    info = create_session(str(onnx_path), provider, huge_pages=False)  # a few cases: not worth the collapse
+    # A few cases: not worth moving the session into huge pages. A file that writes the KV cache in
+    # place is opened as the runtime opens it, so its decoding path (InPlaceKV) is checked on the same session.
+    if description.kv_in_place:
+        from ..runtime import OnnxGPT
+
+        runtime = OnnxGPT(onnx_path, provider=provider, huge_pages=False)
+        session, actual, note = runtime.session, runtime.provider, runtime.provider_note
+    else:
+        info = create_session(str(onnx_path), provider, huge_pages=False)
+        session, actual, note = info.session, info.provider, info.note
     report = ValidationReport(
         passed=False, max_abs_diff=float("nan"), mean_abs_diff=float("nan"), top1_agreement=float("nan"),
-        provider=info.provider, atol=atol, min_top1=tolerance.min_top1, variant=description.variant,
-        graph=description.graph, requested_provider=provider, provider_note=info.note,
+        provider=actual, atol=atol, min_top1=tolerance.min_top1, variant=description.variant,
+        graph=description.graph, requested_provider=provider, provider_note=note,
     )
     mismatch = _config_mismatch(description, model.config.to_dict())
     if mismatch:
         report.reason = mismatch
         return report
-    in_place = None
-    if description.kv_in_place and info.provider == CPU:  # the runtime's decoding path, checked too
-        from ..runtime import OnnxGPT
-
-        in_place = OnnxGPT(onnx_path, provider="cpu", huge_pages=False)  # as the session above
+    in_place = runtime if description.kv_in_place and runtime.in_place else None
+    if in_place is not None:
         report.in_place_max_abs_diff = 0.0
     rng = np.random.default_rng(seed)
     abs_sum, compared, agree, present_max = 0.0, 0, 0, 0.0
@@ -291,7 +297,7 @@ def validate_onnx(
     model.eval()
     try:
         for i, case in enumerate(make_cases(model.config.block_size, description.kv_cache, cases, seed)):
-            out = _run_case(info.session, model, description, case, rng, keep=1 if i % 2 == 0 else max(1, case.seq // 2))
+            out = _run_case(session, model, description, case, rng, keep=1 if i % 2 == 0 else max(1, case.seq // 2))
             if out.kept_diff is not None:
                 kept_max = max(kept_max or 0.0, out.kept_diff)
             if in_place is not None:

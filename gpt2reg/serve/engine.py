@@ -138,12 +138,7 @@ class OnnxCache:
 
     def run(self, ids: np.ndarray, mask: np.ndarray, past: list[np.ndarray] | InPlaceKV | None
             ) -> tuple[np.ndarray, list[np.ndarray] | InPlaceKV]:
-        if self.model.in_place:
-            if not isinstance(past, InPlaceKV):
-                past = InPlaceKV.empty(self.model, len(ids)) if past is None else InPlaceKV(self.model, past)
-            return past.run(ids, mask, logits_to_keep=1)[:, -1], past
-        logits, presents = self.model.run(ids, mask, past, logits_to_keep=1)
-        return logits[:, -1], presents
+        return self.model.decode_step(ids, mask, past)
 
     def left_pad(self, past: list[np.ndarray] | InPlaceKV, width: int) -> list[np.ndarray]:
         return [np.pad(p, ((0, 0), (0, 0), (width - p.shape[2], 0), (0, 0))) if p.shape[2] < width else p
