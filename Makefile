@@ -28,8 +28,8 @@ demo: install
 	$(BIN)/gpt2reg generate --onnx exports/gpt2-rope.onnx --prompt "Hello" --max-new-tokens 8 --seed 0
 
 test: install
-	$(BIN)/ruff check gpt2reg tests plugins
-	$(BIN)/python -m pytest -q -n 2 tests plugins/gpt2reg-alibi/tests
+	$(BIN)/ruff check gpt2reg tests plugins benchmarks
+	$(BIN)/python -m pytest -q -n 2 tests benchmarks/tests plugins/gpt2reg-alibi/tests
 
 lint: install
 	$(BIN)/ruff check .

@@ -166,7 +166,7 @@ def load_model(
     """
     target_dtype = _as_dtype(dtype)
     if isinstance(device, str):
-        from .training.device import resolve_device
+        from .accel.device import resolve_device
 
         device = resolve_device(device)  # "tpu" or "cuda" without a GPU: one line, before reading anything
     checkpoint = _read(source)
@@ -276,6 +276,43 @@ def _read_hf(
     else:
         origin = str(directory)
     return _Checkpoint(config, _from_hf(state, config), origin)
+
+
+def hf_config(config: GPTConfig) -> dict[str, Any]:
+    """``config`` as a transformers ``GPT2Config`` dict (the inverse of reading one); the one place this
+    mapping is written. Raises ``CheckpointError`` for what GPT2LMHeadModel cannot express."""
+    activation = next((hf for hf, ours in HF_ACTIVATIONS.items() if ours == config.act), None)
+    if config.pos != "learned" or config.norm != "layernorm" or not config.bias or activation is None:
+        raise CheckpointError(f"transformers' GPT-2 has no equivalent of pos={config.pos} act={config.act} "
+                              f"norm={config.norm} bias={config.bias}")
+    return {
+        "model_type": "gpt2",
+        "architectures": ["GPT2LMHeadModel"],
+        "vocab_size": config.vocab_size,
+        "n_positions": config.block_size,
+        "n_ctx": config.block_size,  # older readers of GPT-2 configs (llama.cpp's converter) want this name
+        "n_embd": config.n_embd,
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "n_inner": config.hidden_size,
+        "activation_function": activation,
+        "layer_norm_epsilon": config.norm_eps,
+        "tie_word_embeddings": config.tie_embeddings,
+        "resid_pdrop": config.dropout,
+        "embd_pdrop": config.dropout,
+        "attn_pdrop": config.dropout,
+    }
+
+
+def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+    """``model``'s tensors under GPT2LMHeadModel's names and Conv1D layout (the inverse of ``_from_hf``)."""
+    tensors = {}
+    for key, tensor in model.state_dict().items():
+        name = "wpe.weight" if key == "pos.weight" else key
+        if _HF_CONV1D.fullmatch(name):
+            tensor = tensor.t()  # nn.Linear (out, in) -> Conv1D (in, out)
+        tensors[name if name == "lm_head.weight" else f"transformer.{name}"] = tensor.contiguous()
+    return tensors
 
 
 def _hf_weights_file(directory: Path) -> Path:
@@ -673,4 +710,4 @@ def _one_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-__all__ = ["MODEL_CONFIG_FILE", "WEIGHTS_FILE", "load_model", "save_model"]
+__all__ = ["MODEL_CONFIG_FILE", "WEIGHTS_FILE", "hf_config", "hf_state_dict", "load_model", "save_model"]

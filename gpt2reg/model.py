@@ -176,12 +176,12 @@ class GPT(nn.Module):
     def prepare_for_inference(self) -> GPT:
         """Eval mode, CPU weights in huge pages, and on CPU fp32 the linear kernels measured fastest here.
 
-        In place: same parameters and values, moved once (see ``gpt2reg.hugepages``, ``gpt2reg.kernels``).
+        In place: same parameters and values, moved once (see ``gpt2reg.accel.hugepages``, ``gpt2reg.accel.kernels``).
         Gradients, tracing and export still run PyTorch's own kernels, so training and ONNX export are
         unaffected. Returns the model.
         """
-        from .hugepages import use_huge_pages
-        from .kernels import use_fastest_kernels
+        from .accel.hugepages import use_huge_pages
+        from .accel.kernels import use_fastest_kernels
 
         self.eval()
         use_huge_pages(self)

@@ -90,7 +90,7 @@ def _strict() -> bool:
     return os.environ.get("GPT2REG_STRICT_PLUGINS", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def _canonical(name: str) -> str:
+def canonical_name(name: str) -> str:
     """Distribution-name normalisation (PEP 503), so ``gpt2reg_alibi`` matches ``gpt2reg-alibi``."""
     return re.sub(r"[-_.]+", "-", name).lower()
 
@@ -99,7 +99,7 @@ def _allow_list() -> set[str] | None:
     allow = os.environ.get("GPT2REG_LOAD_PLUGINS")
     if allow is None:
         return None
-    return {_canonical(n.strip()) for n in allow.split(",") if n.strip()}
+    return {canonical_name(n.strip()) for n in allow.split(",") if n.strip()}
 
 
 def _warn(message: str) -> None:
@@ -150,7 +150,7 @@ def _entry_points() -> list[metadata.EntryPoint]:
     except Exception:
         eps, seen = [], set()
         for dist in metadata.distributions():
-            name = _canonical(dist.metadata["Name"] or "")
+            name = canonical_name(dist.metadata["Name"] or "")
             if name in seen:
                 continue  # importlib.metadata's rule: the first distribution of a name on sys.path wins
             seen.add(name)
@@ -167,7 +167,7 @@ def _load_entry_points(pm: pluggy.PluginManager, infos: dict[str, PluginInfo]) -
     builtin_loaded = False
     for ep in _entry_points():
         dist = ep.dist.name if ep.dist is not None else None
-        builtin = dist is not None and _canonical(dist) == DISTRIBUTION
+        builtin = dist is not None and canonical_name(dist) == DISTRIBUTION
         if builtin and builtin_loaded:
             continue  # the same distribution found twice on sys.path (editable install + source tree)
         info = PluginInfo(
@@ -179,7 +179,7 @@ def _load_entry_points(pm: pluggy.PluginManager, infos: dict[str, PluginInfo]) -
         )
         infos[info.name] = info
         if not builtin and allow is not None:
-            keys = {_canonical(ep.name), _canonical(dist or "")} & allow
+            keys = {canonical_name(ep.name), canonical_name(dist or "")} & allow
             if not keys:
                 info.status = "disabled"
                 continue

@@ -31,6 +31,13 @@ CHECK_INIT_STD = 0.2
 KIND_FIELDS = {"pos": "pos", "act": "act", "norm": "norm"}
 
 
+def component_names(kind: str) -> list[str]:
+    """Every registered component of ``kind``: tests parametrised by it cover new plugins for free."""
+    from .plugins import get_registry
+
+    return get_registry().names(kind)
+
+
 def tiny_config(**overrides: Any) -> GPTConfig:
     """A 2-layer, 32-wide config: big enough to exercise every code path, small enough to be instant."""
     return GPTConfig(**{**TINY, **overrides})
@@ -220,11 +227,11 @@ def plugin_components(plugin: str) -> list[tuple[str, str]]:
 
     ``plugin`` is its entry-point name (``alibi``) or its distribution's (``gpt2reg-alibi``).
     """
-    from .plugins import _canonical, get_registry
+    from .plugins import canonical_name, get_registry
 
-    wanted = _canonical(plugin)
+    wanted = canonical_name(plugin)
     found = [(c.kind, c.name) for c in get_registry().components()
-             if c.plugin == plugin or _canonical(c.distribution or "") == wanted]
+             if c.plugin == plugin or canonical_name(c.distribution or "") == wanted]
     if not found:
         raise ValueError(f"plugin '{plugin}' has no registered components (is it installed and loaded?)")
     return found

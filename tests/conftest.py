@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from gpt2reg.testing import TINY  # noqa: F401  (re-exported for tests)
+from gpt2reg.testing import TINY
 
 # Kernel decisions for tiny test models stay in memory, never in the user's cache (tests of the cache
 # point it at a temporary file).
@@ -17,13 +17,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs one worker per core: a worker using every core's threads only oversubscribes
     # them (tiny-model tests ran ~6x slower that way).
     torch.set_num_threads(1)
-
-
-def component_names(kind: str) -> list[str]:
-    """Every registered component of ``kind``: tests parametrised by it cover new plugins for free."""
-    from gpt2reg.plugins import get_registry
-
-    return get_registry().names(kind)
 
 
 @pytest.fixture

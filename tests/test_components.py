@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from conftest import component_names
 
 from gpt2reg.registry import KINDS
-from gpt2reg.testing import CHECKS, SLOW_CHECKS, check_component
+from gpt2reg.testing import CHECKS, SLOW_CHECKS, check_component, component_names
 
 CASES = [(kind, name) for kind in KINDS for name in component_names(kind)]
 

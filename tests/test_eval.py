@@ -133,7 +133,7 @@ def onnx_file(model, tmp_path_factory) -> Path:
 @pytest.mark.parametrize("seq_len,stride,batch_size", [(16, 8, 8), (16, 16, 3), (8, 1, 5)])
 def test_an_onnx_file_scores_the_same_windows_as_its_model(model, tokens, onnx_file, seq_len, stride,
                                                            batch_size) -> None:
-    from gpt2reg.runtime import OnnxGPT
+    from gpt2reg.ort.runtime import OnnxGPT
 
     want = evaluate_tokens(model, tokens, seq_len=seq_len, stride=stride, batch_size=batch_size)
     got = evaluate_tokens(OnnxGPT(onnx_file, provider="cpu"), tokens, seq_len=seq_len, stride=stride,

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import TINY, component_names
 
 import gpt2reg
 from gpt2reg.errors import InputError
@@ -26,6 +25,7 @@ from gpt2reg.generation import (
     generate,
     probabilities,
 )
+from gpt2reg.testing import TINY, component_names
 
 PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14], [15]]  # different lengths: left padding
 

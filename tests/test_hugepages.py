@@ -1,4 +1,4 @@
-"""Weights in huge pages (gpt2reg.hugepages): same parameters and values, only where they live changes.
+"""Weights in huge pages (gpt2reg.accel.hugepages): same parameters and values, only where they live changes.
 
 Whether the OS really backs the memory with huge pages is its business (and not asserted); the move
 itself, its alignment, its idempotence, its off switch and its fallback are.
@@ -10,11 +10,11 @@ import logging
 
 import pytest
 import torch
-from conftest import TINY
 
 import gpt2reg
-from gpt2reg import hugepages
+from gpt2reg.accel import hugepages
 from gpt2reg.checkpoints import load_model, save_model
+from gpt2reg.testing import TINY
 
 IDS = torch.tensor([[1, 2, 3, 4, 5, 6, 7]])
 needs_huge_pages = pytest.mark.skipif(not hugepages.available(), reason="no transparent huge pages on this OS")
@@ -95,7 +95,7 @@ def test_weights_stay_where_they_are(why: str, monkeypatch, caplog) -> None:
     model = tiny()
     values, logits = snapshot(model)
     pointers = [p.data_ptr() for p in model.parameters()]
-    with caplog.at_level(logging.WARNING, logger="gpt2reg.hugepages"):
+    with caplog.at_level(logging.WARNING, logger="gpt2reg.accel.hugepages"):
         assert hugepages.use_huge_pages(model) == 0
     assert [p.data_ptr() for p in model.parameters()] == pointers
     assert ("no memory map" in caplog.text) == (why == "failure")  # a failure is logged, never raised

@@ -1,4 +1,4 @@
-"""Kernel choice (gpt2reg.kernels): it changes no result, failures fall back to plain, decisions are cached.
+"""Kernel choice (gpt2reg.accel.kernels): it changes no result, failures fall back to plain, decisions are cached.
 
 Timings are never asserted: which kernel wins depends on the machine. The choice is forced where a
 test needs a particular kernel to run.
@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, component_names
 from torch.nn import functional as F
 
 import gpt2reg
-from gpt2reg import kernels
-from gpt2reg.machine import cpu_name
+from gpt2reg.accel import kernels
+from gpt2reg.accel.machine import cpu_name
+from gpt2reg.testing import TINY, component_names
 
 IDS = torch.tensor([[1, 2, 3, 4, 5, 6, 7], [9, 8, 7, 6, 5, 4, 3]])
 
@@ -115,7 +115,7 @@ def test_a_failing_or_wrong_kernel_is_never_chosen(bad, monkeypatch, caplog) -> 
     monkeypatch.setattr(kernels, "candidates", lambda: {"plain": F.linear, "bad": bad})
     model = tiny()
     plain = logits(model)
-    with caplog.at_level(logging.INFO, logger="gpt2reg.kernels"):
+    with caplog.at_level(logging.INFO, logger="gpt2reg.accel.kernels"):
         model.prepare_for_inference()
     assert routed_kernels(model) == {F.linear}
     assert "kernel bad" in caplog.text  # logged, not raised
@@ -129,7 +129,7 @@ def test_calibration_crash_falls_back_to_plain(monkeypatch, caplog) -> None:
 
     monkeypatch.setattr(kernels, "measure", crash)
     model = tiny()
-    with caplog.at_level(logging.WARNING, logger="gpt2reg.kernels"):
+    with caplog.at_level(logging.WARNING, logger="gpt2reg.accel.kernels"):
         model.prepare_for_inference()
     assert routed_kernels(model) == {F.linear}
     assert "calibration exploded" in caplog.text
@@ -137,7 +137,7 @@ def test_calibration_crash_falls_back_to_plain(monkeypatch, caplog) -> None:
 
 def test_unreadable_cache_is_measured_again_and_rewritten(fresh: Path, caplog) -> None:
     fresh.write_text("{not json")
-    with caplog.at_level(logging.INFO, logger="gpt2reg.kernels"):
+    with caplog.at_level(logging.INFO, logger="gpt2reg.accel.kernels"):
         tiny().prepare_for_inference()
     assert "unreadable" in caplog.text
     assert kernels.machine_key() in json.loads(fresh.read_text())["machines"]

@@ -15,17 +15,17 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from conftest import component_names
 
 from gpt2reg.cli import cli
 from gpt2reg.generation import generate
 from gpt2reg.model import build_model
 from gpt2reg.onnx import ProviderError, export_onnx, validate_onnx
 from gpt2reg.onnx.export import RECIPES
-from gpt2reg.onnx.metadata import BATCH, DEFAULT_OPSET, KEPT, LOGITS_TO_KEEP, PAST, QUANTIZATIONS, SEQ, TOTAL
-from gpt2reg.onnx.providers import CPU, create_session
 from gpt2reg.onnx.validate import describe, make_cases
-from gpt2reg.runtime import InPlaceKV, OnnxGPT
+from gpt2reg.ort.metadata import BATCH, DEFAULT_OPSET, KEPT, LOGITS_TO_KEEP, PAST, QUANTIZATIONS, SEQ, TOTAL
+from gpt2reg.ort.providers import CPU, create_session
+from gpt2reg.ort.runtime import InPlaceKV, OnnxGPT
+from gpt2reg.testing import component_names
 
 # Context 128 so the cases reach length 100 and the full context; example sizes used by the exporter
 # (batch 2, seq 3, past 5) appear nowhere in the checks below.

@@ -18,7 +18,7 @@ from gpt2reg.errors import InputError
 from gpt2reg.generation import generate
 from gpt2reg.model import build_model
 from gpt2reg.onnx import export_onnx
-from gpt2reg.runtime import OnnxGPT, load
+from gpt2reg.ort.runtime import OnnxGPT, load
 
 # The GPT-2 vocabulary, so text prompts encode; the rest tiny.
 CONFIG = dict(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=50257, pos="rope", init_std=0.2)
@@ -65,7 +65,7 @@ try:
     raise SystemExit("torch imported")
 except ImportError:
     pass
-from gpt2reg.runtime import OnnxGPT
+from gpt2reg.ort.runtime import OnnxGPT
 m = OnnxGPT(sys.argv[1], provider="cpu")
 out = m.generate(["Hello, my dog", "In 2026,"], max_new_tokens=12, greedy=True, eos_token_id=None)
 print(json.dumps([s.generated_ids for s in out]))
@@ -131,7 +131,7 @@ def test_a_file_exported_before_logits_to_keep_still_generates_identically(expor
     """An older export (no ``logits_to_keep`` input, every position's logits) runs through the same API."""
     import onnx
 
-    from gpt2reg.onnx.metadata import LOGITS_TO_KEEP
+    from gpt2reg.ort.metadata import LOGITS_TO_KEEP
 
     model, path = exported
     old = onnx.load(str(path))

@@ -26,12 +26,12 @@ import pytest
 from click.testing import CliRunner
 from test_runtime import NO_TORCH
 
+from benchmarks.serve_load import free_port
 from gpt2reg.checkpoints import save_model
 from gpt2reg.cli import cli
 from gpt2reg.model import build_model
 from gpt2reg.onnx import export_onnx
-from gpt2reg.runtime import OnnxGPT
-from gpt2reg.serve.bench import free_port
+from gpt2reg.ort.runtime import OnnxGPT
 from gpt2reg.tokenizer import get_tokenizer
 
 # The GPT-2 vocabulary so text prompts encode; a long context so one request can outlast a disconnect.
@@ -544,15 +544,6 @@ def test_load_200_requests_from_32_clients(tiny) -> None:
         server.stop()
 
 
-def test_bench_compares_the_server_with_generate_in_one_run(tiny) -> None:
-    from gpt2reg.serve.bench import run
-
-    figures = run(str(tiny[1]), clients=4, tokens=8, rounds=1)
-    assert figures["clients"] == 4 and figures["tokens"] == 8 and figures["cpu"]
-    assert figures["generate_ms_per_token"] > 0 and figures["server_ms_per_token"] > 0
-    assert figures["concurrent_tokens_per_s"] > 0 and figures["speedup"] > 0  # ratios only: the machine is shared
-
-
 # -- other models, the command line --------------------------------------------------------------
 
 
@@ -583,7 +574,7 @@ def test_the_engine_cache_grows_in_place_through_joins_leaves_and_copies(backend
     import torch
 
     from gpt2reg.model import GrowingKV
-    from gpt2reg.runtime import InPlaceKV
+    from gpt2reg.ort.runtime import InPlaceKV
     from gpt2reg.serve.engine import onnx_engine
     from gpt2reg.serve.torch_engine import torch_engine
 

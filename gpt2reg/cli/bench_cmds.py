@@ -38,7 +38,7 @@ def bench(model, rows, list_rows, rounds, repeats, prompt_tokens, new_tokens, pr
     Each engine runs in its own process (its own load time and peak memory); rows alternate over the
     rounds. Ratios compare engines measured in this run only.
     """
-    from ..bench import ROWS, run_bench
+    from benchmarks.bench import ROWS, run_bench
 
     if list_rows:
         for row in ROWS:

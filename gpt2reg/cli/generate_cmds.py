@@ -9,7 +9,7 @@ import click
 
 from .options import SEED, Real
 
-# One run, then the process ends: moving an onnxruntime session into huge pages (gpt2reg.onnx.pages)
+# One run, then the process ends: moving an onnxruntime session into huge pages (gpt2reg.ort.pages)
 # pays for itself from about this many decode steps. It cost 0.9-1.9 s at load and saved 2.6-3.8 ms
 # a token (124M int8 and fp32, 2-core AMD EPYC VM, README ONNX section); where the kernel has free
 # huge pages at hand the move costs ~0.25 s and pays sooner.
@@ -62,7 +62,7 @@ def generate(model, prompts, max_new_tokens, temperature, top_k, top_p, greedy, 
         raise click.UsageError("--greedy takes the most likely token; drop --temperature, --top-k and --top-p")
 
     if onnx_path is not None:
-        from ..runtime import OnnxGPT  # torch-free: this path works where torch is not installed
+        from ..ort.runtime import OnnxGPT  # torch-free: this path works where torch is not installed
 
         loaded = OnnxGPT(onnx_path, provider=provider, huge_pages=max_new_tokens >= HUGE_PAGES_FROM)
         if loaded.provider_note:  # e.g. auto fell back to the CPU: say so, on stderr

@@ -7,7 +7,7 @@ import time
 
 import click
 
-from ..onnx.metadata import DEFAULT_OPSET, QUANTIZATIONS
+from ..ort.metadata import DEFAULT_OPSET, QUANTIZATIONS
 from .options import SEED, Real
 
 _PROVIDER = click.Choice(["auto", "cuda", "cpu"])

@@ -7,6 +7,8 @@ runs it), the best of a few timed runs on the CPU provider: a property of the ar
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +16,11 @@ from typing import Any
 def deploy_check(model_dir: str | os.PathLike, onnx_path: str | os.PathLike, *, prompt_tokens: int = 16,
                  new_tokens: int = 64, repeats: int = 3) -> dict[str, Any]:
     """Export ``model_dir`` to ``onnx_path``, validate it and time decoding; failures are reported, not raised."""
-    from ..bench import BenchSpec, _best_time, _workload
+    import numpy as np
+
     from ..checkpoints import load_model
     from ..onnx import export_onnx, validate_onnx
-    from ..runtime import OnnxGPT
+    from ..ort.runtime import OnnxGPT
 
     model = load_model(model_dir)
     path = Path(onnx_path)
@@ -37,14 +40,19 @@ def deploy_check(model_dir: str | os.PathLike, onnx_path: str | os.PathLike, *, 
     block = model.config.block_size
     prompt_tokens = min(prompt_tokens, max(1, block // 4))
     new_tokens = min(new_tokens, block - prompt_tokens)
-    spec = BenchSpec(model=str(model_dir), prompt_tokens=prompt_tokens, new_tokens=new_tokens, prefill_tokens=0)
-    prompt, _ = _workload(spec, model.config.vocab_size)
+    prompt = np.random.default_rng(0).integers(0, min(model.config.vocab_size, 50257), prompt_tokens).tolist()
     onnx_model = OnnxGPT(path, provider="cpu")
 
     def decode() -> None:
         onnx_model.generate(prompt, max_new_tokens=new_tokens, greedy=True, eos_token_id=None)
 
     decode()  # warm-up
-    result["decode_tokens_per_s"] = new_tokens / _best_time(decode, repeats, lambda: None)
+    result["decode_tokens_per_s"] = new_tokens / min(_seconds(decode) for _ in range(repeats))
     result["decode_prompt_tokens"], result["decode_new_tokens"] = prompt_tokens, new_tokens
     return result
+
+
+def _seconds(fn: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start

@@ -1,7 +1,7 @@
 """ONNX export of any registry-assembled GPT, and its validation against torch under onnxruntime.
 
 ``export_onnx`` and ``validate_onnx`` import torch; they are loaded on first access so that the
-torch-free pieces (``metadata``, ``providers``) used by ``gpt2reg.runtime`` stay torch-free.
+torch-free pieces (``metadata``, ``providers``) used by ``gpt2reg.ort.runtime`` stay torch-free.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ _LAZY = {
     "validate_onnx": "validate",
     "ValidationReport": "validate",
     "TOLERANCES": "validate",
-    "OnnxDescription": "metadata",
-    "ProviderError": "providers",
+    "OnnxDescription": "..ort.metadata",
+    "ProviderError": "..ort.providers",
 }
 
 
@@ -24,5 +24,6 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        module = _LAZY[name]
+        return getattr(importlib.import_module(module if module.startswith(".") else f".{module}", __name__), name)
     raise AttributeError(f"module 'gpt2reg.onnx' has no attribute '{name}'")

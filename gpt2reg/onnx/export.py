@@ -32,8 +32,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..files import check_file, staged
-from .fusions import fuse_attention, fuse_group_query_attention, fuse_skip_layer_norm
-from .metadata import (
+from ..ort.metadata import (
     BATCH,
     DEFAULT_OPSET,
     GRAPH_FULL,
@@ -48,6 +47,7 @@ from .metadata import (
     past_names,
     present_names,
 )
+from .fusions import fuse_attention, fuse_group_query_attention, fuse_skip_layer_norm
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 

@@ -7,7 +7,7 @@ Every case runs the graph as a file's user would for perplexity (``logits_to_kee
 default: every position) and once more keeping the last k positions, as generation does (k = 1 and
 half the sequence, alternating), which must equal the same slice of the full output. A file whose
 graph writes the KV cache in place (``kv_in_place``, the quantized ones) runs every KV-cache case a
-third time on the CPU as ``gpt2reg.runtime`` decodes it, the past in buffers with room bound as the
+third time on the CPU as ``gpt2reg.ort.runtime`` decodes it, the past in buffers with room bound as the
 presents (``InPlaceKV``), which must equal the copying run within the same tolerance.
 
 Tolerances per variant (``TOLERANCES``) are absolute differences on logits against the torch model in
@@ -35,8 +35,8 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .metadata import LOGITS_TO_KEEP, OnnxDescription, past_names
-from .providers import create_session, input_names
+from ..ort.metadata import LOGITS_TO_KEEP, OnnxDescription, past_names
+from ..ort.providers import create_session, input_names
 
 
 @dataclass(frozen=True)
@@ -238,8 +238,8 @@ def _run_case(session, model: torch.nn.Module, description: OnnxDescription, cas
 
 def _in_place_diff(model, out: _Outputs) -> float:
     """The case again through ``InPlaceKV`` (the past in buffers with room, bound as the presents, as
-    ``gpt2reg.runtime`` decodes): its max difference from the copying run, logits and presents."""
-    from ..runtime import InPlaceKV
+    ``gpt2reg.ort.runtime`` decodes): its max difference from the copying run, logits and presents."""
+    from ..ort.runtime import InPlaceKV
 
     n_layer = model.description.n_layer
     cache = InPlaceKV(model, [out.feed[name] for name in past_names(n_layer)])
@@ -271,7 +271,7 @@ def validate_onnx(
     # A few cases: not worth moving the session into huge pages. A file that writes the KV cache in
     # place is opened as the runtime opens it, so its decoding path (InPlaceKV) is checked on the same session.
     if description.kv_in_place:
-        from ..runtime import OnnxGPT
+        from ..ort.runtime import OnnxGPT
 
         runtime = OnnxGPT(onnx_path, provider=provider, huge_pages=False)
         session, actual, note = runtime.session, runtime.provider, runtime.provider_note

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..generation import left_padded
-from ..runtime import InPlaceKV, OnnxGPT
+from ..ort.runtime import InPlaceKV, OnnxGPT
 
 
 class BatchEngine(Protocol):

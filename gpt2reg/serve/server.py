@@ -74,7 +74,7 @@ def serve(
 
 
 def _load_onnx(path: str, provider: str, threads: int | None) -> LoadedModel:
-    from ..runtime import OnnxGPT  # torch-free
+    from ..ort.runtime import OnnxGPT  # torch-free
     from .engine import onnx_engine
 
     model = OnnxGPT(path, provider=provider, threads=threads)

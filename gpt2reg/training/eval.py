@@ -7,7 +7,7 @@ the targets the previous window did not reach, so every target after the first `
 predicted from at least ``seq_len - stride`` tokens of context. ``stride = seq_len`` gives
 non-overlapping chunks (fastest, least context); ``stride = 1`` gives the most context (slowest).
 Evaluation runs in float32 unless asked otherwise: it is a measurement, and cheap next to training.
-An exported ``.onnx`` file is scored the same way through ``gpt2reg.runtime`` (torch is not
+An exported ``.onnx`` file is scored the same way through ``gpt2reg.ort.runtime`` (torch is not
 imported), so its perplexity compares directly with the torch model's (e.g. fp32 vs int8 vs int4).
 """
 
@@ -28,7 +28,7 @@ from .data import read_documents, tokenize_documents
 
 if TYPE_CHECKING:
     from ..model import GPT
-    from ..runtime import OnnxGPT
+    from ..ort.runtime import OnnxGPT
 
 # (inputs, targets with -100 where not scored) -> (summed cross-entropy, scored count)
 BatchLoss = Callable[[np.ndarray, np.ndarray], tuple[float, int]]
@@ -104,7 +104,7 @@ def _torch_loss(model: GPT, dtype: str) -> BatchLoss:
     import torch
     from torch.nn import functional as F
 
-    from .device import autocast, resolve_dtype
+    from ..accel.device import autocast, resolve_dtype
 
     device = next(model.parameters()).device
     amp = resolve_dtype(dtype, device)
@@ -138,10 +138,10 @@ def evaluate_tokens(model: GPT | OnnxGPT, tokens: np.ndarray | list[int], *, seq
                     progress: bool = False) -> dict[str, Any]:
     """Mean cross-entropy of ``tokens[1:]`` given what precedes them (see the module docstring).
 
-    ``model`` is a torch ``GPT`` or an exported file opened with ``gpt2reg.runtime.OnnxGPT``; the
+    ``model`` is a torch ``GPT`` or an exported file opened with ``gpt2reg.ort.runtime.OnnxGPT``; the
     windows and scoring are the same. ``dtype`` (autocast) applies to torch models only.
     """
-    from ..runtime import OnnxGPT
+    from ..ort.runtime import OnnxGPT
 
     if isinstance(model, OnnxGPT):
         if dtype not in ("float32", "auto"):
@@ -177,7 +177,7 @@ def evaluate(model: GPT | OnnxGPT | str | os.PathLike, data: str | os.PathLike, 
     ``model`` is a GPT, any checkpoint the loader accepts, or an exported ``.onnx`` file (run by the
     torch-free runtime on ``device``'s execution provider, without importing torch).
     """
-    from ..runtime import OnnxGPT
+    from ..ort.runtime import OnnxGPT
 
     tokens = np.concatenate([[EOT_ID], tokenize_documents(read_documents(data))]).astype(np.int64)
     if isinstance(model, (str, os.PathLike)) and str(model).endswith(".onnx"):
@@ -187,7 +187,7 @@ def evaluate(model: GPT | OnnxGPT | str | os.PathLike, data: str | os.PathLike, 
 
         model = load_model(model)
     if not isinstance(model, OnnxGPT):  # an OnnxGPT already runs on its provider
-        from .device import resolve_device
+        from ..accel.device import resolve_device
 
         model.to(resolve_device(device))
     return evaluate_tokens(model, tokens, seq_len=seq_len, stride=stride, batch_size=batch_size, dtype=dtype,

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..accel.device import autocast, available_memory, resolve_device, resolve_dtype
 from ..config import GPTConfig
 from ..errors import ConfigError, InputError
 from ..files import append_text, check_folder, write_json
@@ -55,7 +56,6 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .data import TOKENS_FILE, TOKENS_META, TokenData, cache_tokens, load_tokens, unigram_entropy, unigram_loss
-from .device import autocast, available_memory, resolve_device, resolve_dtype
 from .metrics import METRICS_FILE, PLOT_FILE, MetricsLog, plot_losses
 from .optim import lr_at, make_optimizer
 from .sample import sample_text

@@ -41,8 +41,8 @@ except ImportError:  # not on Windows: every pass counts as clean there
     resource = None
 from torch.nn import functional as F
 
-from .errors import OutputError
-from .files import write_json
+from ..errors import OutputError
+from ..files import write_json
 from .machine import cpu_name
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ PASSES = 2  # timed passes per kernel at least (the first one warms up too), the
 PASSES_MAX = 20  # and at most, while within BUDGET_S
 BUDGET_S = 0.2  # per row count
 RETRY_BUSY_S = 3600  # a decision without clean timings is kept this long (or till a process starts on an idle CPU)
-CACHE_VERSION = 2  # 2: decisions measured on weights in huge pages (gpt2reg.hugepages)
+CACHE_VERSION = 2  # 2: decisions measured on weights in huge pages (gpt2reg.accel.hugepages)
 
 
 def _onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -381,7 +381,7 @@ class _Cache:
 def _debug_to_stderr() -> None:
     if os.environ.get("GPT2REG_KERNELS_DEBUG", "") not in ("", "0") and not log.handlers:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("gpt2reg.kernels: %(message)s"))
+        handler.setFormatter(logging.Formatter("gpt2reg.accel.kernels: %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.DEBUG)
 

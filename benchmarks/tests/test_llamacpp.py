@@ -14,10 +14,10 @@ import pytest
 from click.testing import CliRunner
 
 import gpt2reg
-from gpt2reg.bench import BenchSpec, run_bench
+from benchmarks.bench import BenchSpec, run_bench
+from benchmarks.llamacpp import ENV, find_build, gguf_weight_bytes, parse_llama_bench, resolve_build
 from gpt2reg.cli import cli
 from gpt2reg.errors import InputError
-from gpt2reg.llamacpp import ENV, find_build, gguf_weight_bytes, parse_llama_bench, resolve_build
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -161,8 +161,8 @@ def gpt2_vocab_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @needs_build
 def test_llama_cpp_greedy_tokens_match_ours_on_the_converted_f32(gpt2_vocab_model: Path, tmp_path: Path) -> None:
     """The conversion is the same model: llama.cpp's greedy continuation equals gpt2reg's."""
+    from benchmarks.llamacpp import convert
     from gpt2reg.generation import generate
-    from gpt2reg.llamacpp import convert
     from gpt2reg.tokenizer import get_tokenizer
 
     build = find_build(_build_dir())

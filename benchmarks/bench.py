@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from gpt2reg.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class BenchSpec:
     train_batch: int = 4  # the training rows: sequences per step
     train_seq: int = 256  # and their length (capped at the model's context)
     train_compile: bool = False
-    llama_cpp: str | None = None  # a llama.cpp build for the llama.cpp rows (gpt2reg.llamacpp)
+    llama_cpp: str | None = None  # a llama.cpp build for the llama.cpp rows (benchmarks.llamacpp)
     threads: int | None = None  # every row's (and the bandwidth probe's) thread count; None: each engine's default
 
 
@@ -78,7 +78,7 @@ class Metric:
 METRICS: list[Metric] = [
     Metric("threads", "threads", "{:.0f}", False),  # what the row ran with (its engine's, when not --threads)
     Metric("load_s", "load s", "{:.2f}", False),
-    Metric("pages_s", "huge pages s", "{:.2f}", False),  # after the load: a session's memory moved (onnx.pages)
+    Metric("pages_s", "huge pages s", "{:.2f}", False),  # after the load: a session's memory moved (gpt2reg.ort.pages)
     Metric("peak_rss_mb", "peak RSS MB", "{:.0f}", False),
     Metric("prefill_s", "prefill s", "{:.3f}", False, ratio=True),
     Metric("decode_tps", "decode tok/s", "{:.1f}", True, ratio=True),
@@ -102,21 +102,21 @@ class RowSpec:
 
 
 ROWS: list[RowSpec] = [
-    RowSpec("gpt2reg", "gpt2reg.bench:gpt2reg_row"),
-    RowSpec("transformers", "gpt2reg.bench:transformers_row", requires=("transformers",), baseline=True),
+    RowSpec("gpt2reg", "benchmarks.bench:gpt2reg_row"),
+    RowSpec("transformers", "benchmarks.bench:transformers_row", requires=("transformers",), baseline=True),
     # ONNX Runtime on the KV-cache export (fp32, int8, int4; the opset-18 forms for providers without the
     # Attention op); also export time and file size. Each round exports the model again (~15-30 s for
     # 124M here), so only on request: --rows onnxruntime,...
-    *[RowSpec(name, f"gpt2reg.onnx.bench:{name.replace('-', '_')}_row", requires=("onnxruntime",), default=False)
+    *[RowSpec(name, f"benchmarks.onnx_rows:{name.replace('-', '_')}_row", requires=("onnxruntime",), default=False)
       for name in ("onnxruntime", "onnxruntime-int8", "onnxruntime-int4", "onnxruntime-opset18",
                    "onnxruntime-int8-opset18")],
     # Training steps (forward, backward, AdamW) at the model's config; slow on a CPU, so only on request.
-    RowSpec("gpt2reg-train", "gpt2reg.training.bench:gpt2reg_train_row", default=False),
-    RowSpec("transformers-train", "gpt2reg.training.bench:transformers_train_row", requires=("transformers",),
+    RowSpec("gpt2reg-train", "benchmarks.training_rows:gpt2reg_train_row", default=False),
+    RowSpec("transformers-train", "benchmarks.training_rows:transformers_train_row", requires=("transformers",),
             baseline=True, default=False),
     # llama.cpp on the same weights converted to GGUF, when the bench is given a build (--llama-cpp).
-    *[RowSpec(f"llama.cpp-{kind}", f"gpt2reg.llamacpp:llama_cpp_{kind}_row", requires=("transformers",),
-              default=False, default_if="llama_cpp", check="gpt2reg.llamacpp:missing_build")
+    *[RowSpec(f"llama.cpp-{kind}", f"benchmarks.llamacpp:llama_cpp_{kind}_row", requires=("transformers",),
+              default=False, default_if="llama_cpp", check="benchmarks.llamacpp:missing_build")
       for kind in ("f32", "q8_0", "q4_0")],
 ]
 
@@ -254,7 +254,7 @@ def run_bench(
     if rounds < 1:
         raise InputError(f"rounds={rounds}: must be at least 1")
     spec = BenchSpec(model=model, **spec_fields)
-    from .llamacpp import resolve_build
+    from benchmarks.llamacpp import resolve_build
 
     spec = replace(spec, llama_cpp=resolve_build(spec.llama_cpp))  # the option, else $GPT2REG_LLAMA_CPP; checked
     wanted = rows or [r.name for r in ROWS if r.default or (r.default_if and getattr(spec, r.default_if))]
@@ -265,8 +265,8 @@ def run_bench(
     for name in ("prompt_tokens", "new_tokens", "prefill_tokens", "repeats", "train_batch", "train_seq"):
         if getattr(spec, name) < 1:
             raise InputError(f"{name}={getattr(spec, name)}: must be at least 1")
-    from .checkpoints import load_model
-    from .training.device import resolve_device
+    from gpt2reg.accel.device import resolve_device
+    from gpt2reg.checkpoints import load_model
 
     resolve_device(spec.device)  # an unknown or absent device, or a model that cannot load: one error
     load_model(model)  # here, before any row runs, rather than a failure note in every row
@@ -282,7 +282,7 @@ def run_bench(
     say = progress or (lambda _msg: None)
     with tempfile.TemporaryDirectory(prefix="gpt2reg-bench-") as tmp:
         if any(r.name == "transformers" for r in runnable):
-            hf_dir, why = _hf_copy(model, Path(tmp))
+            hf_dir, why = hf_copy(model, Path(tmp))
             if hf_dir is None:
                 results["transformers"].note = f"skipped: {why}"
                 runnable = [r for r in runnable if r.name != "transformers"]
@@ -290,7 +290,7 @@ def run_bench(
         read_gbps = read_threads = None
         for round_index in range(rounds if runnable else 0):  # nothing to measure: no bandwidth either
             say(f"round {round_index + 1}/{rounds}: read bandwidth")
-            probe = _run_target("gpt2reg.bench:bandwidth_probe", spec)
+            probe = _run_target("benchmarks.bench:bandwidth_probe", spec)
             read_gbps = max(filter(None, (read_gbps, probe.get("read_gbps"))), default=None)
             read_threads = probe.get("threads", read_threads)
             for r in runnable:
@@ -327,7 +327,7 @@ def _merge(row: Row, measured: dict[str, Any]) -> None:
 def _run_target(target: str, spec: BenchSpec) -> dict[str, Any]:
     """Run ``target`` ("module:function") in a fresh interpreter; its last stdout line is a JSON object."""
     request = json.dumps({"target": target, "spec": asdict(spec)})
-    code = "from gpt2reg.bench import _child_main; _child_main()"
+    code = "from benchmarks.bench import _child_main; _child_main()"
     root = str(Path(__file__).resolve().parent.parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run([sys.executable, "-c", code], input=request, capture_output=True, text=True, env=env)
@@ -379,13 +379,13 @@ def read_bandwidth(megabytes: int = BANDWIDTH_MB, repeats: int = 5) -> float:
     """
     import torch
 
-    from .hugepages import available, empty
+    from gpt2reg.accel.hugepages import available, empty
 
     nbytes = megabytes * 2**20
     best = math.inf
     for huge in (False, True) if available() else (False,):
         buffer = (empty(nbytes).view(torch.float32) if huge else torch.empty(nbytes // 4)).fill_(1.0)
-        best = min(best, *(_best_time(read, repeats, lambda: None) for read in (buffer.sum, buffer.amax)))
+        best = min(best, *(best_time(read, repeats, lambda: None) for read in (buffer.sum, buffer.amax)))
         del buffer  # one buffer at a time
     return nbytes / best / 1e9
 
@@ -418,7 +418,7 @@ def machine_info(threads: int | None = None) -> dict[str, Any]:
     the table's header."""
     import torch
 
-    from .machine import cpu_name, physical_cores
+    from gpt2reg.accel.machine import cpu_name, physical_cores
 
     try:
         memory_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
@@ -449,56 +449,34 @@ def machine_info(threads: int | None = None) -> dict[str, Any]:
 # -- the same weights for Hugging Face ----------------------------------------------------------
 
 
-def _hf_copy(model: str, directory: Path) -> tuple[str | None, str]:
+def hf_copy(model: str, directory: Path) -> tuple[str | None, str]:
     """A Hugging Face GPT-2 directory with ``model``'s weights: the model itself if it is one, else a copy."""
     path = Path(model)
     if (path / "config.json").is_file():
         return str(path), ""
-    from .checkpoints import load_model
+    from gpt2reg.checkpoints import hf_config, hf_state_dict, load_model
+    from gpt2reg.errors import CheckpointError
 
     gpt = load_model(model)
-    c = gpt.config
-    activations = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}
-    if c.pos != "learned" or c.norm != "layernorm" or not c.bias or c.act not in activations:
-        return None, f"transformers' GPT-2 has no equivalent of pos={c.pos} act={c.act} norm={c.norm} bias={c.bias}"
+    try:
+        config = hf_config(gpt.config.replace(dropout=0.0))
+    except CheckpointError as exc:
+        return None, str(exc)
     from safetensors.torch import save_file
 
-    hf_config = {
-        "model_type": "gpt2",
-        "architectures": ["GPT2LMHeadModel"],
-        "vocab_size": c.vocab_size,
-        "n_positions": c.block_size,
-        "n_ctx": c.block_size,  # older readers of GPT-2 configs (llama.cpp's converter) want this name
-        "n_embd": c.n_embd,
-        "n_layer": c.n_layer,
-        "n_head": c.n_head,
-        "n_inner": c.hidden_size,
-        "activation_function": activations[c.act],
-        "layer_norm_epsilon": c.norm_eps,
-        "tie_word_embeddings": c.tie_embeddings,
-        "resid_pdrop": 0.0,
-        "embd_pdrop": 0.0,
-        "attn_pdrop": 0.0,
-    }
-    conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-    tensors = {}
-    for key, tensor in gpt.state_dict().items():
-        name = "wpe.weight" if key == "pos.weight" else key
-        if key.endswith(conv1d):
-            tensor = tensor.t()  # nn.Linear (out, in) -> Conv1D (in, out)
-        tensors[name if name == "lm_head.weight" else f"transformer.{name}"] = tensor.contiguous()
-    from .files import staged
+    tensors = hf_state_dict(gpt)
+    from gpt2reg.files import staged
 
     with staged(directory, what="the transformers row's copy of the model", option="set TMPDIR") as stage:
         save_file(tensors, str(stage.path("model.safetensors")), metadata={"format": "pt"})
-        stage.path("config.json").write_text(json.dumps(hf_config, indent=2))
+        stage.path("config.json").write_text(json.dumps(config, indent=2))
     return str(directory), ""
 
 
 # -- the rows -----------------------------------------------------------------------------------
 
 
-def _best_time(fn: Callable[[], Any], repeats: int, sync: Callable[[], None]) -> float:
+def best_time(fn: Callable[[], Any], repeats: int, sync: Callable[[], None]) -> float:
     best = float("inf")
     for _ in range(repeats):
         sync()
@@ -509,7 +487,7 @@ def _best_time(fn: Callable[[], Any], repeats: int, sync: Callable[[], None]) ->
     return best
 
 
-def _workload(spec: BenchSpec, vocab_size: int) -> tuple[list[int], list[int]]:
+def workload(spec: BenchSpec, vocab_size: int) -> tuple[list[int], list[int]]:
     """Random token ids (seeded): the decode prompt and the prefill sequence."""
     import random
 
@@ -529,9 +507,9 @@ def gpt2reg_row(spec: BenchSpec) -> dict[str, float]:
     """gpt2reg's own path: ``load_model`` and ``generate``, exactly as ``gpt2reg generate`` runs them."""
     import torch
 
-    from .checkpoints import load_model
-    from .generation import generate
-    from .kernels import describe as describe_kernels
+    from gpt2reg.accel.kernels import describe as describe_kernels
+    from gpt2reg.checkpoints import load_model
+    from gpt2reg.generation import generate
 
     sync = _sync(spec.device)
     threads = torch_threads(spec)
@@ -539,18 +517,18 @@ def gpt2reg_row(spec: BenchSpec) -> dict[str, float]:
     model = load_model(spec.model, device=spec.device).prepare_for_inference()
     sync()
     load_s = time.perf_counter() - start
-    _check_context(spec, model.config.block_size)
-    prompt, long_ids = _workload(spec, model.config.vocab_size)
+    check_context(spec, model.config.block_size)
+    prompt, long_ids = workload(spec, model.config.vocab_size)
 
     def decode() -> None:
         out = generate(model, prompt, max_new_tokens=spec.new_tokens, greedy=True, eos_token_id=None)
         assert len(out[0].generated_ids) == spec.new_tokens
 
     generate(model, prompt, max_new_tokens=min(8, spec.new_tokens), greedy=True)  # warm-up
-    decode_s = _best_time(decode, spec.repeats, sync)
+    decode_s = best_time(decode, spec.repeats, sync)
     ids = torch.tensor([long_ids], device=spec.device)
     with torch.inference_mode():
-        prefill_s = _best_time(lambda: model.forward_cached(ids, last_only=True), spec.repeats, sync)
+        prefill_s = best_time(lambda: model.forward_cached(ids, last_only=True), spec.repeats, sync)
     # a position encoding's parameters are per-position tables; the token table is read in full as a tied head
     tables = [*model.pos.parameters(), *([model.wte.weight] if model.lm_head is not None else [])]
     return {"load_s": load_s, "decode_tps": spec.new_tokens / decode_s, "prefill_s": prefill_s, "threads": threads,
@@ -570,8 +548,8 @@ def transformers_row(spec: BenchSpec) -> dict[str, float]:
     model = GPT2LMHeadModel.from_pretrained(spec.hf_dir, dtype=torch.float32).to(spec.device).eval()
     sync()
     load_s = time.perf_counter() - start
-    _check_context(spec, model.config.n_positions)
-    prompt, long_ids = _workload(spec, model.config.vocab_size)
+    check_context(spec, model.config.n_positions)
+    prompt, long_ids = workload(spec, model.config.vocab_size)
     ids = torch.tensor([prompt], device=spec.device)
 
     def decode(n: int) -> None:
@@ -587,17 +565,17 @@ def transformers_row(spec: BenchSpec) -> dict[str, float]:
         assert out.shape[1] - ids.shape[1] == n
 
     decode(min(8, spec.new_tokens))  # warm-up
-    decode_s = _best_time(lambda: decode(spec.new_tokens), spec.repeats, sync)
+    decode_s = best_time(lambda: decode(spec.new_tokens), spec.repeats, sync)
     long = torch.tensor([long_ids], device=spec.device)
     with torch.inference_mode():
-        prefill_s = _best_time(lambda: model(long, use_cache=True, logits_to_keep=1), spec.repeats, sync)
+        prefill_s = best_time(lambda: model(long, use_cache=True, logits_to_keep=1), spec.repeats, sync)
     head_tied = model.lm_head.weight is model.transformer.wte.weight
     tables = [model.transformer.wpe.weight, *([] if head_tied else [model.transformer.wte.weight])]
     return {"load_s": load_s, "decode_tps": spec.new_tokens / decode_s, "prefill_s": prefill_s, "threads": threads,
             "weight_bytes": decode_weight_bytes(model, tables)}
 
 
-def _check_context(spec: BenchSpec, block_size: int) -> None:
+def check_context(spec: BenchSpec, block_size: int) -> None:
     if spec.prefill_tokens > block_size or spec.prompt_tokens + spec.new_tokens > block_size:
         raise InputError(
             f"the workload does not fit the model's context of {block_size} tokens "

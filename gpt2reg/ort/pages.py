@@ -1,6 +1,6 @@
 """An onnxruntime session's memory in 2 MiB pages: its weights are streamed once per decode step.
 
-The torch path places its weights in huge pages itself (``gpt2reg.hugepages``); onnxruntime allocates
+The torch path places its weights in huge pages itself (``gpt2reg.accel.hugepages``); onnxruntime allocates
 its weights (and the pre-packed copies its MatMuls read) with its own allocator, in ordinary 4 KiB
 pages unless the OS puts every allocation in huge pages (transparent huge pages ``always``; the
 common default is ``madvise``). So the anonymous memory that appeared while a CPU session was being
@@ -25,7 +25,7 @@ import ctypes
 import logging
 from collections.abc import Iterable
 
-from ..machine import HUGE_PAGE, MIN_BYTES, huge_pages_available
+from ..accel.machine import HUGE_PAGE, MIN_BYTES, huge_pages_available
 
 log = logging.getLogger(__name__)
 

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .bench import BenchSpec, _check_context, _hf_copy, torch_threads
-from .errors import InputError
+from benchmarks.bench import BenchSpec, check_context, hf_copy, torch_threads
+from gpt2reg.errors import InputError
 
 ENV = "GPT2REG_LLAMA_CPP"
 HOW_TO_BUILD = f"build one with `make llama-cpp`, then pass --llama-cpp .llama.cpp (or set {ENV})"
@@ -171,7 +171,7 @@ def _row(spec: BenchSpec, kind: str) -> dict[str, Any]:
         start = time.perf_counter()
         path = convert(build, spec.model, Path(tmp), kind)
         export_s = time.perf_counter() - start
-        _check_context(spec, int(gguf.GGUFReader(str(path)).fields["gpt2.context_length"].contents()))
+        check_context(spec, int(gguf.GGUFReader(str(path)).fields["gpt2.context_length"].contents()))
         threads = torch_threads(spec)  # --threads, else torch's default, as the torch rows have it
         command = [str(build.bench), "-m", str(path), "-t", str(threads), "-r", str(spec.repeats), "-o", "json",
                    "-p", str(spec.prefill_tokens), "-n", "0", "-pg", f"{spec.prompt_tokens},{spec.new_tokens}"]
@@ -198,9 +198,9 @@ def convert(build: LlamaCppBuild, model: str, directory: Path, kind: str = "f32"
 
 def _hf_with_tokenizer(model: str, directory: Path) -> Path:
     """A Hugging Face GPT-2 folder with ``model``'s weights and GPT-2's tokenizer files, for the converter."""
-    from .tokenizer import hf_tokenizer_files
+    from gpt2reg.tokenizer import hf_tokenizer_files
 
-    source, why = _hf_copy(model, directory)
+    source, why = hf_copy(model, directory)
     if source is None:
         raise RuntimeError(f"llama.cpp's GPT-2 has no equivalent: {why}")
     source_dir = Path(source)

@@ -9,10 +9,11 @@ import pytest
 from click.testing import CliRunner
 
 import gpt2reg
+from benchmarks.training_rows import flops_per_token, measure_training
 from gpt2reg.cli import cli
 from gpt2reg.config import GPTConfig
+from gpt2reg.errors import CheckpointError
 from gpt2reg.testing import TINY
-from gpt2reg.training.bench import flops_per_token, measure_training
 
 
 def test_flops_per_token_of_gpt2_small_matches_the_palm_accounting() -> None:
@@ -39,5 +40,5 @@ def test_bench_training_rows_compare_with_transformers(tmp_path: Path, monkeypat
 
 def test_a_config_transformers_cannot_express_is_refused() -> None:
     pytest.importorskip("transformers")
-    with pytest.raises(ValueError, match="no equivalent of pos=rope"):
+    with pytest.raises(CheckpointError, match="no equivalent of pos=rope"):
         measure_training("transformers", GPTConfig(**TINY, pos="rope"), batch_size=1, seq_len=8, steps=1)

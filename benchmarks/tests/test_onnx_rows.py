@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import TINY
 
 import gpt2reg
-from gpt2reg.bench import run_bench
+from benchmarks.bench import run_bench
+from gpt2reg.testing import TINY
 
 
 def test_onnxruntime_row_reports_export_size_and_speed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,7 +2,7 @@
 
 ::
 
-    python -m gpt2reg.serve.bench exports/gpt2-rope.onnx --clients 16 --tokens 128 --rounds 3
+    python -m benchmarks.serve_load exports/gpt2-rope.onnx --clients 16 --tokens 128 --rounds 3
 
 Starts the server (a subprocess on a free local port) and a process running ``OnnxGPT.generate``,
 then per round: ``generate`` alone (the server idle), one streaming client, and ``--clients``
@@ -26,7 +26,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
-from ..machine import cpu_name
+from gpt2reg.accel.machine import cpu_name
 
 PROMPT = "The history of the city begins"
 
@@ -78,7 +78,7 @@ def _wait_ready(server: subprocess.Popen, port: int, timeout: float = 300) -> No
 # ``OnnxGPT.generate`` in its own process too, so neither side shares a process with the HTTP clients.
 _GENERATE = """
 import json, sys, time
-from gpt2reg.runtime import OnnxGPT
+from gpt2reg.ort.runtime import OnnxGPT
 model = OnnxGPT(sys.argv[1], provider="cpu")
 for line in sys.stdin:
     seed, tokens = json.loads(line)

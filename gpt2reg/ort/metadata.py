@@ -1,6 +1,6 @@
 """What an exported file says about itself, in ONNX ``metadata_props``: enough to run it with nothing else.
 
-Torch-free: the exporter writes these keys, ``gpt2reg.runtime`` and the validator read them.
+Torch-free: the exporter writes these keys, ``gpt2reg.ort.runtime`` and the validator read them.
 
 Keys (all strings; the JSON ones parse with ``json.loads``):
 

@@ -1,4 +1,4 @@
-"""onnxruntime's session memory in huge pages (gpt2reg.onnx.pages): only where memory lives changes.
+"""onnxruntime's session memory in huge pages (gpt2reg.ort.pages): only where memory lives changes.
 
 Whether the kernel really collapses (Linux 6.1+) is checked where it can; that the contents are
 unchanged, that a session's outputs are unchanged and that the off switch works, everywhere.
@@ -11,10 +11,10 @@ import platform
 
 import numpy as np
 import pytest
-from conftest import TINY
 
-from gpt2reg.machine import huge_pages_available
-from gpt2reg.onnx import pages
+from gpt2reg.accel.machine import huge_pages_available
+from gpt2reg.ort import pages
+from gpt2reg.testing import TINY
 
 needs_huge_pages = pytest.mark.skipif(not huge_pages_available(), reason="no transparent huge pages on this OS")
 
@@ -77,7 +77,7 @@ def test_a_session_loaded_without_the_collapse_is_advised_and_collapsed_on_reque
     """``huge_pages=False``: the session's new memory is only advised at load; ``use_huge_pages`` moves
     that same memory once, later; the default moves it at load."""
     import gpt2reg
-    from gpt2reg.runtime import OnnxGPT
+    from gpt2reg.ort.runtime import OnnxGPT
 
     path = gpt2reg.onnx.export_onnx(gpt2reg.build_model(**TINY, seed=0), tmp_path / "tiny.onnx")
     span = (0, pages.MIN_BYTES)  # a tiny model allocates less than is worth moving: stand-in regions
@@ -85,7 +85,7 @@ def test_a_session_loaded_without_the_collapse_is_advised_and_collapsed_on_reque
     monkeypatch.setattr(pages, "new_regions", lambda before: [span])
     monkeypatch.setattr(pages, "advise", lambda regions: calls.append(("advise", list(regions))) or 0)
     monkeypatch.setattr(pages, "collapse", lambda regions: calls.append(("collapse", list(regions))) or 0)
-    monkeypatch.setattr("gpt2reg.runtime.collapse", pages.collapse)
+    monkeypatch.setattr("gpt2reg.ort.runtime.collapse", pages.collapse)
     lazy = OnnxGPT(path, provider="cpu", huge_pages=False)
     assert calls == [("advise", [span])]
     lazy.use_huge_pages()
@@ -114,7 +114,7 @@ def test_generate_onnx_moves_to_huge_pages_only_for_a_long_run(tmp_path, monkeyp
         seen.update(kwargs)
         raise InputError("opened")
 
-    monkeypatch.setattr("gpt2reg.runtime.OnnxGPT", opened)
+    monkeypatch.setattr("gpt2reg.ort.runtime.OnnxGPT", opened)
     (tmp_path / "m.onnx").write_bytes(b"")
     result = CliRunner().invoke(cli, ["generate", "--onnx", str(tmp_path / "m.onnx"), "-p", "Hi", "-n", str(new_tokens)])
     assert "opened" in result.output and seen["huge_pages"] is (new_tokens >= HUGE_PAGES_FROM)

@@ -1,10 +1,10 @@
 """``gpt2reg bench`` rows for ONNX Runtime: export time, file size, load, prefill and decode speed.
 
 Each row exports the model in a child process (torch, timed without the model load) and then runs
-the file through ``gpt2reg.runtime`` in the row's own process, which never imports torch: its load
+the file through ``gpt2reg.ort.runtime`` in the row's own process, which never imports torch: its load
 time and peak memory are the runtime's alone. The load is the session's alone (what ``gpt2reg
 generate --onnx`` pays); moving the session's memory into huge pages, which a long-lived session does
-at load (``gpt2reg.onnx.pages``), follows as its own figure (``pages_s``), so decode and prefill are
+at load (``gpt2reg.ort.pages``), follows as its own figure (``pages_s``), so decode and prefill are
 measured as a server runs them. Decode is greedy ``OnnxGPT.generate``, exactly as ``generate --onnx``
 runs it. The prefill figure is what generation's prefill does: one KV-cache graph call over the whole
 sequence with ``logits_to_keep=1``, so the head projects the last position only, as the torch and
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bench import BenchSpec, _best_time, _check_context, _workload
-from .metadata import DEFAULT_OPSET
-from .weights import weight_bytes_per_token
+from benchmarks.bench import BenchSpec, best_time, check_context, workload
+from gpt2reg.onnx.weights import weight_bytes_per_token
+from gpt2reg.ort.metadata import DEFAULT_OPSET
 
 _EXPORT = """
 import json, sys, time
@@ -48,7 +48,7 @@ def _export(model: str, path: Path, quantize: str | None, opset: int) -> float:
 
 
 def _row(spec: BenchSpec, quantize: str | None, opset: int = DEFAULT_OPSET) -> dict[str, float]:
-    from ..runtime import OnnxGPT
+    from gpt2reg.ort.runtime import OnnxGPT
 
     with tempfile.TemporaryDirectory(prefix="gpt2reg-bench-onnx-") as tmp:
         path = Path(tmp) / "model.onnx"
@@ -61,8 +61,8 @@ def _row(spec: BenchSpec, quantize: str | None, opset: int = DEFAULT_OPSET) -> d
         start = time.perf_counter()
         model.use_huge_pages()  # what a long-lived session pays once more, before the speed measured below
         pages_s = time.perf_counter() - start
-        _check_context(spec, model.block_size)
-        prompt, long_ids = _workload(spec, model.vocab_size)
+        check_context(spec, model.block_size)
+        prompt, long_ids = workload(spec, model.vocab_size)
 
         def decode() -> None:
             out = model.generate(prompt, max_new_tokens=spec.new_tokens, greedy=True, eos_token_id=None)
@@ -72,9 +72,9 @@ def _row(spec: BenchSpec, quantize: str | None, opset: int = DEFAULT_OPSET) -> d
             return None
 
         model.generate(prompt, max_new_tokens=min(8, spec.new_tokens), greedy=True)  # warm-up
-        decode_s = _best_time(decode, spec.repeats, no_sync)
+        decode_s = best_time(decode, spec.repeats, no_sync)
         long = np.array([long_ids], dtype=np.int64)
-        prefill_s = _best_time(lambda: model.run(long, logits_to_keep=1), spec.repeats, no_sync)
+        prefill_s = best_time(lambda: model.run(long, logits_to_keep=1), spec.repeats, no_sync)
         weight_bytes = weight_bytes_per_token(path)
     return {"threads": _threads(model.session), "load_s": load_s, "pages_s": pages_s, "decode_tps": spec.new_tokens / decode_s, "prefill_s": prefill_s,
             "export_s": export_s, "file_mb": size / 1e6, "weight_bytes": weight_bytes}
@@ -82,7 +82,7 @@ def _row(spec: BenchSpec, quantize: str | None, opset: int = DEFAULT_OPSET) -> d
 
 def _threads(session) -> int:
     """The intra-op threads ``session`` runs with: as set, else onnxruntime's default, one per physical core."""
-    from ..machine import physical_cores
+    from gpt2reg.accel.machine import physical_cores
 
     return session.get_session_options().intra_op_num_threads or physical_cores()
 

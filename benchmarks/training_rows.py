@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..bench import _best_time
-from ..config import GPTConfig
-from .device import autocast, resolve_device, resolve_dtype
-from .optim import make_optimizer
+from benchmarks.bench import best_time
+from gpt2reg.accel.device import autocast, resolve_device, resolve_dtype
+from gpt2reg.config import GPTConfig
+from gpt2reg.training.optim import make_optimizer
 
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets; MFU is reported only for these.
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
@@ -43,7 +43,7 @@ def _best_step(step: Callable[[], None], warmup: int, steps: int, device: torch.
     """Seconds of the fastest of ``steps`` timed steps: a burst of load elsewhere slows one step, not the figure."""
     for _ in range(warmup):
         step()
-    return _best_time(step, steps, torch.cuda.synchronize if device.type == "cuda" else (lambda: None))
+    return best_time(step, steps, torch.cuda.synchronize if device.type == "cuda" else (lambda: None))
 
 
 def measure_training(engine: str, config: GPTConfig, *, batch_size: int = 4, seq_len: int = 256, steps: int = 5,
@@ -58,8 +58,8 @@ def measure_training(engine: str, config: GPTConfig, *, batch_size: int = 4, seq
     amp = resolve_dtype(dtype, dev)
     torch.manual_seed(seed)
     if engine == "gpt2reg":
-        from ..model import GPT
-        from .loop import _WithLoss
+        from gpt2reg.model import GPT
+        from gpt2reg.training.loop import _WithLoss
 
         model: nn.Module = GPT(config)
         step_module: nn.Module = _WithLoss(model)  # what `gpt2reg train` compiles: model and loss as one graph
@@ -101,22 +101,17 @@ def _hf_model(config: GPTConfig) -> nn.Module:
     from transformers import GPT2Config, GPT2LMHeadModel
     from transformers.utils import logging
 
+    from gpt2reg.checkpoints import hf_config
+
     logging.set_verbosity_error()
-    activations = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}
-    if config.pos != "learned" or config.norm != "layernorm" or not config.bias or config.act not in activations:
-        raise ValueError(f"GPT2LMHeadModel has no equivalent of pos={config.pos} act={config.act} norm={config.norm}")
-    hf = GPT2Config(vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd,
-                    n_layer=config.n_layer, n_head=config.n_head, n_inner=config.hidden_size,
-                    activation_function=activations[config.act], layer_norm_epsilon=config.norm_eps,
-                    resid_pdrop=config.dropout, embd_pdrop=config.dropout, attn_pdrop=config.dropout,
-                    tie_word_embeddings=config.tie_embeddings)
+    hf = GPT2Config(**hf_config(config))  # CheckpointError for what GPT2LMHeadModel cannot express
     return GPT2LMHeadModel(hf)
 
 
 # -- rows of `gpt2reg bench` (gpt2reg/bench.py runs each in its own process) ---------------------------
 def _row(engine: str, spec: Any) -> dict[str, float]:
-    from ..bench import torch_threads
-    from ..checkpoints import load_model
+    from benchmarks.bench import torch_threads
+    from gpt2reg.checkpoints import load_model
 
     threads = torch_threads(spec)
     config = load_model(spec.model).config.replace(dropout=0.0)

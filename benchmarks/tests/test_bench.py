@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import TINY
 
 import gpt2reg
-from gpt2reg.bench import BenchReport, BenchSpec, Row, run_bench
+from benchmarks.bench import BenchReport, BenchSpec, Row, run_bench
 from gpt2reg.cli import cli
+from gpt2reg.testing import TINY
 
 
 def test_bench_runs_every_row_on_a_tiny_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -94,7 +94,7 @@ def test_peak_rss_is_the_row_process_own(tmp_path: Path) -> None:
     peak over exec, VmHWM does not. A process that touched 400 MB execs a small one."""
     if not Path("/proc/self/status").exists():
         pytest.skip("VmHWM is Linux's")
-    child = "from gpt2reg.bench import _peak_rss_mb; print(_peak_rss_mb())"
+    child = "from benchmarks.bench import _peak_rss_mb; print(_peak_rss_mb())"
     parent = (f"import os, sys; big = bytearray(400 * 2**20); os.execv(sys.executable, [sys.executable, '-c', {child!r}])")
     out = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, check=True).stdout
     assert float(out) < 300

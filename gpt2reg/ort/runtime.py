@@ -1,0 +1,318 @@
+"""Run an exported gpt2reg ONNX file from any application: numpy, onnxruntime and tiktoken, never torch.
+
+::
+
+    from gpt2reg.ort.runtime import OnnxGPT
+
+    model = OnnxGPT("exports/gpt2-rope.onnx")          # reads the config and IO layout from the file
+    print(model.generate("Hello, my dog", max_new_tokens=20, seed=0)[0].text)
+
+The file's metadata (``gpt2reg.ort.metadata``) says which graph it holds, its config and tokenizer,
+so nothing else is needed. Sampling is ``gpt2reg.generation``'s numpy half (temperature, top-k,
+top-p, greedy, per-sequence seeds, stop strings, streaming): the same seed picks the same tokens as
+the torch path from the same logits. Files whose graph writes the KV cache in place (the quantized
+ones, ``kv_in_place``) decode through ``InPlaceKV``, which binds the cache's buffers with IOBinding
+so a step copies nothing; others get the presents back from each call. Imports here must stay
+torch-free; a test runs this module in a process where importing torch fails.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from ..generation import Prompt, Sample, StreamCallback, decode, left_padded
+from ..tokenizer import EOT_ID
+from .metadata import LOGITS_TO_KEEP, OnnxDescription, past_names, present_names
+from .pages import collapse
+from .providers import CPU, create_session, input_names
+
+__all__ = ["InPlaceKV", "OnnxGPT", "load"]
+
+
+class OnnxGPT:
+    """An exported model under onnxruntime: ``logits`` for a batch, ``generate`` for text.
+
+    ``provider`` is ``auto`` (CUDA when it really loads), ``cuda`` (an error where it cannot) or
+    ``cpu``; ``self.provider`` is the one that actually runs. ``huge_pages=False`` loads faster and
+    decodes slower on the CPU (for a short run; ``use_huge_pages`` catches up later): see
+    ``gpt2reg.ort.pages``.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, provider: str = "auto", threads: int | None = None,
+                 huge_pages: bool = True) -> None:
+        if not os.path.isfile(path):
+            missing = not os.path.exists(path)
+            raise InputError(f"{path}: no such ONNX file" if missing else f"{path} is not a file (an exported .onnx file is)")
+        info = create_session(str(path), provider, threads=threads, huge_pages=huge_pages)
+        self._memory = [] if huge_pages else info.memory
+        self.path = str(path)
+        self.session = info.session
+        self.provider = info.provider
+        self.provider_note = info.note
+        props = dict(self.session.get_modelmeta().custom_metadata_map)
+        try:
+            self.description = OnnxDescription.from_props(props, self.path)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        if self.description.tokenizer != "gpt2":
+            raise InputError(f"{path}: tokenizer '{self.description.tokenizer}' is not supported (only gpt2)")
+        self.config: dict[str, Any] = self.description.config
+        self._float = np.float16 if self.description.dtype == "fp16" else np.float32
+        # Files exported before the input existed return every position; run() slices those itself.
+        self.keeps_logits = LOGITS_TO_KEEP in input_names(self.session)
+
+    def use_huge_pages(self) -> int:
+        """Move the session's memory into 2 MiB pages now, if it was loaded with ``huge_pages=False``; bytes moved."""
+        moved, self._memory = collapse(self._memory), []
+        return moved
+
+    @property
+    def kv_cache(self) -> bool:
+        return self.description.kv_cache
+
+    @property
+    def in_place(self) -> bool:
+        """Whether decoding extends the KV cache in place (``InPlaceKV``): files whose graph does it
+        (``kv_in_place``, the quantized ones), on the CPU, where the cache is host memory."""
+        return self.description.kv_in_place and self.provider == CPU
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.config["vocab_size"])
+
+    @property
+    def block_size(self) -> int:
+        return self.description.block_size
+
+    def _check_length(self, length: int) -> None:
+        if length > self.block_size:
+            raise InputError(f"sequence of {length} tokens exceeds the context of {self.block_size} (block_size)")
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None,
+            past: list[np.ndarray] | None = None, *, logits_to_keep: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One graph call: logits (batch, kept, vocab) as float32 and, for the KV-cache graph, the presents.
+
+        ``attention_mask`` (batch, past+seq) marks left pads with 0; position ids follow from it.
+        ``past`` is the previous call's presents (one array per layer and key/value, of exact length),
+        or None; the presents are new arrays (past + new), whatever the file (``InPlaceKV`` extends a
+        cache in place instead).
+        ``logits_to_keep`` k > 0 returns the logits of the last k positions only (generation needs
+        the last one: the head, a 50257-wide projection, then runs once instead of seq times);
+        0 returns every position (perplexity needs them all).
+        """
+        input_ids = np.asarray(input_ids, dtype=np.int64)
+        batch, seq = input_ids.shape
+        past_len = past[0].shape[2] if past else 0
+        feed = self._feed(input_ids, attention_mask if self.kv_cache else None, past_len, logits_to_keep)
+        if not self.kv_cache:
+            if past or (attention_mask is not None and not np.all(attention_mask)):
+                raise InputError("this file holds the full-sequence graph: no KV cache, no padding")
+            return self._kept(self.session.run(["logits"], feed)[0], logits_to_keep), []
+        feed.update(zip(past_names(self.description.n_layer), past or self._empty_past(batch), strict=True))
+        logits, *presents = self.session.run(None, feed)
+        return self._kept(logits, logits_to_keep), presents
+
+    def decode_step(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+                    past: list[np.ndarray] | InPlaceKV | None) -> tuple[np.ndarray, list[np.ndarray] | InPlaceKV]:
+        """A generation call on the KV-cache graph: the last position's logits (batch, vocab) and the
+        cache extended by ``input_ids``. Where the file writes the cache in place (``in_place``) that
+        cache is an ``InPlaceKV`` (made from ``past``, arrays or None, on first use), else the presents
+        ``run`` returns."""
+        if self.in_place:
+            if not isinstance(past, InPlaceKV):
+                past = InPlaceKV(self, past if past is not None else self._empty_past(len(input_ids)))
+            return past.run(input_ids, attention_mask, logits_to_keep=1)[:, -1], past
+        logits, presents = self.run(input_ids, attention_mask, past, logits_to_keep=1)
+        return logits[:, -1], presents
+
+    def _empty_past(self, batch: int) -> list[np.ndarray]:
+        """A cache of no tokens: one (batch, heads, 0, head_dim) array per layer and key/value."""
+        heads, head_dim = self.config["n_head"], self.config["n_embd"] // self.config["n_head"]
+        return [np.zeros((batch, heads, 0, head_dim), dtype=self._float)] * (2 * self.description.n_layer)
+
+    def _feed(self, input_ids: np.ndarray, attention_mask: np.ndarray | None, past_len: int,
+              logits_to_keep: int) -> dict[str, np.ndarray]:
+        """Every input but the past: ids, ``logits_to_keep``, and for the KV-cache graph the mask over
+        past + seq (all ones when None) and the position ids that follow from it."""
+        batch, seq = input_ids.shape
+        self._check_length(past_len + seq)
+        if logits_to_keep < 0:
+            raise InputError(f"logits_to_keep={logits_to_keep}: use 0 (every position) or a count of last positions")
+        feed: dict[str, np.ndarray] = {"input_ids": input_ids}
+        if self.keeps_logits:
+            feed[LOGITS_TO_KEEP] = np.array(logits_to_keep, dtype=np.int64)
+        if self.kv_cache:
+            mask = (np.ones((batch, past_len + seq), dtype=np.int64) if attention_mask is None
+                    else np.asarray(attention_mask, dtype=np.int64))
+            feed["attention_mask"] = mask
+            feed["position_ids"] = np.clip(mask.cumsum(-1) - 1, 0, None)[:, past_len:]
+        return feed
+
+    def _kept(self, logits: np.ndarray, logits_to_keep: int) -> np.ndarray:
+        """float32 logits of the last ``logits_to_keep`` positions (a file without the input returns all)."""
+        if logits_to_keep and not self.keeps_logits:
+            logits = logits[:, -logits_to_keep:]
+        return logits.astype(np.float32, copy=False)
+
+    def logits(self, input_ids: Sequence[Sequence[int]] | np.ndarray) -> np.ndarray:
+        """Logits (batch, seq, vocab), float32, for a batch of equal-length token sequences."""
+        return self.run(np.asarray(input_ids, dtype=np.int64))[0]
+
+    def generate(
+        self,
+        prompt: Prompt | Sequence[Prompt],
+        *,
+        max_new_tokens: int = 64,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        greedy: bool = False,
+        seed: int | None = None,
+        num_samples: int = 1,
+        stop: str | Sequence[str] | None = None,
+        eos_token_id: int | None = EOT_ID,
+        stream: StreamCallback | None = None,
+    ) -> list[Sample]:
+        """Continue ``prompt`` exactly as ``gpt2reg.generation.generate`` does with a torch model.
+
+        Same arguments, same results (``Sample`` per sequence, prompt by prompt); prompts of different
+        lengths are left-padded together through the KV-cache graph.
+        """
+        return decode(
+            _Decoder(self), prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+            top_p=top_p, greedy=greedy, seed=seed, num_samples=num_samples, stop=stop,
+            eos_token_id=eos_token_id, stream=stream,
+        )
+
+
+class InPlaceKV:
+    """A KV cache in buffers with room to grow, which the graph extends in place: every layer's past
+    and present are bound (onnxruntime's IOBinding) to one buffer, (batch, heads, capacity, head_dim),
+    so a step writes its new key/value there and copies nothing, where ``OnnxGPT.run`` copies the
+    whole cache into new presents. Only for files whose ``kv_in_place`` says so (``OnnxGPT.in_place``).
+
+    ``arrays`` are the cached keys/values so far (views). The room doubles when a call needs more, so
+    copies stay proportional to the final length, and never exceeds the model's context (as
+    ``gpt2reg.model.GrowingKV`` does for torch).
+    """
+
+    def __init__(self, model: OnnxGPT, past: list[np.ndarray]) -> None:
+        self.model = model
+        self.binding = model.session.io_binding()
+        self.length = past[0].shape[2]
+        self.buffers: list[np.ndarray] = []
+        self._fill(past, self.length)
+
+    @classmethod
+    def empty(cls, model: OnnxGPT, batch: int) -> InPlaceKV:
+        return cls(model, model._empty_past(batch))
+
+    @property
+    def arrays(self) -> list[np.ndarray]:
+        return [b[:, :, : self.length] for b in self.buffers]
+
+    @property
+    def capacity(self) -> int:
+        return self.buffers[0].shape[2]
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None, *,
+            logits_to_keep: int = 0) -> np.ndarray:
+        """``OnnxGPT.run`` with this cache as the past, extended in place; returns the logits."""
+        input_ids = np.asarray(input_ids, dtype=np.int64)
+        batch, seq = input_ids.shape
+        feed = self.model._feed(input_ids, attention_mask, self.length, logits_to_keep)
+        end = self.length + seq
+        if end > self.capacity:
+            self._fill(self.arrays, max(end, min(2 * self.capacity, self.model.block_size)))
+        values = {name: self._value(np.ascontiguousarray(array)) for name, array in feed.items()}
+        for name, value in values.items():  # an OrtValue: an input with a default (logits_to_keep) too
+            self.binding.bind_ortvalue_input(name, value)
+        kept = seq if logits_to_keep == 0 else min(logits_to_keep, seq)
+        logits = np.empty((batch, kept, self.model.vocab_size), dtype=self.model._float)
+        self.binding.bind_ortvalue_output("logits", self._value(logits))
+        self.model.session.run_with_iobinding(self.binding)
+        self.length = end
+        return logits.astype(np.float32, copy=False)
+
+    def repeat(self, n: int) -> None:
+        """Each row becomes ``n`` consecutive rows (the samples of one prompt)."""
+        self._fill([np.repeat(p, n, axis=0) for p in self.arrays], self.capacity)
+
+    def _fill(self, past: list[np.ndarray], capacity: int) -> None:
+        """New buffers of ``capacity`` holding ``past``, bound as both past and present."""
+        n_layer = self.model.description.n_layer
+        self.buffers = []
+        for array, past_name, present_name in zip(past, past_names(n_layer), present_names(n_layer), strict=True):
+            buffer = np.zeros((*array.shape[:2], capacity, array.shape[3]), dtype=array.dtype)
+            buffer[:, :, : array.shape[2]] = array
+            self.buffers.append(buffer)
+            value = self._value(buffer)
+            self.binding.bind_ortvalue_input(past_name, value)
+            self.binding.bind_ortvalue_output(present_name, value)
+
+    @staticmethod
+    def _value(array: np.ndarray):
+        from onnxruntime import OrtValue
+
+        return OrtValue.ortvalue_from_numpy(array)  # shares the array's memory (the CPU's)
+
+
+class _Decoder:
+    """One batch being decoded: ids, left-padding mask, and the KV cache (or, for the full-sequence
+    graph, each row recomputed from its own unpadded tokens every step). The cache is an ``InPlaceKV``
+    where the file extends it in place, else the presents ``OnnxGPT.run`` returns."""
+
+    def __init__(self, model: OnnxGPT) -> None:
+        self.model = model
+        self.vocab_size = model.vocab_size
+        self.block_size = model.block_size
+        c = model.config  # past and present of every layer, in the graph's float type
+        self.cache_bytes_per_token = 2 * c["n_layer"] * c["n_embd"] * np.dtype(model._float).itemsize
+        self.rows: list[list[int]] = []
+        self.mask: np.ndarray | None = None
+        self.past: list[np.ndarray] | InPlaceKV | None = None
+
+    def prefill(self, prompts: list[list[int]]) -> np.ndarray:
+        self.rows = [list(p) for p in prompts]
+        if not self.model.kv_cache:
+            return self._full()
+        ids, self.mask = left_padded(prompts, self.model.vocab_size)
+        return self._run(ids)
+
+    def step(self, tokens: Sequence[int]) -> np.ndarray:
+        for row, token in zip(self.rows, tokens, strict=True):
+            row.append(int(token))
+        if not self.model.kv_cache:
+            return self._full()
+        self.mask = np.concatenate((self.mask, np.ones((len(tokens), 1), dtype=np.int64)), axis=1)
+        return self._run(np.asarray(tokens, dtype=np.int64).reshape(-1, 1))
+
+    def _run(self, ids: np.ndarray) -> np.ndarray:
+        logits, self.past = self.model.decode_step(ids, self.mask, self.past)
+        return logits
+
+    def repeat(self, n: int) -> None:
+        if n == 1:
+            return
+        self.rows = [list(row) for row in self.rows for _ in range(n)]
+        if self.mask is not None:
+            self.mask = np.repeat(self.mask, n, axis=0)
+        if isinstance(self.past, InPlaceKV):
+            self.past.repeat(n)
+        elif self.past is not None:
+            self.past = [np.repeat(p, n, axis=0) for p in self.past]
+
+    def _full(self) -> np.ndarray:
+        return np.concatenate([self.model.run(np.array([row], dtype=np.int64), logits_to_keep=1)[0][:, -1]
+                               for row in self.rows])
+
+
+def load(path: str | os.PathLike, *, provider: str = "auto", threads: int | None = None,
+         huge_pages: bool = True) -> OnnxGPT:
+    """Open an exported file (``OnnxGPT(path, ...)``)."""
+    return OnnxGPT(path, provider=provider, threads=threads, huge_pages=huge_pages)
