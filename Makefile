@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint clean llama-cpp
+.PHONY: install demo test test-all lint clean llama-cpp
 
 $(STAMP): pyproject.toml Makefile plugins/gpt2reg-alibi/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,9 +27,17 @@ demo: install
 	$(BIN)/gpt2reg validate exports/gpt2-rope.onnx models/gpt2-rope --cases 4
 	$(BIN)/gpt2reg generate --onnx exports/gpt2-rope.onnx --prompt "Hello" --max-new-tokens 8 --seed 0
 
+TEST_PATHS := tests benchmarks/tests plugins/gpt2reg-alibi/tests
+
+# The default tier: every component, every positional encoding with every quantization, pairs across kinds.
 test: install
 	$(BIN)/ruff check gpt2reg tests plugins benchmarks
-	$(BIN)/python -m pytest -q -n 2 tests benchmarks/tests plugins/gpt2reg-alibi/tests
+	$(BIN)/python -m pytest -q -n 2 -m "not slow" $(TEST_PATHS)
+
+# Everything, the slow tier included (124M checks, the full component product, subprocess benchmarks).
+test-all: install
+	$(BIN)/ruff check gpt2reg tests plugins benchmarks
+	$(BIN)/python -m pytest -q -n 2 $(TEST_PATHS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -192,7 +192,7 @@ class BenchReport:
             f"date: {m['date']}; model: {s.model}",
         ]
         if self.read_gbps:
-            lines.append(f"memory: streaming read {self.read_gbps:.1f} GB/s ({BANDWIDTH_MB} MB buffer, "
+            lines.append(f"memory: streaming read {self.read_gbps:.1f} GB/s ({probe_megabytes()} MB buffer, "
                          f"{self.read_threads} threads, best round of {self.rounds}); a decode step's bound is "
                          f"that over its weights MB/tok")
         if any(k in r.metrics for r in self.rows for k in ("decode_tps", "prefill_s")):
@@ -393,7 +393,12 @@ def read_bandwidth(megabytes: int = BANDWIDTH_MB, repeats: int = 5) -> float:
 def bandwidth_probe(spec: BenchSpec) -> dict[str, float]:
     """The bench's bandwidth figure, measured in a child process like the rows, on their thread count."""
     threads = torch_threads(spec)
-    return {"read_gbps": read_bandwidth(), "threads": threads}
+    return {"read_gbps": read_bandwidth(probe_megabytes()), "threads": threads}
+
+
+def probe_megabytes() -> int:
+    """The probe's buffer: ``BANDWIDTH_MB``, or ``$GPT2REG_BENCH_PROBE_MB`` (the tests' tiny runs use 16)."""
+    return int(os.environ.get("GPT2REG_BENCH_PROBE_MB") or BANDWIDTH_MB)
 
 
 def torch_threads(spec: BenchSpec) -> int:
