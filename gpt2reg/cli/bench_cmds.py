@@ -38,7 +38,13 @@ def bench(model, rows, list_rows, rounds, repeats, prompt_tokens, new_tokens, pr
     Each engine runs in its own process (its own load time and peak memory); rows alternate over the
     rounds. Ratios compare engines measured in this run only.
     """
-    from benchmarks.bench import ROWS, run_bench
+    try:
+        from benchmarks.bench import ROWS, run_bench
+    except ImportError:
+        from ..errors import InputError
+
+        raise InputError("the benchmarks live beside the package in the source repository's benchmarks/ folder; "
+                         "install gpt2reg from a checkout (pip install -e .) to run them") from None
 
     if list_rows:
         for row in ROWS:
