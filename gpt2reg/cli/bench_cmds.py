@@ -38,13 +38,7 @@ def bench(model, rows, list_rows, rounds, repeats, prompt_tokens, new_tokens, pr
     Each engine runs in its own process (its own load time and peak memory); rows alternate over the
     rounds. Ratios compare engines measured in this run only.
     """
-    try:
-        from benchmarks.bench import ROWS, run_bench
-    except ImportError:
-        from ..errors import InputError
-
-        raise InputError("the benchmarks live beside the package in the source repository's benchmarks/ folder; "
-                         "install gpt2reg from a checkout (pip install -e .) to run them") from None
+    ROWS, run_bench = _benchmarks()
 
     if list_rows:
         for row in ROWS:
@@ -76,3 +70,22 @@ def bench(model, rows, list_rows, rounds, repeats, prompt_tokens, new_tokens, pr
 
         notes = "; ".join(f"{row.name}: {row.note or 'no result'}" for row in report.rows)
         raise InputError(f"no row of the benchmark produced a result ({notes})")
+
+
+def _benchmarks():
+    """``benchmarks.bench`` from the checkout this package was installed from (the benchmarks are not part
+    of the package, as nanoGPT's and timm's are not): its folder sits beside ``gpt2reg/``."""
+    import sys
+    from pathlib import Path
+
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "benchmarks" / "bench.py").is_file() and str(checkout) not in sys.path:
+        sys.path.insert(0, str(checkout))
+    try:
+        from benchmarks.bench import ROWS, run_bench
+    except ImportError:
+        from ..errors import InputError
+
+        raise InputError("the benchmarks live in the source repository's benchmarks/ folder, beside the package; "
+                         "run `gpt2reg bench` from an install of a checkout (pip install -e .)") from None
+    return ROWS, run_bench
