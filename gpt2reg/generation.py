@@ -17,7 +17,7 @@ from __future__ import annotations
 import codecs
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -44,16 +44,25 @@ class PromptTruncatedWarning(UserWarning):
 
 
 @dataclass(frozen=True)
-class SamplingOptions:
-    """How the next token is picked: greedy, or temperature, then top-k, then top-p (composable).
+class GenerationOptions:
+    """What a generation call is asked for: how the next token is picked, how many, seeds and samples, when to stop.
 
-    ``temperature == 0`` and ``top_k == 1`` are greedy too.
+    One object for ``generate``, ``OnnxGPT.generate``, ``decode``, the CLI and the server, which also take
+    its fields as keyword arguments. Picking is greedy, or temperature, then top-k, then top-p
+    (composable); ``temperature == 0`` and ``top_k == 1`` are greedy too. A sequence stops at
+    ``eos_token_id`` (None: never), at the first of the ``stop`` strings (one string or several), or after
+    ``max_new_tokens``. ``seed`` makes sampling reproducible (None: a fresh one); ``num_samples`` per prompt.
     """
 
     temperature: float = 1.0
     top_k: int | None = None
     top_p: float | None = None
     greedy: bool = False
+    max_new_tokens: int = 64
+    seed: int | None = None
+    num_samples: int = 1
+    stop: Sequence[str] = ()  # kept as a tuple
+    eos_token_id: int | None = EOT_ID
 
     def __post_init__(self) -> None:
         check_number("temperature", self.temperature, 0)  # 0 means greedy
@@ -61,10 +70,26 @@ class SamplingOptions:
             check_number("top_k", self.top_k, 1, integer=True)
         if self.top_p is not None:
             check_number("top_p", self.top_p, 0, 1, low_open=True)
+        check_number("max_new_tokens", self.max_new_tokens, 1, integer=True)
+        if self.seed is not None:
+            check_number("seed", self.seed, 0, integer=True)  # any size: numpy takes 128-bit entropy too
+        check_number("num_samples", self.num_samples, 1, integer=True)
+        stops = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        if any(not isinstance(s, str) or not s for s in stops):
+            raise InputError(f"stop strings must be non-empty text, got {list(stops)!r}")
+        object.__setattr__(self, "stop", stops)
 
     @property
     def is_greedy(self) -> bool:
         return self.greedy or self.temperature == 0 or self.top_k == 1
+
+    @classmethod
+    def of(cls, options: GenerationOptions | None = None, **fields: Any) -> GenerationOptions:
+        """``options`` (default ones when None) with ``fields`` replaced: what the keyword arguments build."""
+        return replace(options, **fields) if options is not None else cls(**fields)
+
+
+SamplingOptions = GenerationOptions  # the name the sampler's options had; the sampler reads the first four fields
 
 
 def filter_logits(logits: np.ndarray, options: SamplingOptions) -> np.ndarray:
@@ -360,27 +385,14 @@ class StepDecoder(Protocol):
         ...
 
 
-def decode(
-    decoder: StepDecoder,
-    prompt: Prompt | Sequence[Prompt],
-    *,
-    max_new_tokens: int = 64,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    greedy: bool = False,
-    seed: int | None = None,
-    num_samples: int = 1,
-    stop: str | Sequence[str] | None = None,
-    eos_token_id: int | None = EOT_ID,
-    stream: StreamCallback | None = None,
-) -> list[Sample]:
-    """``generate`` on any ``StepDecoder``: validate, encode, fit the context, sample, stop, stream."""
-    options = SamplingOptions(temperature, top_k, top_p, greedy)
-    check_number("num_samples", num_samples, 1, integer=True)
-    stops = [stop] if isinstance(stop, str) else list(stop or [])
-    if any(not isinstance(s, str) or not s for s in stops):
-        raise InputError(f"stop strings must be non-empty text, got {stops!r}")
+def decode(decoder: StepDecoder, prompt: Prompt | Sequence[Prompt], options: GenerationOptions | None = None, *,
+           stream: StreamCallback | None = None, **fields: Any) -> list[Sample]:
+    """``generate`` on any ``StepDecoder``: encode, fit the context, sample, stop, stream.
+
+    ``fields`` are ``GenerationOptions`` fields, replacing those of ``options``.
+    """
+    options = GenerationOptions.of(options, **fields)
+    max_new_tokens, num_samples, eos_token_id = options.max_new_tokens, options.num_samples, options.eos_token_id
     prompts = fit_context(encode_prompts(prompt, decoder.vocab_size), decoder.block_size, max_new_tokens)
     n = len(prompts) * num_samples
     longest = max(len(p) for p in prompts) + max_new_tokens
@@ -388,8 +400,8 @@ def decode(
     row_bytes = longest * getattr(decoder, "cache_bytes_per_token", 0) + decoder.vocab_size * (4 + 3 * 8)
     check_fits(n * row_bytes, f"decoding {n:,} sequence(s) of up to {longest} tokens",
                "lower --num-samples, the number of prompts or --max-new-tokens")
-    sampler = Sampler(options, [j for _ in prompts for j in range(num_samples)], seed)
-    sequences = [Continuation(max_new_tokens, stops, eos_token_id) for _ in range(n)]
+    sampler = Sampler(options, [j for _ in prompts for j in range(num_samples)], options.seed)
+    sequences = [Continuation(max_new_tokens, options.stop, eos_token_id) for _ in range(n)]
     vocab = sampling_vocab(decoder.vocab_size)
     filler = eos_token_id if eos_token_id is not None and eos_token_id < decoder.vocab_size else 0  # finished rows
 
@@ -486,55 +498,30 @@ class Decoder:
             return logits[:, -1].float().cpu().numpy()
 
 
-def generate(
-    model: GPT,
-    prompt: Prompt | Sequence[Prompt],
-    *,
-    max_new_tokens: int = 64,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    greedy: bool = False,
-    seed: int | None = None,
-    num_samples: int = 1,
-    stop: str | Sequence[str] | None = None,
-    eos_token_id: int | None = EOT_ID,
-    stream: StreamCallback | None = None,
-    use_cache: bool = True,
-) -> list[Sample]:
+def generate(model: GPT, prompt: Prompt | Sequence[Prompt], options: GenerationOptions | None = None, *,
+             stream: StreamCallback | None = None, use_cache: bool = True, **fields: Any) -> list[Sample]:
     """Continue ``prompt`` (a string, token ids, or a list of either) with ``model``.
 
-    Returns ``num_samples`` samples per prompt, prompt by prompt. Prompts of different lengths are
-    decoded together with left padding; each sequence stops at ``eos_token_id`` (None: never), at the
-    first of the ``stop`` strings, or after ``max_new_tokens``. ``stream(index, text)`` is called with
-    each piece of text as it becomes final, ``index`` being the sample's place in the returned list.
-    A prompt too long for the context keeps its most recent tokens (``PromptTruncatedWarning``).
-    ``seed`` makes sampling reproducible; the same seed gives the same text however prompts are batched.
+    ``options`` (a ``GenerationOptions``) or its fields as keyword arguments (``max_new_tokens=20,
+    seed=0``; they replace those of ``options``) say how. Returns ``num_samples`` samples per prompt,
+    prompt by prompt. Prompts of different lengths are decoded together with left padding.
+    ``stream(index, text)`` is called with each piece of text as it becomes final, ``index`` being the
+    sample's place in the returned list. A prompt too long for the context keeps its most recent tokens
+    (``PromptTruncatedWarning``). The same seed gives the same text however prompts are batched.
     Calls ``model.prepare_for_inference()`` (eval mode, faster CPU linear layers; see ``GPT``).
     """
+    options = GenerationOptions.of(options, **fields)
     if hasattr(model, "prepare_for_inference"):
         model.prepare_for_inference()
     else:
         model.eval()
-    return decode(
-        Decoder(model, use_cache),
-        prompt,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        greedy=greedy,
-        seed=seed,
-        num_samples=num_samples,
-        stop=stop,
-        eos_token_id=eos_token_id,
-        stream=stream,
-    )
+    return decode(Decoder(model, use_cache), prompt, options, stream=stream)
 
 
 __all__ = [
     "Continuation",
     "Decoder",
+    "GenerationOptions",
     "StepDecoder",
     "decode",
     "PromptTruncatedWarning",

@@ -16,6 +16,7 @@ import gpt2reg
 from gpt2reg.errors import InputError
 from gpt2reg.generation import (
     Decoder,
+    GenerationOptions,
     PromptTruncatedWarning,
     Sampler,
     SamplingOptions,
@@ -229,6 +230,20 @@ def test_batched_equals_one_by_one(pos: str, sampling: dict) -> None:
     for p, prompt in enumerate(PROMPTS):
         alone = generate(model, prompt, max_new_tokens=10, num_samples=2, **sampling)
         assert [s.generated_ids for s in alone] == [s.generated_ids for s in batched[2 * p : 2 * p + 2]]
+
+
+def test_one_options_object_or_its_fields_as_keywords() -> None:
+    """``generate`` takes a ``GenerationOptions``, its fields as keywords, or both (keywords win)."""
+    model = tiny()
+    options = GenerationOptions(top_p=0.9, temperature=0.8, max_new_tokens=8, seed=3, num_samples=2, stop="zz")
+    assert options.stop == ("zz",) and GenerationOptions.of(options, seed=4).seed == 4
+    by_object = generate(model, PROMPTS, options)
+    by_keywords = generate(model, PROMPTS, top_p=0.9, temperature=0.8, max_new_tokens=8, seed=3, num_samples=2)
+    assert [s.generated_ids for s in by_object] == [s.generated_ids for s in by_keywords]
+    shorter = generate(model, PROMPTS, options, max_new_tokens=4)
+    assert [s.generated_ids for s in shorter] == [s.generated_ids[:4] for s in by_object]
+    with pytest.raises(InputError, match="stop strings"):
+        GenerationOptions(stop=["ok", ""])
 
 
 def test_samples_of_one_prompt_differ() -> None:

@@ -60,6 +60,10 @@ def generate(model, prompts, max_new_tokens, temperature, top_k, top_p, greedy, 
                                  param_hint="'--prompt'")
     if greedy and (temperature is not None or top_k is not None or top_p is not None):
         raise click.UsageError("--greedy takes the most likely token; drop --temperature, --top-k and --top-p")
+    from ..generation import GenerationOptions
+
+    options = GenerationOptions(1.0 if temperature is None else temperature, top_k, top_p, greedy,
+                                max_new_tokens=max_new_tokens, seed=seed, num_samples=num_samples, stop=stop)
 
     if onnx_path is not None:
         from ..ort.runtime import OnnxGPT  # torch-free: this path works where torch is not installed
@@ -96,19 +100,7 @@ def generate(model, prompts, max_new_tokens, temperature, top_k, top_p, greedy, 
     with warnings.catch_warnings():
         warnings.showwarning = lambda message, *_args, **_kw: click.echo(f"Warning: {message}", err=True)
         warnings.simplefilter("always")
-        samples = run(
-            loaded,
-            list(prompts),
-            max_new_tokens=max_new_tokens,
-            temperature=1.0 if temperature is None else temperature,
-            top_k=top_k,
-            top_p=top_p,
-            greedy=greedy,
-            seed=seed,
-            num_samples=num_samples,
-            stop=list(stop),
-            stream=on_text if live else None,
-        )
+        samples = run(loaded, list(prompts), options, stream=on_text if live else None)
 
     if as_json:
         click.echo(json.dumps([s.to_dict() for s in samples], indent=2))

@@ -25,8 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..generation import Prompt, Sample, StreamCallback, decode, left_padded
-from ..tokenizer import EOT_ID
+from ..generation import GenerationOptions, Prompt, Sample, StreamCallback, decode, left_padded
 from .metadata import LOGITS_TO_KEEP, OnnxDescription, past_names, present_names
 from .pages import collapse
 from .providers import CPU, create_session, input_names
@@ -163,31 +162,14 @@ class OnnxGPT:
         """Logits (batch, seq, vocab), float32, for a batch of equal-length token sequences."""
         return self.run(np.asarray(input_ids, dtype=np.int64))[0]
 
-    def generate(
-        self,
-        prompt: Prompt | Sequence[Prompt],
-        *,
-        max_new_tokens: int = 64,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        greedy: bool = False,
-        seed: int | None = None,
-        num_samples: int = 1,
-        stop: str | Sequence[str] | None = None,
-        eos_token_id: int | None = EOT_ID,
-        stream: StreamCallback | None = None,
-    ) -> list[Sample]:
+    def generate(self, prompt: Prompt | Sequence[Prompt], options: GenerationOptions | None = None, *,
+                 stream: StreamCallback | None = None, **fields: Any) -> list[Sample]:
         """Continue ``prompt`` exactly as ``gpt2reg.generation.generate`` does with a torch model.
 
-        Same arguments, same results (``Sample`` per sequence, prompt by prompt); prompts of different
-        lengths are left-padded together through the KV-cache graph.
+        Same arguments (``options`` or its fields as keywords), same results (``Sample`` per sequence,
+        prompt by prompt); prompts of different lengths are left-padded together through the KV-cache graph.
         """
-        return decode(
-            _Decoder(self), prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-            top_p=top_p, greedy=greedy, seed=seed, num_samples=num_samples, stop=stop,
-            eos_token_id=eos_token_id, stream=stream,
-        )
+        return decode(_Decoder(self), prompt, options, stream=stream, **fields)
 
 
 class InPlaceKV:
