@@ -79,8 +79,9 @@ class Server:
     def health(self) -> dict:
         return httpx.get(f"{self.url}/health", timeout=10).json()
 
-    def post(self, body: dict, headers: dict | None = None, timeout: float = 60) -> httpx.Response:
-        return httpx.post(f"{self.url}/v1/completions", json=body, headers=headers, timeout=timeout)
+    def post(self, body: dict, headers: dict | None = None, timeout: float = 60,
+             path: str = "/v1/completions") -> httpx.Response:
+        return httpx.post(f"{self.url}{path}", json=body, headers=headers, timeout=timeout)
 
     def stop(self, timeout: float = 60) -> int:
         if self.proc.poll() is None:
@@ -88,10 +89,11 @@ class Server:
         return self.proc.wait(timeout)
 
 
-def stream(server: Server, body: dict, headers: dict | None = None) -> tuple[list[dict], bool]:
+def stream(server: Server, body: dict, headers: dict | None = None,
+           path: str = "/v1/completions") -> tuple[list[dict], bool]:
     """The events of a streamed completion, and whether it ended with ``data: [DONE]``."""
     events, done = [], False
-    with httpx.stream("POST", f"{server.url}/v1/completions", json=body | {"stream": True}, headers=headers,
+    with httpx.stream("POST", f"{server.url}{path}", json=body | {"stream": True}, headers=headers,
                       timeout=60) as response:
         assert response.status_code == 200, response.read()
         assert response.headers["content-type"].startswith("text/event-stream")
@@ -139,9 +141,40 @@ def reference(tiny) -> OnnxGPT:
 
 @pytest.fixture(scope="module")
 def server(tiny):
-    server = Server(tiny[1], "--api-key", KEY, "--max-batch", "16", "--max-tokens", "200")
+    server = Server(tiny[1], "--api-key", KEY, "--max-batch", "16", "--max-tokens", "200",
+                    "--served-model-name", "tiny", "--served-model-name", "org/tiny-alias")
     yield server
     server.stop()
+
+
+def eval_losses(model, ids: list[int]) -> np.ndarray:
+    """Each of ``ids[1:]``'s loss given the tokens before it, from ``gpt2reg eval``'s scoring
+    (``evaluate_tokens``: mean loss x count over each prefix, differenced)."""
+    from gpt2reg.training.eval import evaluate_tokens
+
+    def total(k: int) -> float:
+        if k < 2:
+            return 0.0
+        result = evaluate_tokens(model, ids[:k], batch_size=1)
+        return result["loss"] * result["tokens"]
+
+    return np.array([total(k + 1) - total(k) for k in range(1, len(ids))])
+
+
+def check_echo(choice: dict, text: str, losses: np.ndarray, top: int) -> None:
+    """An echoed prompt as OpenAI's legacy completions give it, its log-probabilities minus ``losses``."""
+    ids = get_tokenizer().encode(text)
+    logprobs = choice["logprobs"]
+    assert choice["text"].startswith(text) and logprobs["tokens"][: len(ids)] == [
+        get_tokenizer().decode([t]) for t in ids]
+    assert logprobs["token_logprobs"][0] is None and logprobs["top_logprobs"][0] is None
+    np.testing.assert_allclose(-np.array(logprobs["token_logprobs"][1 : len(ids)]), losses, rtol=1e-5, atol=1e-5)
+    offsets = np.cumsum([0] + [len(t) for t in logprobs["tokens"][:-1]])
+    assert logprobs["text_offset"] == offsets.tolist()
+    for token, value, alternatives in zip(logprobs["tokens"][1:], logprobs["token_logprobs"][1:],
+                                          logprobs["top_logprobs"][1:], strict=True):
+        assert alternatives[token] == value and top <= len(alternatives) <= top + 1  # the chosen one is always there
+        assert list(alternatives.values()) == sorted(alternatives.values(), reverse=True)
 
 
 def cli_generate(path: Path, prompt: str, *args: str) -> list[dict]:
@@ -159,7 +192,7 @@ def test_health_models_and_page(server: Server) -> None:
     assert health["status"] == "ok" and health["model"] == "tiny" and health["context"] == 1024
     assert health["max_tokens"] == 200 and set(health["batch"]) >= {"batch", "max_batch_seen", "queued", "tokens"}
     models = httpx.get(f"{server.url}/v1/models", headers=AUTH).json()
-    assert models["object"] == "list" and [m["id"] for m in models["data"]] == ["tiny"]
+    assert models["object"] == "list" and [m["id"] for m in models["data"]] == ["tiny", "org/tiny-alias"]
     page = httpx.get(server.url)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "<textarea" in page.text and "/v1/completions" in page.text and "http" not in page.text.split("<body")[0]
@@ -242,11 +275,112 @@ def test_logprobs_of_the_chosen_tokens(server: Server, reference: OnnxGPT) -> No
     assert all(e["choices"][0]["logprobs"]["top_logprobs"] is None for e in events)
 
 
+def test_echo_gives_the_prompts_log_probabilities_as_eval_scores_them(server: Server, reference: OnnxGPT) -> None:
+    text = "The quick brown fox jumps over the lazy dog"
+    losses = eval_losses(reference, get_tokenizer().encode(text))
+    body = {"prompt": text, "echo": True, "max_tokens": 0, "logprobs": 2}
+    reply = server.post(body, AUTH).json()
+    [choice] = reply["choices"]
+    check_echo(choice, text, losses, 2)
+    assert choice["text"] == text and choice["finish_reason"] == "length"
+    assert reply["usage"] == {"prompt_tokens": len(losses) + 1, "completion_tokens": 0, "total_tokens": len(losses) + 1}
+
+    # lm-evaluation-harness's request: token ids, one greedy token after the prompt
+    ids = get_tokenizer().encode(text)
+    greedy = reference.generate([ids], max_new_tokens=1, greedy=True)[0]
+    scored = server.post({"prompt": ids, "echo": True, "max_tokens": 1, "logprobs": 1, "temperature": 0}, AUTH).json()
+    [choice] = scored["choices"]
+    check_echo(choice, text, losses, 1)
+    assert choice["text"] == text + greedy.text and len(choice["logprobs"]["tokens"]) == len(ids) + 1
+    last = choice["logprobs"]["top_logprobs"][-1]
+    assert max(last.values()) == choice["logprobs"]["token_logprobs"][-1]  # greedy: the most likely
+
+    # streamed: the prompt comes first, whole, then the tokens; the same numbers
+    events, done = stream(server, {"prompt": ids, "echo": True, "max_tokens": 1, "logprobs": 1,
+                                   "temperature": 0}, AUTH)
+    assert done and [c["text"] for e in events for c in e["choices"]] == [text, greedy.text]
+    pieces = [c["logprobs"] for e in events for c in e["choices"]]
+    joined = {k: [v for p in pieces for v in p[k]] for k in ("tokens", "token_logprobs", "top_logprobs", "text_offset")}
+    assert joined == choice["logprobs"]
+    none, _ = stream(server, body | {"logprobs": None}, AUTH)
+    assert [c["text"] for e in none for c in e["choices"]] == [text] and none[0]["choices"][0]["logprobs"] is None
+
+    # several prompts, n copies: each choice echoes its own prompt
+    prompts = ["Hello there", "A second prompt"]
+    many = server.post({"prompt": prompts, "n": 2, "echo": True, "max_tokens": 3, "seed": 1}, AUTH).json()
+    plain = server.post({"prompt": prompts, "n": 2, "max_tokens": 3, "seed": 1}, AUTH).json()
+    assert [c["text"] for c in many["choices"]] == [prompts[i // 2] + c["text"] for i, c in enumerate(plain["choices"])]
+
+
+def test_chat_completions_render_the_plain_template_and_complete_it(server: Server, reference: OnnxGPT) -> None:
+    messages = [{"role": "system", "content": "You are terse."},
+                {"role": "user", "content": [{"type": "text", "text": "Hello"}, {"type": "text", "text": "!"}]}]
+    prompt = "System: You are terse.\n\nUser: Hello!\n\nAssistant:"
+    want = reference.generate([prompt] * 1, max_new_tokens=12, seed=4, num_samples=2, stop=["\n"])
+    body = {"model": "org/tiny-alias", "messages": messages, "max_tokens": 12, "seed": 4, "n": 2, "stop": "\n"}
+    reply = server.post(body, AUTH, path="/v1/chat/completions").json()
+    assert reply["object"] == "chat.completion" and reply["model"] == "tiny" and reply["id"].startswith("chatcmpl-")
+    assert [c["message"] for c in reply["choices"]] == [{"role": "assistant", "content": s.text} for s in want]
+    assert [c["finish_reason"] for c in reply["choices"]] == [
+        {"length": "length", "eos": "stop", "stop": "stop"}[s.finish_reason] for s in want]
+    prompt_tokens = len(get_tokenizer().encode(prompt))
+    assert reply["usage"]["prompt_tokens"] == prompt_tokens
+    assert reply["usage"]["completion_tokens"] == sum(len(s.generated_ids) for s in want)
+    tokenized = httpx.post(f"{server.url}/tokenize", json={"messages": messages}, headers=AUTH).json()
+    assert tokenized["tokens"] == get_tokenizer().encode(prompt) and tokenized["count"] == prompt_tokens
+
+    events, done = stream(server, body | {"stream_options": {"include_usage": True}}, AUTH, path="/v1/chat/completions")
+    assert done and all(e["object"] == "chat.completion.chunk" and e["id"] == events[0]["id"] for e in events)
+    assert [e["choices"][0]["delta"] for e in events[:2]] == [{"role": "assistant", "content": ""}] * 2
+    texts = ["", ""]
+    for event in events[2:-1]:
+        for choice in event["choices"]:
+            texts[choice["index"]] += choice["delta"].get("content", "")
+    assert texts == [s.text for s in want]
+    assert events[-1]["choices"] == [] and events[-1]["usage"] == reply["usage"]
+
+    greedy = reference.generate(prompt, max_new_tokens=4, greedy=True)[0]
+    scored = server.post({"messages": messages, "max_tokens": 4, "temperature": 0, "logprobs": True,
+                          "top_logprobs": 3}, AUTH, path="/v1/chat/completions").json()["choices"][0]
+    content = scored["logprobs"]["content"]
+    assert "".join(c["token"] for c in content) == scored["message"]["content"] == greedy.text
+    for entry in content:
+        assert len(entry["top_logprobs"]) == 3 and entry["top_logprobs"][0]["logprob"] == entry["logprob"]
+        assert bytes(entry["bytes"]).decode() == entry["token"]
+
+
+def test_models_names_and_the_tokenizer_routes(server: Server) -> None:
+    models = httpx.get(f"{server.url}/v1/models", headers=AUTH).json()
+    assert [m["id"] for m in models["data"]] == ["tiny", "org/tiny-alias"]
+    card = httpx.get(f"{server.url}/v1/models/org/tiny-alias", headers=AUTH)
+    assert card.status_code == 200 and card.json()["id"] == "org/tiny-alias" and card.json()["context_length"] == 1024
+    missing = httpx.get(f"{server.url}/v1/models/gpt-4", headers=AUTH)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+    assert httpx.get(f"{server.url}/v1/models/tiny").status_code == 401
+    assert server.post({"model": "org/tiny-alias", "prompt": "x", "max_tokens": 1}, AUTH).json()["model"] == "tiny"
+
+    text = "Hello <|endoftext|> world"
+    tokenized = httpx.post(f"{server.url}/tokenize", json={"prompt": text, "return_token_strs": True}, headers=AUTH)
+    ids = get_tokenizer().encode(text, allowed_special="all")
+    assert tokenized.json() == {"count": len(ids), "max_model_len": 1024, "tokens": ids,
+                                "token_strs": [get_tokenizer().decode([t]) for t in ids]}
+    back = httpx.post(f"{server.url}/detokenize", json={"tokens": ids}, headers=AUTH).json()
+    assert back == {"prompt": text}
+    info = httpx.get(f"{server.url}/tokenizer_info", headers=AUTH).json()
+    assert info["eos_token"] == info["bos_token"] == "<|endoftext|>" and "Assistant:" in info["chat_template"]
+    for path, body, message in [("/tokenize", {"prompt": 5}, "'prompt' must be a string"),
+                                ("/detokenize", {"tokens": [1, 99999]}, "outside the vocabulary"),
+                                ("/detokenize", {"tokens": "abc"}, "'tokens' must be an array")]:
+        response = httpx.post(f"{server.url}{path}", json=body, headers=AUTH)
+        assert response.status_code == 400 and message in response.json()["error"]["message"]
+    assert httpx.post(f"{server.url}/tokenize", json={"prompt": "x"}).status_code == 401
+
+
 def test_the_openai_client_works_unchanged(server: Server, reference: OnnxGPT) -> None:
     from openai import OpenAI
 
     client = OpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0)
-    assert [m.id for m in client.models.list()] == ["tiny"]
+    assert [m.id for m in client.models.list()] == ["tiny", "org/tiny-alias"]
     want = reference.generate("Hello, my dog", max_new_tokens=12, seed=0, top_p=0.9)[0]
     reply = client.completions.create(model="tiny", prompt="Hello, my dog", max_tokens=12, seed=0, top_p=0.9)
     assert reply.choices[0].text == want.text and reply.usage.completion_tokens == len(want.generated_ids)
@@ -407,7 +541,11 @@ BAD = [
     ({"prompt": "x", "stop": 5}, AUTH, 400, "'stop' must be"),
     ({"prompt": "x", "stop": ["a", 1]}, AUTH, 400, "'stop' must be"),
     ({"prompt": "x", "logprobs": 9}, AUTH, 400, "'logprobs' must be an integer from 0 to 5"),
-    ({"prompt": "x", "echo": True}, AUTH, 400, "'echo' is not supported"),
+    ({"prompt": "x", "echo": "yes"}, AUTH, 400, "'echo' must be a boolean"),
+    ({"prompt": "x", "echo": True, "max_tokens": -1}, AUTH, 400, "'max_tokens' must be an integer >= 0"),
+    ({"prompt": "x" * 200_000}, AUTH, 400, "more than the model's context of 1024 tokens can hold"),
+    (b'{"prompt": ' + b"[" * 65 + b"]" * 65 + b"}", AUTH, 400, "nests 66 levels deep; at most 64"),
+    (b"[" * 100_000, AUTH, 400, "nests 100000 levels deep"),
     ({"prompt": "x", "frequency_penalty": 0.5}, AUTH, 400, "not supported"),
     ({"prompt": "x", "model": "gpt-4"}, AUTH, 404, "does not exist"),
     ({"prompt": "x"}, None, 401, "missing API key"),
@@ -419,7 +557,8 @@ BAD = [
 @pytest.mark.parametrize("body, headers, status, message", BAD, ids=[str(i) for i in range(len(BAD))])
 def test_a_bad_request_gets_its_status_and_a_json_error(server: Server, body, headers, status, message) -> None:
     if isinstance(body, bytes):
-        response = httpx.post(f"{server.url}/v1/completions", content=body, headers=headers, timeout=30)
+        response = httpx.post(f"{server.url}/v1/completions", content=body, timeout=30,
+                              headers={"Content-Type": "application/json"} | (headers or {}))
     else:
         response = server.post(body, headers)
     assert response.status_code == status, response.text
@@ -547,15 +686,20 @@ def test_load_200_requests_from_32_clients(tiny) -> None:
 # -- other models, the command line --------------------------------------------------------------
 
 
-def test_a_model_directory_is_served_on_torch(tiny) -> None:
+def test_a_model_directory_is_served_on_torch_with_its_chat_template(tiny, tmp_path: Path) -> None:
     from gpt2reg.checkpoints import load_model
     from gpt2reg.generation import generate
 
-    server = Server(tiny[0], torch_ok=True)
+    folder = shutil.copytree(tiny[0], tmp_path / "chatty")
+    (folder / "chat_template.jinja").write_text(
+        "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}{% if add_generation_prompt %}<assistant>"
+        "{% endif %}", encoding="utf-8")
+    model = load_model(folder)
+    server = Server(folder, torch_ok=True)
     try:
         assert server.health()["backend"] == "torch cpu"
         prompts = ["A short one", "A somewhat longer prompt than that"]
-        want = [s.text for s in generate(load_model(tiny[0]), prompts, max_new_tokens=12, seed=5, num_samples=2)]
+        want = [s.text for s in generate(model, prompts, max_new_tokens=12, seed=5, num_samples=2)]
         barrier = threading.Barrier(2)
 
         def client(i: int) -> list[str]:
@@ -565,6 +709,19 @@ def test_a_model_directory_is_served_on_torch(tiny) -> None:
 
         with ThreadPoolExecutor(2) as pool:
             assert [t for texts in pool.map(client, range(2)) for t in texts] == want
+
+        text = "Echoed through the torch engine"
+        losses = eval_losses(model, get_tokenizer().encode(text))
+        body = {"prompt": text, "echo": True, "max_tokens": 0, "logprobs": 1}
+        check_echo(server.post(body).json()["choices"][0], text, losses, 1)
+        events, _ = stream(server, body)
+        check_echo(events[0]["choices"][0], text, losses, 1)
+
+        messages = [{"role": "user", "content": "Hi"}]
+        chat = server.post({"messages": messages, "max_tokens": 6, "seed": 2}, path="/v1/chat/completions").json()
+        want = generate(model, "<user>Hi<assistant>", max_new_tokens=6, seed=2)[0]
+        assert chat["choices"][0]["message"]["content"] == want.text
+        assert chat["usage"]["prompt_tokens"] == len(get_tokenizer().encode("<user>Hi<assistant>"))
     finally:
         server.stop()
 
@@ -636,7 +793,8 @@ def test_cli_refuses_bad_options_and_files(tmp_path: Path) -> None:
     runner = CliRunner()
     for args, message in [(["--max-batch", "0"], "--max-batch"), (["--grace", "nan"], "--grace"),
                           (["--grace", "inf"], "--grace"), (["--port", "70000"], "--port"),
-                          (["--api-key", " "], "--api-key")]:
+                          (["--api-key", " "], "--api-key"), (["--host", ""], "--host"),
+                          (["--read-timeout", "0"], "--read-timeout")]:
         result = runner.invoke(cli, ["serve", "x.onnx", *args])
         assert result.exit_code == 2 and message in result.output, result.output
     result = runner.invoke(cli, ["serve", str(tmp_path / "missing.onnx")])
@@ -647,6 +805,31 @@ def test_cli_refuses_bad_options_and_files(tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, "-m", "gpt2reg", "serve", str(bad), "--port", port, "--provider", "cpu"],
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert run.returncode == 1 and "cannot serve" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_the_chat_template_is_the_model_folders_own_else_plain(tmp_path: Path) -> None:
+    from gpt2reg.errors import InputError
+    from gpt2reg.serve.chat import PLAIN_TEMPLATE, find_chat_template
+    from gpt2reg.serve.protocol import APIError
+
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    plain = find_chat_template(str(tmp_path / "model.onnx"))
+    assert plain.text == PLAIN_TEMPLATE and plain.source == "plain"
+    assert plain.render(messages) == "System: Be brief.\n\nUser: Hi\n\nAssistant:"
+    (tmp_path / "onnx").mkdir()
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": [
+        {"name": "tool_use", "template": "tools"},
+        {"name": "default", "template": "{% for m in messages %}[{{ m.role }}] {{ m.content }}{{ eos_token }}"
+                                        "{% endfor %}{% if messages[0].role != 'system' %}"
+                                        "{{ raise_exception('a system message comes first') }}{% endif %}"}]}))
+    own = find_chat_template(str(tmp_path / "onnx" / "model.onnx"))  # the Hugging Face layout: onnx/ in the folder
+    assert own.source == str(tmp_path / "tokenizer_config.json")
+    assert own.render(messages) == "[system] Be brief.<|endoftext|>[user] Hi<|endoftext|>"
+    with pytest.raises(APIError, match="a system message comes first"):
+        own.render(messages[1:])
+    (tmp_path / "chat_template.jinja").write_text("{% for m in messages %}", encoding="utf-8")
+    with pytest.raises(InputError, match="does not compile"):
+        find_chat_template(str(tmp_path)).check()
 
 
 # -- the page in a real browser ------------------------------------------------------------------

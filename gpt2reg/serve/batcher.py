@@ -6,6 +6,10 @@ aligned with the others' by the engine), every row samples its next token, finis
 take one decode step together. A request beyond the batch waits in a queue of ``max_queue``;
 ``submit`` refuses more with ``QueueFull`` (the server's 429).
 
+A job that ``echo``es its prompts with ``logprobs`` gets their tokens' log-probabilities first, from one
+full forward pass per prompt (``BatchEngine.prompt_logits``) on this thread; a job with ``max_tokens`` 0
+ends there and never takes a row.
+
 Sampling is ``gpt2reg.generation``'s: each row has its own ``Sampler`` seeded ``(seed, sample index)``
 and its own ``Continuation``, exactly as ``decode`` gives each sequence, so a request gets the tokens
 it would get alone with its seed, whoever else is in the batch.
@@ -49,13 +53,26 @@ class TokenEvent:
 
 
 @dataclass
+class PromptEvent:
+    """One choice's echoed prompt (``echo``): its tokens' log-probabilities when asked for.
+
+    Entry 0 of ``logprobs`` and ``top_logprobs`` is None: nothing precedes the first token.
+    """
+
+    index: int
+    logprobs: list[float | None] | None = None
+    top_logprobs: list[dict[int, float] | None] | None = None
+    finish_reason: str | None = None  # "length" when max_tokens is 0: nothing follows
+
+
+@dataclass
 class Failure:
     """The request could not be decoded (the server stays up; this request gets a 500)."""
 
     message: str
 
 
-Deliver = Callable[[list[TokenEvent] | Failure], None]
+Deliver = Callable[[list[TokenEvent] | list[PromptEvent] | Failure], None]
 
 
 @dataclass(eq=False)  # identity: two equal requests are still two jobs
@@ -74,11 +91,13 @@ class Job:
     stop: list[str] = field(default_factory=list)
     logprobs: int | None = None  # None: none; k: the chosen token's and the k most likely
     eos_token_id: int | None = EOT_ID
+    echo: bool = False  # the prompts come back first (PromptEvent), with log-probabilities when asked for
     cancelled: bool = False
 
     @property
     def rows(self) -> int:
-        return len(self.prompts) * self.n
+        """Rows it takes in the batch: none for the prompt alone (``max_tokens`` 0)."""
+        return len(self.prompts) * self.n if self.max_tokens else 0
 
 
 @dataclass
@@ -181,6 +200,7 @@ class Batcher:
                 joining = self._take_waiting(self.max_batch - len(rows))
                 self._running_rows = len(rows) + sum(job.rows for job in joining)
             rows, logits = self._drop(rows, logits, [i for i, r in enumerate(rows) if not r.job.cancelled])
+            joining = [job for job in joining if not job.echo or self._echo(job)]
             if joining:
                 rows, logits = self._join(joining, rows, logits)
             self.stats.batch = self._running_rows = len(rows)
@@ -221,6 +241,26 @@ class Batcher:
         for job in broken.values():  # NaN weights, or float16 overflow: nothing sensible to sample
             _deliver(job, Failure(NON_FINITE))
         return self._drop(rows, logits, [i for i, r in enumerate(rows) if id(r.job) not in broken])
+
+    def _echo(self, job: Job) -> bool:
+        """Hand ``job`` its prompts (log-probabilities from a full pass where asked); whether it goes on to decode."""
+        events = []
+        try:
+            for p, prompt in enumerate(job.prompts):
+                logprobs = tops = None
+                if job.logprobs is not None:
+                    logits = self.engine.prompt_logits(prompt)[:, : self._vocab]
+                    if not np.isfinite(logits).all():
+                        raise ValueError(NON_FINITE)
+                    logprobs, tops = prompt_logprobs(logits, prompt, job.logprobs)
+                finish = None if job.max_tokens else "length"
+                events += [PromptEvent(p * job.n + i, logprobs, tops, finish) for i in range(job.n)]
+        except Exception as exc:
+            log.warning("scoring a prompt failed: %s", exc)
+            _deliver(job, Failure(f"scoring the prompt failed: {exc}"))
+            return False
+        _deliver(job, events)
+        return job.max_tokens > 0 and not job.cancelled
 
     def _take_waiting(self, free: int) -> list[Job]:
         """Pop waiting jobs, first come first served, while their rows fit in ``free`` (lock held)."""
@@ -267,12 +307,35 @@ def _deliver(job: Job, events: list[TokenEvent] | Failure) -> None:
 
 
 def token_logprobs(logits: np.ndarray, token: int, top: int) -> tuple[float, dict[int, float] | None]:
-    """The log-probability of ``token`` under softmax(``logits``), and the ``top`` most likely tokens' (or None)."""
-    scores = logits.astype(np.float64)
-    peak = scores.max()
-    log_total = peak + np.log(np.exp(scores - peak).sum())
-    if top <= 0:
-        return float(scores[token] - log_total), None
-    best = np.argpartition(-scores, top - 1)[:top]
-    best = best[np.argsort(-scores[best], kind="stable")]
-    return float(scores[token] - log_total), {int(t): float(scores[t] - log_total) for t in best}
+    """The log-probability of ``token`` under softmax(``logits``), and the ``top`` most likely tokens' and
+    ``token``'s (as the OpenAI API gives them: up to ``top`` + 1), most likely first; None when ``top`` is 0."""
+    logprobs, tops = prompt_logprobs(logits[None], [0, token], top)
+    return logprobs[1], tops[1]
+
+
+PROMPT_ROWS = 64  # positions whose float64 log-softmax is held at once (64 x 50257 x 8 bytes: 26 MB)
+
+
+def prompt_logprobs(logits: np.ndarray, tokens: list[int], top: int
+                    ) -> tuple[list[float | None], list[dict[int, float] | None]]:
+    """Each of ``tokens``' log-probability under the logits (len(tokens), vocab) of the positions before it,
+    and the tops as ``token_logprobs`` gives them; entry 0 is None for both (nothing precedes the first).
+
+    Computed in float64, a block of positions at a time, as ``gpt2reg eval`` computes its losses.
+    """
+    logprobs: list[float | None] = [None]
+    tops: list[dict[int, float] | None] = [None]
+    for start in range(0, len(tokens) - 1, PROMPT_ROWS):
+        scores = logits[start : min(start + PROMPT_ROWS, len(tokens) - 1)].astype(np.float64)
+        peak = scores.max(axis=1, keepdims=True)
+        scores -= peak + np.log(np.exp(scores - peak).sum(axis=1, keepdims=True))
+        chosen = np.asarray(tokens[start + 1 : start + 1 + len(scores)])
+        logprobs += scores[np.arange(len(scores)), chosen].tolist()
+        if top <= 0:
+            tops += [None] * len(scores)
+            continue
+        best = np.argpartition(-scores, top - 1, axis=1)[:, :top]
+        for row, token, candidates in zip(scores, chosen.tolist(), best, strict=True):
+            ranked = sorted({*candidates.tolist(), token}, key=lambda t: -row[t])
+            tops.append({t: float(row[t]) for t in ranked})
+    return logprobs, tops

@@ -40,6 +40,10 @@ class BatchEngine(Protocol):
         """Keep only these rows (ascending), dropping the others."""
         ...
 
+    def prompt_logits(self, prompt: list[int]) -> np.ndarray:
+        """The logits (len(prompt), vocab) at every position of ``prompt`` alone, outside the batch (echo)."""
+        ...
+
 
 class CacheBackend(Protocol):
     """One KV-cache model call, and the four reshapes of its cache that joining and leaving need."""
@@ -49,6 +53,10 @@ class CacheBackend(Protocol):
 
     def run(self, ids: np.ndarray, mask: np.ndarray, past: Any) -> tuple[np.ndarray, Any]:
         """Logits (batch, vocab) after the last of ``ids`` (batch, seq), and the extended cache."""
+        ...
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        """Logits (len(ids), vocab) at every position of one sequence, no cache."""
         ...
 
     def left_pad(self, past: Any, width: int) -> Any:
@@ -118,6 +126,9 @@ class KVCacheBatch:
         self.mask = np.ascontiguousarray(mask[:, start:])
         self.past = self.backend.take(self.past, index, start)
 
+    def prompt_logits(self, prompt: list[int]) -> np.ndarray:
+        return self.backend.logits(prompt)
+
 
 def _pad_mask(mask: np.ndarray, width: int) -> np.ndarray:
     return np.pad(mask, ((0, 0), (width - mask.shape[1], 0)))
@@ -139,6 +150,9 @@ class OnnxCache:
     def run(self, ids: np.ndarray, mask: np.ndarray, past: list[np.ndarray] | InPlaceKV | None
             ) -> tuple[np.ndarray, list[np.ndarray] | InPlaceKV]:
         return self.model.decode_step(ids, mask, past)
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        return self.model.logits([ids])[0]
 
     def left_pad(self, past: list[np.ndarray] | InPlaceKV, width: int) -> list[np.ndarray]:
         return [np.pad(p, ((0, 0), (0, 0), (width - p.shape[2], 0), (0, 0))) if p.shape[2] < width else p
@@ -179,6 +193,9 @@ class FullSequenceBatch:
 
     def keep(self, rows: Sequence[int]) -> None:
         self.sequences = [self.sequences[i] for i in rows]
+
+    def prompt_logits(self, prompt: list[int]) -> np.ndarray:
+        return self.model.logits([prompt])[0]
 
     def _last_logits(self, tokens: list[int]) -> np.ndarray:
         return self.model.run(np.array([tokens], dtype=np.int64), logits_to_keep=1)[0][:, -1]

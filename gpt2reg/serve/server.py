@@ -6,10 +6,15 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import Gpt2regError, InputError
 from .app import LoadedModel, ServerOptions, create_app
+from .chat import find_chat_template
+from .listen import MAX_HEADER_BYTES, http_protocol, listen
+
+log = logging.getLogger("gpt2reg.serve")
 
 
 def serve(
@@ -25,13 +30,21 @@ def serve(
     grace: float = 30.0,
     threads: int | None = None,
     log_level: str = "info",
+    served_model_names: Sequence[str] = (),
+    cors_origins: Sequence[str] = (),
+    allowed_hosts: Sequence[str] = (),
+    read_timeout: float = 30.0,
 ) -> None:
-    """Serve ``model`` on ``host:port`` until SIGINT/SIGTERM (OpenAI completions API, continuous batching).
+    """Serve ``model`` on ``host:port`` until SIGINT/SIGTERM (OpenAI completions and chat APIs, continuous batching).
 
     An ``.onnx`` file runs on onnxruntime with ``provider`` and never imports torch; a model directory,
     checkpoint or hub name runs on torch (on CUDA where ``provider`` allows and it is available).
+    ``served_model_names`` are the names clients may ask for (the first is the one responses give;
+    default: the file's or folder's name). ``cors_origins`` lets pages from those origins call the API
+    from a browser; ``allowed_hosts`` answers only requests whose Host header names one of them.
     On SIGTERM the server stops accepting connections, lets requests in flight finish for up to
-    ``grace`` seconds, then exits. Raises ``Gpt2regError`` if the model cannot be loaded.
+    ``grace`` seconds, then exits. Raises ``Gpt2regError`` if the address cannot be listened on or
+    the model cannot be loaded.
     """
     import uvicorn
 
@@ -49,24 +62,37 @@ def serve(
         def load() -> LoadedModel:
             return _load_torch(name, provider)
 
+    names = tuple(dict.fromkeys(served_model_names)) or (model_id,)
+    if not all(n.strip() for n in names):
+        raise InputError("--served-model-name must not be empty")
+    template = find_chat_template(name)
+    template.check()
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s:     %(message)s")
+    listener = listen(host, port)  # before anything loads: a bad address is one line, not an abort mid-load
+    if not listener.local_only and api_key is None:
+        log.warning("listening on %s, beyond this machine, without an API key: anyone who can reach it can use "
+                    "the model; set --api-key (or GPT2REG_API_KEY)", listener.url)
     failures: list[str] = []
-    options = ServerOptions(max_batch=max_batch, max_queue=max_queue, max_tokens=max_tokens, api_key=api_key)
+    options = ServerOptions(max_batch=max_batch, max_queue=max_queue, max_tokens=max_tokens, api_key=api_key,
+                            chat_template=template, cors_origins=tuple(cors_origins),
+                            allowed_hosts=tuple(allowed_hosts), read_timeout=read_timeout)
 
     def on_fatal(message: str) -> None:
         failures.append(message)
         server.should_exit = True
 
-    app = create_app(load, model_id, options, on_fatal)
-    logging.basicConfig(level=log_level.upper(), format="%(levelname)s:     %(message)s")
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=grace,
-                            lifespan="on")
+    app = create_app(load, names, options, on_fatal)
+    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=grace, lifespan="on",
+                            http=http_protocol(read_timeout), h11_max_incomplete_event_size=MAX_HEADER_BYTES)
     server = uvicorn.Server(config)
+    log.info("serving %s as %s on %s (chat template: %s)", name, ", ".join(names), listener.url, template.source)
     # uvicorn re-raises the SIGTERM it shut down on, with the handler it found: a graceful stop exits 0.
     graceful = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: None) if graceful else None
     try:
-        server.run()
+        server.run(sockets=[listener.sock])
     finally:
+        listener.sock.close()
         if graceful:
             signal.signal(signal.SIGTERM, previous)
     if failures:
@@ -79,7 +105,7 @@ def _load_onnx(path: str, provider: str, threads: int | None) -> LoadedModel:
 
     model = OnnxGPT(path, provider=provider, threads=threads)
     if model.provider_note:
-        logging.getLogger("gpt2reg.serve").warning("%s", model.provider_note)
+        log.warning("%s", model.provider_note)
     return LoadedModel(onnx_engine(model), f"onnxruntime {model.provider}", model.description.eos_token_id)
 
 

@@ -39,6 +39,10 @@ class TorchCache:
             )
             return logits[:, -1].float().cpu().numpy(), GrowingKV.wrap(presents, self.block_size)
 
+    def logits(self, ids: list[int]) -> np.ndarray:
+        with torch.inference_mode():
+            return self.model(torch.tensor([ids], device=self.device))[0].float().cpu().numpy()
+
     def left_pad(self, past: KVCache, width: int) -> KVCache:
         pad = width - past[0][0].shape[2]
         return past if pad == 0 else [(F.pad(k, (0, 0, pad, 0)), F.pad(v, (0, 0, pad, 0))) for k, v in past]
