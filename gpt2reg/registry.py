@@ -133,20 +133,17 @@ class Registry:
 
 def wrong_kind(kind: str, module: Any) -> str:
     """Why ``module`` cannot serve as a component of ``kind`` ("" when it can): the bases of
-    ``gpt2reg.components.base`` tell the kinds apart; a norm is any other ``nn.Module``."""
+    ``gpt2reg.components.base`` declare their kind (``component_kind``); a norm is any other ``nn.Module``."""
     from torch import nn
 
-    from .components.base import Activation, PositionalEncoding
-
-    bases = {"pos": PositionalEncoding, "act": Activation}
+    bases = {"pos": "PositionalEncoding", "act": "Activation"}
     if not isinstance(module, nn.Module):
         return f"it built a {type(module).__name__}, not a torch nn.Module"
-    expected = bases.get(kind)
-    if expected is not None and not isinstance(module, expected):
-        return f"{type(module).__name__} does not subclass gpt2reg.components.base.{expected.__name__}"
-    for other, base in bases.items():
-        if other != kind and isinstance(module, base):
-            return f"{type(module).__name__} is a {base.__name__} (a {KINDS[other][1]})"
+    declared = getattr(module, "component_kind", None)
+    if declared in bases and declared != kind:
+        return f"{type(module).__name__} is a {bases[declared]} (a {KINDS[declared][1]})"
+    if kind in bases and declared != kind:
+        return f"{type(module).__name__} does not subclass gpt2reg.components.base.{bases[kind]}"
     return ""
 
 

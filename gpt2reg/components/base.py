@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
@@ -17,6 +17,8 @@ class PositionalEncoding(nn.Module):
     ``positions`` are absolute int64 positions, (batch, seq): with a KV cache they continue from the
     cached length, with left padding they skip the pads.
     """
+
+    component_kind: ClassVar[str] = "pos"  # how the registry tells the kinds apart without importing this module
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -44,6 +46,7 @@ class PositionalEncoding(nn.Module):
 class Activation(nn.Module):
     """The MLP nonlinearity. ``gated = True`` doubles the up-projection and receives both halves."""
 
+    component_kind: ClassVar[str] = "act"
     gated: bool = False
 
     def __init__(self, config: GPTConfig) -> None:
