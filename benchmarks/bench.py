@@ -103,6 +103,8 @@ class RowSpec:
 
 ROWS: list[RowSpec] = [
     RowSpec("gpt2reg", "benchmarks.bench:gpt2reg_row"),
+    # the same without gpt2reg.accel.tune: what tuning gains (or would lose) on this machine
+    RowSpec("gpt2reg-untuned", "benchmarks.bench:gpt2reg_untuned_row", default=False),
     RowSpec("transformers", "benchmarks.bench:transformers_row", requires=("transformers",), baseline=True),
     # ONNX Runtime on the KV-cache export (fp32, int8, int4; the opset-18 forms for providers without the
     # Attention op); also export time and file size. Each round exports the model again (~15-30 s for
@@ -374,7 +376,7 @@ def read_bandwidth(megabytes: int = BANDWIDTH_MB, repeats: int = 5) -> float:
     """GB/s of the best streaming read (a sum, a max) over a ``megabytes`` fp32 buffer, on torch's threads.
 
     The buffer is tried in ordinary memory and, where the OS offers them, in huge pages, where
-    ``prepare_for_inference`` puts the weights: a read from 4 KiB pages alone under-measures what the
+    ``gpt2reg.accel.tune`` puts the weights: a read from 4 KiB pages alone under-measures what the
     memory delivers (a TLB miss every 4 KiB; in a VM a two-level page walk each). The faster counts.
     """
     import torch
@@ -508,10 +510,11 @@ def _sync(device: str) -> Callable[[], None]:
     return torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
 
-def gpt2reg_row(spec: BenchSpec) -> dict[str, float]:
-    """gpt2reg's own path: ``load_model`` and ``generate``, exactly as ``gpt2reg generate`` runs them."""
+def gpt2reg_row(spec: BenchSpec, tuned: bool = True) -> dict[str, float]:
+    """gpt2reg's own path: ``load_model``, ``tune`` and ``generate``, exactly as ``gpt2reg generate`` runs them."""
     import torch
 
+    from gpt2reg.accel import tune
     from gpt2reg.accel.kernels import describe as describe_kernels
     from gpt2reg.checkpoints import load_model
     from gpt2reg.generation import generate
@@ -519,7 +522,9 @@ def gpt2reg_row(spec: BenchSpec) -> dict[str, float]:
     sync = _sync(spec.device)
     threads = torch_threads(spec)
     start = time.perf_counter()
-    model = load_model(spec.model, device=spec.device).prepare_for_inference()
+    model = load_model(spec.model, device=spec.device)
+    if tuned:
+        tune(model)
     sync()
     load_s = time.perf_counter() - start
     check_context(spec, model.config.block_size)
@@ -537,7 +542,13 @@ def gpt2reg_row(spec: BenchSpec) -> dict[str, float]:
     # a position encoding's parameters are per-position tables; the token table is read in full as a tied head
     tables = [*model.pos.parameters(), *([model.wte.weight] if model.lm_head is not None else [])]
     return {"load_s": load_s, "decode_tps": spec.new_tokens / decode_s, "prefill_s": prefill_s, "threads": threads,
-            "weight_bytes": decode_weight_bytes(model, tables), "info": f"linear kernels: {describe_kernels()}"}
+            "weight_bytes": decode_weight_bytes(model, tables),
+            "info": f"linear kernels: {describe_kernels()}" if tuned else "untuned: PyTorch's own kernels, ordinary pages"}
+
+
+def gpt2reg_untuned_row(spec: BenchSpec) -> dict[str, float]:
+    """gpt2reg's path without ``gpt2reg.accel.tune``: plain PyTorch kernels, weights where they were loaded."""
+    return gpt2reg_row(spec, tuned=False)
 
 
 def transformers_row(spec: BenchSpec) -> dict[str, float]:

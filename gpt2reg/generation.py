@@ -508,14 +508,18 @@ def generate(model: GPT, prompt: Prompt | Sequence[Prompt], options: GenerationO
     ``stream(index, text)`` is called with each piece of text as it becomes final, ``index`` being the
     sample's place in the returned list. A prompt too long for the context keeps its most recent tokens
     (``PromptTruncatedWarning``). The same seed gives the same text however prompts are batched.
-    Calls ``model.prepare_for_inference()`` (eval mode, faster CPU linear layers; see ``GPT``).
+    Decodes in eval mode (dropout off) and gives every module its own training flag back afterwards:
+    the caller's model is left as it was. Tuning for this machine is the caller's call
+    (``gpt2reg.accel.tune(model)``, which ``gpt2reg generate`` makes).
     """
     options = GenerationOptions.of(options, **fields)
-    if hasattr(model, "prepare_for_inference"):
-        model.prepare_for_inference()
-    else:
-        model.eval()
-    return decode(Decoder(model, use_cache), prompt, options, stream=stream)
+    training = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        return decode(Decoder(model, use_cache), prompt, options, stream=stream)
+    finally:
+        for module, flag in training:
+            module.training = flag
 
 
 __all__ = [

@@ -7,6 +7,7 @@ component; positional encoding, activation and norm come from the registry by th
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -139,10 +140,23 @@ class Block(nn.Module):
         return x, present
 
 
-class GPT(nn.Module):
-    """GPT-2 built from ``config``; ``model(input_ids)`` returns logits (batch, seq, vocab)."""
+class TiedHead(nn.Module):
+    """The output projection tied to the token embedding: logits = x @ embedding.T, no weight of its own.
 
-    head_kernel = staticmethod(F.linear)  # the tied head's; prepare_for_inference may choose a faster one
+    A module rather than a bare ``F.linear`` call so that it is found, and can be given another kernel,
+    the way an untied ``nn.Linear`` head is (see ``gpt2reg.accel``).
+    """
+
+    def forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, weight)
+
+
+class GPT(nn.Module):
+    """GPT-2 built from ``config``; ``model(input_ids)`` returns logits (batch, seq, vocab).
+
+    The architecture only: nothing here depends on the machine. ``gpt2reg.accel.tune(model)`` makes a
+    model decode faster on this machine, when the caller asks for it.
+    """
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -156,6 +170,7 @@ class GPT(nn.Module):
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = get_registry().create("norm", config.norm, config)
         self.lm_head = None if config.tie_embeddings else nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.tied_head = TiedHead() if config.tie_embeddings else None
         if self.wte.weight.device.type != "meta":  # on meta the loader assigns weights; init is wasted time
             self.reset_parameters()
 
@@ -174,19 +189,12 @@ class GPT(nn.Module):
                 nn.init.normal_(param, mean=0.0, std=std / math.sqrt(2 * self.config.n_layer))
 
     def prepare_for_inference(self) -> GPT:
-        """Eval mode, CPU weights in huge pages, and on CPU fp32 the linear kernels measured fastest here.
+        """Deprecated: ``gpt2reg.accel.tune(model)`` (eval mode, huge pages, the fastest linear kernels)."""
+        warnings.warn("GPT.prepare_for_inference() is deprecated; call gpt2reg.accel.tune(model) to tune a model "
+                      "for this machine", DeprecationWarning, stacklevel=2)
+        from .accel import tune  # the deprecated path only: the model itself depends on no machine tuning
 
-        In place: same parameters and values, moved once (see ``gpt2reg.accel.hugepages``, ``gpt2reg.accel.kernels``).
-        Gradients, tracing and export still run PyTorch's own kernels, so training and ONNX export are
-        unaffected. Returns the model.
-        """
-        from .accel.hugepages import use_huge_pages
-        from .accel.kernels import use_fastest_kernels
-
-        self.eval()
-        use_huge_pages(self)
-        self.head_kernel = use_fastest_kernels(self, tied_head=self.wte.weight if self.lm_head is None else None)
-        return self
+        return tune(self)
 
     def num_parameters(self) -> int:
         """Distinct parameters (the tied output projection counted once)."""
@@ -255,7 +263,7 @@ class GPT(nn.Module):
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """Hidden states -> logits; the output projection is the token embedding when tied."""
         if self.lm_head is None:
-            return self.head_kernel(x, self.wte.weight)
+            return self.tied_head(x, self.wte.weight)
         return self.lm_head(x)
 
     def forward(

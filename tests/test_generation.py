@@ -13,6 +13,7 @@ import torch
 from click.testing import CliRunner
 
 import gpt2reg
+from gpt2reg.accel import hugepages, tune
 from gpt2reg.errors import InputError
 from gpt2reg.generation import (
     Decoder,
@@ -53,7 +54,7 @@ def tiny(pos: str = "learned", **overrides) -> gpt2reg.GPT:
 @pytest.mark.parametrize("pos", component_names("pos"))
 def test_cached_decoding_equals_full_recompute(pos: str) -> None:
     """Teacher-forced decode of a left-padded batch: the cache path gives the recompute path's logits."""
-    model = tiny(pos).prepare_for_inference()
+    model = tune(tiny(pos))
     cached, full = Decoder(model, use_cache=True), Decoder(model, use_cache=False)
     a, b = cached.prefill(PROMPTS), full.prefill(PROMPTS)
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)
@@ -76,7 +77,7 @@ def test_growing_cache_equals_concatenation(pos: str) -> None:
     logits of the concatenating cache; the cache keeps its objects and writes past the prompt in place."""
     from gpt2reg.model import GrowingKV
 
-    model = tiny(pos).prepare_for_inference()
+    model = tune(tiny(pos))
     ids = torch.randint(0, TINY["vocab_size"], (2, 20), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         want, tuples = model.forward_cached(ids[:, :3])
@@ -105,7 +106,7 @@ def test_growing_cache_room_stops_at_the_context() -> None:
     assert rooms == [10, 10, 10, 10, 10, 12, 12] and cache[0].shape == (1, 2, 12, 4)
     assert torch.equal(cache[1][:, :, 5:], torch.ones(1, 2, 7, 4))
 
-    model = tiny("learned").prepare_for_inference()
+    model = tune(tiny("learned"))
     decoder = Decoder(model)
     block = model.config.block_size
     decoder.prefill([[1, 2, 3]])
@@ -326,6 +327,26 @@ def test_invalid_input_is_a_clear_error(prompt, kwargs: dict, message: str) -> N
 
 def test_generate_is_exported_from_the_package() -> None:
     assert gpt2reg.generate is generate
+
+
+def test_generate_leaves_the_callers_model_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No tuning behind the caller's back: same layer classes, same weight memory, same training flags;
+    decoding itself runs without dropout. ``tune`` is the explicit call that changes them."""
+
+    monkeypatch.setattr(hugepages, "MIN_BYTES", 0)  # a tiny model would move if anything tuned it
+    model = tiny(dropout=0.5).train()
+    model.h[0].eval()  # a mix of flags, given back module by module
+    state = lambda: [(type(m), m.training) for m in model.modules()]  # noqa: E731
+    before, pointers = state(), [p.data_ptr() for p in model.parameters()]
+    got = generate(model, [1, 2, 3], max_new_tokens=6, greedy=True, eos_token_id=None)
+    assert state() == before and [p.data_ptr() for p in model.parameters()] == pointers
+    want = generate(tiny().eval(), [1, 2, 3], max_new_tokens=6, greedy=True, eos_token_id=None)
+    assert got[0].generated_ids == want[0].generated_ids  # dropout off while decoding
+
+    tune(model)
+    assert state() != before and not model.training
+    assert generate(model, [1, 2, 3], max_new_tokens=6, greedy=True, eos_token_id=None)[0].generated_ids == \
+        want[0].generated_ids
 
 
 class CountingDecoder:

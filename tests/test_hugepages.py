@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import gpt2reg
-from gpt2reg.accel import hugepages
+from gpt2reg.accel import hugepages, tune
 from gpt2reg.checkpoints import load_model, save_model
 from gpt2reg.testing import TINY
 
@@ -73,10 +73,10 @@ def test_a_moved_model_saves_loads_and_trains(tmp_path) -> None:
     assert not torch.equal(model.h[0].mlp.c_fc.weight, before)
 
 
-def test_prepare_for_inference_moves_the_weights_where_it_can() -> None:
+def test_tune_moves_the_weights_where_it_can() -> None:
     model = tiny()
     values, logits = snapshot(model)
-    model.prepare_for_inference()
+    tune(model)
     assert hugepages.use_huge_pages(model) == 0  # already done (or impossible here)
     after_values, after_logits = snapshot(model)
     assert all(torch.equal(after_values[k], v) for k, v in values.items())

@@ -16,7 +16,7 @@ import torch
 from torch.nn import functional as F
 
 import gpt2reg
-from gpt2reg.accel import kernels
+from gpt2reg.accel import kernels, tune
 from gpt2reg.accel.machine import cpu_name
 from gpt2reg.testing import TINY, component_names
 
@@ -54,9 +54,10 @@ def logits(model: gpt2reg.GPT) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
 
 
 def routed_kernels(model: gpt2reg.GPT) -> set:
-    """Every kernel function a prepared model calls for CPU fp32 inference."""
+    """Every kernel function a tuned model calls for CPU fp32 inference."""
     found = set()
-    for kernel in [m.kernel for m in model.modules() if isinstance(m, kernels.CalibratedLinear)] + [model.head_kernel]:
+    calibrated = (kernels.CalibratedLinear, kernels.CalibratedTiedHead)
+    for kernel in [m.kernel for m in model.modules() if isinstance(m, calibrated)]:
         found |= {kernel.one_row, kernel.many_rows} if isinstance(kernel, kernels.LinearKernel) else {kernel}
     return found
 
@@ -67,7 +68,7 @@ def test_kernel_choice_changes_no_result(pos: str, kernel: str, monkeypatch: pyt
     model = tiny(pos)
     plain = logits(model)
     monkeypatch.setenv("GPT2REG_KERNELS", kernel)
-    model.prepare_for_inference()
+    tune(model)
     if kernel != "auto":  # the forced kernel is the one that runs, everywhere
         assert routed_kernels(model) == {kernels.candidates()[kernel]}
     for chosen, reference in zip(logits(model), plain, strict=True):
@@ -80,7 +81,7 @@ def test_untied_head_and_weights_untouched(kernel: str, monkeypatch: pytest.Monk
     plain = logits(model)
     pointers = {k: v.data_ptr() for k, v in model.state_dict().items()}
     monkeypatch.setenv("GPT2REG_KERNELS", kernel)
-    model.prepare_for_inference()
+    tune(model)
     assert {k: v.data_ptr() for k, v in model.state_dict().items()} == pointers  # nothing copied
     assert isinstance(model.lm_head, kernels.CalibratedLinear)
     for chosen, reference in zip(logits(model), plain, strict=True):
@@ -90,13 +91,20 @@ def test_untied_head_and_weights_untouched(kernel: str, monkeypatch: pytest.Monk
 @pytest.mark.parametrize("kernel", list(kernels.candidates()))
 def test_training_and_export_take_pytorchs_own_path(kernel: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GPT2REG_KERNELS", kernel)
-    model = tiny().prepare_for_inference()
+    model = tune(tiny())
     with torch.no_grad():  # export traces PyTorch's own kernels, never a chosen one
         exported = torch.export.export(model, (IDS,))
     assert "mkldnn" not in exported.graph_module.code and "linear" in exported.graph_module.code
     model.train()
     model.loss(IDS, IDS).backward()  # autograd takes PyTorch's own path
     assert model.h[0].attn.c_attn.weight.grad is not None
+
+
+def test_prepare_for_inference_is_deprecated_for_tune() -> None:
+    model = tiny()
+    with pytest.warns(DeprecationWarning, match=r"gpt2reg\.accel\.tune\(model\)"):
+        assert model.prepare_for_inference() is model
+    assert isinstance(model.tied_head, kernels.CalibratedTiedHead) and not model.training
 
 
 # -- failures fall back to plain ----------------------------------------------------------------
@@ -116,7 +124,7 @@ def test_a_failing_or_wrong_kernel_is_never_chosen(bad, monkeypatch, caplog) -> 
     model = tiny()
     plain = logits(model)
     with caplog.at_level(logging.INFO, logger="gpt2reg.accel.kernels"):
-        model.prepare_for_inference()
+        tune(model)
     assert routed_kernels(model) == {F.linear}
     assert "kernel bad" in caplog.text  # logged, not raised
     for chosen, reference in zip(logits(model), plain, strict=True):
@@ -130,7 +138,7 @@ def test_calibration_crash_falls_back_to_plain(monkeypatch, caplog) -> None:
     monkeypatch.setattr(kernels, "measure", crash)
     model = tiny()
     with caplog.at_level(logging.WARNING, logger="gpt2reg.accel.kernels"):
-        model.prepare_for_inference()
+        tune(model)
     assert routed_kernels(model) == {F.linear}
     assert "calibration exploded" in caplog.text
 
@@ -138,7 +146,7 @@ def test_calibration_crash_falls_back_to_plain(monkeypatch, caplog) -> None:
 def test_unreadable_cache_is_measured_again_and_rewritten(fresh: Path, caplog) -> None:
     fresh.write_text("{not json")
     with caplog.at_level(logging.INFO, logger="gpt2reg.accel.kernels"):
-        tiny().prepare_for_inference()
+        tune(tiny())
     assert "unreadable" in caplog.text
     assert kernels.machine_key() in json.loads(fresh.read_text())["machines"]
 
@@ -146,7 +154,7 @@ def test_unreadable_cache_is_measured_again_and_rewritten(fresh: Path, caplog) -
 def test_plain_mode_measures_nothing(monkeypatch, fresh: Path) -> None:
     monkeypatch.setenv("GPT2REG_KERNELS", "plain")
     monkeypatch.setattr(kernels, "measure", lambda *a, **k: pytest.fail("measured in plain mode"))
-    model = tiny().prepare_for_inference()
+    model = tune(tiny())
     assert routed_kernels(model) == {F.linear} and not fresh.exists()
 
 
@@ -157,7 +165,7 @@ def test_decisions_are_cached_per_machine_torch_threads_and_shape(monkeypatch, f
     calls = []
     real_measure = kernels.measure
     monkeypatch.setattr(kernels, "measure", lambda *a, **k: calls.append(a[2]) or real_measure(*a, **k))
-    tiny().prepare_for_inference()
+    tune(tiny())
     assert sorted(calls) == [1, kernels.MANY_ROWS]  # one row and many rows, every shape in one pass each
     machines = json.loads(fresh.read_text())["machines"]
     key = kernels.machine_key()
@@ -169,17 +177,17 @@ def test_decisions_are_cached_per_machine_torch_threads_and_shape(monkeypatch, f
 
     calls.clear()
     monkeypatch.setattr(kernels, "_memory", {})  # as a new process would: only the file remembers
-    tiny(pos="rope").prepare_for_inference()  # other weights, same shapes
+    tune(tiny(pos="rope"))  # other weights, same shapes
     assert calls == []
 
     torch.set_num_threads(2)  # another thread count is another machine key
-    tiny().prepare_for_inference()
+    tune(tiny())
     assert sorted(calls) == [1, kernels.MANY_ROWS]
     assert len(json.loads(fresh.read_text())["machines"]) == 2
 
     calls.clear()
     torch.set_num_threads(1)
-    tiny(n_embd=48).prepare_for_inference()  # new shapes are measured, in the same file
+    tune(tiny(n_embd=48))  # new shapes are measured, in the same file
     assert sorted(calls) == [1, kernels.MANY_ROWS]
     assert f"48x{3 * 48}+bias @ 1 row" in json.loads(fresh.read_text())["machines"][key]
 
@@ -191,7 +199,7 @@ def calibrated_on_a_busy_cpu(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
     real_measure = kernels.measure
     monkeypatch.setattr(kernels, "measure", lambda *a, **k: calls.append(a[2]) or real_measure(*a, **k))
-    tiny().prepare_for_inference()
+    tune(tiny())
     return calls
 
 
@@ -202,14 +210,14 @@ def test_decisions_measured_on_a_busy_cpu_are_cached_for_an_hour(monkeypatch, fr
 
     calls.clear()
     monkeypatch.setattr(kernels, "_memory", {})  # a new process within the hour: no measuring
-    tiny().prepare_for_inference()
+    tune(tiny())
     assert calls == []
 
     later = kernels._now() + kernels.RETRY_BUSY_S + 1
     monkeypatch.setattr(kernels, "_now", lambda: later)
     monkeypatch.setattr(kernels, "_memory", {})
     monkeypatch.setattr(kernels, "_preemptions", lambda: 0)  # an hour later, on an idle CPU
-    tiny().prepare_for_inference()
+    tune(tiny())
     assert sorted(calls) == [1, kernels.MANY_ROWS]
     entries = json.loads(fresh.read_text())["machines"][kernels.machine_key()]
     assert not any("busy_until" in e for e in entries.values())
@@ -219,13 +227,13 @@ def test_busy_decisions_of_another_process_are_measured_again_on_an_idle_cpu(mon
     calls = calibrated_on_a_busy_cpu(monkeypatch)
     monkeypatch.setattr(kernels, "_idle", lambda: True)
     calls.clear()
-    tiny().prepare_for_inference()  # this process's own busy decisions: not measured again at every call
+    tune(tiny())  # this process's own busy decisions: not measured again at every call
     assert calls == []
 
     monkeypatch.setattr(kernels, "_memory", {})
     monkeypatch.setattr(os, "getpid", lambda: -1)  # another process, starting on an idle CPU
     monkeypatch.setattr(kernels, "_preemptions", lambda: 0)
-    tiny().prepare_for_inference()
+    tune(tiny())
     assert sorted(calls) == [1, kernels.MANY_ROWS]
     entries = json.loads(fresh.read_text())["machines"][kernels.machine_key()]
     assert not any("busy_until" in e for e in entries.values())

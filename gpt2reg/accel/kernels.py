@@ -43,6 +43,7 @@ from torch.nn import functional as F
 
 from ..errors import OutputError
 from ..files import write_json
+from ..model import GPT, TiedHead
 from .machine import cpu_name
 
 log = logging.getLogger(__name__)
@@ -107,34 +108,42 @@ class CalibratedLinear(nn.Linear):
         return self.kernel(x, self.weight, self.bias)
 
 
+class CalibratedTiedHead(TiedHead):
+    """A ``TiedHead`` whose projection runs the kernel chosen for the embedding's shape."""
+
+    kernel: Kernel = F.linear
+
+    def forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return self.kernel(x, weight)
+
+
 # -- the choice ---------------------------------------------------------------------------------
 
 
-def use_fastest_kernels(model: nn.Module, tied_head: torch.Tensor | None = None) -> Kernel:
-    """Give every ``nn.Linear`` in ``model`` the kernel measured fastest here for its shape; in place.
+def use_fastest_kernels(model: GPT) -> None:
+    """Give every ``nn.Linear`` in ``model``, and its tied head, the kernel measured fastest here for its
+    shape; in place (the modules' classes become ``CalibratedLinear`` / ``CalibratedTiedHead``).
 
-    ``tied_head`` is a weight (vocab, n_embd) used with ``F.linear`` outside any module (a head tied to
-    the embedding); the kernel chosen for it is returned (``F.linear`` when there is none). No weight is
-    copied; layers not on CPU in fp32 keep ``F.linear``. Never raises: a failure means plain, logged.
+    No weight is copied; layers not on CPU in fp32 keep ``F.linear``. Never raises: a failure means
+    plain, logged.
     """
     _debug_to_stderr()
     linears = [m for m in model.modules() if type(m) in (nn.Linear, CalibratedLinear)]
+    layers: list[tuple[nn.Module, torch.Tensor, torch.Tensor | None]] = [(m, m.weight, m.bias) for m in linears]
+    if isinstance(model.tied_head, TiedHead):
+        layers.append((model.tied_head, model.wte.weight, None))
     groups: dict[str, list[Layer]] = {}
-    for module in linears:
-        groups.setdefault(shape_key(module.weight, module.bias), []).append((module.weight, module.bias))
-    head_key = shape_key(tied_head, None) if tied_head is not None else None
-    if head_key is not None:
-        groups.setdefault(head_key, []).append((tied_head, None))
-    groups = {k: layers for k, layers in groups.items() if all(_eligible(w) for w, _ in layers)}
+    for _, weight, bias in layers:
+        groups.setdefault(shape_key(weight, bias), []).append((weight, bias))
+    groups = {k: shape_layers for k, shape_layers in groups.items() if all(_eligible(w) for w, _ in shape_layers)}
     try:
         chosen = _choose(groups)
     except Exception as exc:  # the fast path is an optimisation: never let it stop inference
         log.warning("kernel choice failed, using PyTorch's own linear kernel: %s: %s", type(exc).__name__, exc)
         chosen = {}
-    for module in linears:
-        module.__class__ = CalibratedLinear
-        module.kernel = chosen.get(shape_key(module.weight, module.bias), F.linear)
-    return chosen.get(head_key, F.linear) if head_key is not None else F.linear
+    for module, weight, bias in layers:
+        module.__class__ = CalibratedTiedHead if isinstance(module, TiedHead) else CalibratedLinear
+        module.kernel = chosen.get(shape_key(weight, bias), F.linear)
 
 
 def shape_key(weight: torch.Tensor, bias: torch.Tensor | None) -> str:
@@ -388,6 +397,7 @@ def _debug_to_stderr() -> None:
 
 __all__ = [
     "CalibratedLinear",
+    "CalibratedTiedHead",
     "LinearKernel",
     "applies",
     "cache_path",

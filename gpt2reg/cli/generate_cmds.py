@@ -75,10 +75,11 @@ def generate(model, prompts, max_new_tokens, temperature, top_k, top_p, greedy, 
         def run(onnx_model, *args, **kwargs):
             return onnx_model.generate(*args, **kwargs)
     else:
+        from ..accel import tune
         from ..checkpoints import load_model
         from ..generation import generate as run
 
-        loaded = load_model(model, device=device, dtype=dtype)
+        loaded = tune(load_model(model, device=device, dtype=dtype))
     heads = [f"--- prompt {p + 1}, sample {s + 1} ---" for p in range(len(prompts)) for s in range(num_samples)]
     several = len(heads) > 1
     live = stream and not as_json

@@ -112,9 +112,10 @@ def _load_onnx(path: str, provider: str, threads: int | None) -> LoadedModel:
 def _load_torch(name: str, provider: str) -> LoadedModel:
     import torch
 
+    from ..accel import tune
     from ..checkpoints import load_model
     from ..tokenizer import EOT_ID
     from .torch_engine import torch_engine
 
     device = "cuda" if provider == "cuda" or (provider == "auto" and torch.cuda.is_available()) else "cpu"
-    return LoadedModel(torch_engine(load_model(name, device=device)), f"torch {device}", EOT_ID)
+    return LoadedModel(torch_engine(tune(load_model(name, device=device))), f"torch {device}", EOT_ID)

@@ -25,7 +25,6 @@ class TorchCache:
     """
 
     def __init__(self, model: GPT) -> None:
-        model.prepare_for_inference()  # as ``generate`` does: same kernels, same logits
         self.model = model
         self.device = next(model.parameters()).device
         self.vocab_size = model.config.vocab_size
