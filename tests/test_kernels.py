@@ -29,7 +29,7 @@ def fresh(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     and every timing clean (on a busy machine decisions would not be cached, whatever the test)."""
     cache = tmp_path / "kernels.json"
     monkeypatch.setattr(kernels, "_preemptions", lambda: 0)
-    monkeypatch.setattr(kernels, "_idle", lambda: False)  # whatever the machine's load average says
+    monkeypatch.setattr(kernels, "_load", lambda: 0.0)  # whatever the machine's load average says
     monkeypatch.setenv("GPT2REG_KERNEL_CACHE", str(cache))
     monkeypatch.delenv("GPT2REG_KERNELS", raising=False)
     monkeypatch.setattr(kernels, "_memory", {})
@@ -192,56 +192,90 @@ def test_decisions_are_cached_per_machine_torch_threads_and_shape(monkeypatch, f
     assert f"48x{3 * 48}+bias @ 1 row" in json.loads(fresh.read_text())["machines"][key]
 
 
-def calibrated_on_a_busy_cpu(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """A tiny model prepared while every timed call was preempted; the row counts measured from now on."""
-    counter = iter(range(10**9))
-    monkeypatch.setattr(kernels, "_preemptions", lambda: next(counter))
+def rounds(plain: list[float], fast: list[float], clean: list[bool] | None = None) -> kernels.Rounds:
+    return kernels.Rounds({"plain": plain, "fast": fast}, clean if clean is not None else [True] * len(plain))
+
+
+def test_pick_needs_a_clear_margin_in_most_paired_rounds() -> None:
+    assert kernels.pick(rounds([1.0] * 4, [0.8] * 4)) == "fast"
+    assert kernels.pick(rounds([1.0] * 4, [0.95] * 4)) == "plain"  # within the margin
+    # a burst of load slows both kernels of a round: the paired ratio still says which is faster
+    assert kernels.pick(rounds([1.0, 9.0, 1.0, 1.0], [0.6, 5.0, 0.6, 0.6])) == "fast"
+    assert kernels.pick(rounds([1.0, 1.0, 1.0, 1.0], [0.5, 0.5, 1.2, 1.2])) == "plain"  # faster in half the rounds only
+    # rounds preempted by another process do not count when enough others are clean
+    assert kernels.pick(rounds([1.0] * 4, [0.6, 0.6, 5.0, 5.0], [True, True, False, False])) == "fast"
+    assert kernels.pick(kernels.Rounds({"fast": [0.5], "slow": [0.9]}, [True])) == "fast"  # plain failed to run
+    assert kernels.pick(kernels.Rounds({}, [])) == "plain"
+
+
+def measured_as(monkeypatch: pytest.MonkeyPatch, fast: float, clean: bool) -> list[int]:
+    """``measure`` reports a candidate ``fast`` x plain's time, in clean rounds or preempted ones; the
+    row counts measured from now on. (What the CPU would say is the test's input: timings are not.)"""
     calls: list[int] = []
-    real_measure = kernels.measure
-    monkeypatch.setattr(kernels, "measure", lambda *a, **k: calls.append(a[2]) or real_measure(*a, **k))
-    tune(tiny())
+
+    def fake(found, layers, rows):
+        calls.append(rows)
+        return {shape: kernels.Rounds({"plain": [1.0] * 4, "onednn": [fast] * 4}, [clean] * 4) for shape, _, _ in layers}
+
+    monkeypatch.setattr(kernels, "candidates", lambda: {"plain": F.linear, "onednn": kernels._onednn})
+    monkeypatch.setattr(kernels, "measure", fake)
     return calls
 
 
-def test_decisions_measured_on_a_busy_cpu_are_cached_for_an_hour(monkeypatch, fresh: Path) -> None:
-    calls = calibrated_on_a_busy_cpu(monkeypatch)
-    entries = json.loads(fresh.read_text())["machines"][kernels.machine_key()]
-    assert len(entries) == 10 and all("busy_until" in e for e in entries.values())  # 5 shapes x 2 row counts
+def test_a_decision_made_while_busy_does_not_outlive_the_load(monkeypatch, fresh: Path) -> None:
+    """The trap: the first run times the kernels on a busy CPU, where the multi-threaded one loses; a
+    later run on a quiet CPU must not inherit "plain" from it."""
+    calls = measured_as(monkeypatch, fast=3.0, clean=False)
+    assert routed_kernels(tune(tiny())) == {F.linear}  # plain while busy, in that process ...
+    assert sorted(calls) == [1, kernels.MANY_ROWS]
+    assert not fresh.exists()  # ... and nowhere else
 
-    calls.clear()
-    monkeypatch.setattr(kernels, "_memory", {})  # a new process within the hour: no measuring
-    tune(tiny())
-    assert calls == []
-
-    later = kernels._now() + kernels.RETRY_BUSY_S + 1
-    monkeypatch.setattr(kernels, "_now", lambda: later)
-    monkeypatch.setattr(kernels, "_memory", {})
-    monkeypatch.setattr(kernels, "_preemptions", lambda: 0)  # an hour later, on an idle CPU
-    tune(tiny())
+    monkeypatch.setattr(kernels, "_memory", {})  # a new process, on a quiet CPU
+    calls = measured_as(monkeypatch, fast=0.6, clean=True)
+    assert routed_kernels(tune(tiny())) == {kernels._onednn}
     assert sorted(calls) == [1, kernels.MANY_ROWS]
     entries = json.loads(fresh.read_text())["machines"][kernels.machine_key()]
-    assert not any("busy_until" in e for e in entries.values())
+    assert all(e["kernel"] == "onednn" and e["clean_rounds"] == "4/4" and e["load"] == 0.0 for e in entries.values())
 
 
-def test_busy_decisions_of_another_process_are_measured_again_on_an_idle_cpu(monkeypatch, fresh: Path) -> None:
-    calls = calibrated_on_a_busy_cpu(monkeypatch)
-    monkeypatch.setattr(kernels, "_idle", lambda: True)
-    calls.clear()
-    tune(tiny())  # this process's own busy decisions: not measured again at every call
-    assert calls == []
-
-    monkeypatch.setattr(kernels, "_memory", {})
-    monkeypatch.setattr(os, "getpid", lambda: -1)  # another process, starting on an idle CPU
-    monkeypatch.setattr(kernels, "_preemptions", lambda: 0)
-    tune(tiny())
-    assert sorted(calls) == [1, kernels.MANY_ROWS]
+def test_a_candidate_that_wins_even_while_busy_is_cached(monkeypatch, fresh: Path) -> None:
+    measured_as(monkeypatch, fast=0.6, clean=False)
+    assert routed_kernels(tune(tiny())) == {kernels._onednn}
     entries = json.loads(fresh.read_text())["machines"][kernels.machine_key()]
-    assert not any("busy_until" in e for e in entries.values())
+    assert all(e["kernel"] == "onednn" and e["clean_rounds"] == "0/4" for e in entries.values())
 
 
-def test_pick_needs_a_clear_margin() -> None:
-    assert kernels.pick({"plain": 1.0, "x": 0.95}) == "plain"
-    assert kernels.pick({"plain": 1.0, "x": 0.8, "y": 0.7}) == "y"
-    assert kernels.pick({"plain": 1.0, "x": 0.5, "busy": 1.0}) == "x"
-    assert kernels.pick({"x": 0.5}) == "x"  # plain failed to run: anything that works
-    assert kernels.pick({}) == "plain"
+def test_nothing_is_measured_on_an_overloaded_cpu(monkeypatch, fresh: Path) -> None:
+    calls = measured_as(monkeypatch, fast=0.6, clean=True)
+    monkeypatch.setattr(kernels, "_load", lambda: kernels.OVERLOADED * (os.cpu_count() or 1) + 1)
+    assert routed_kernels(tune(tiny())) == {F.linear}
+    assert calls == [] and not fresh.exists()
+
+
+def test_a_process_on_a_quieter_cpu_measures_again(monkeypatch, fresh: Path) -> None:
+    calls = measured_as(monkeypatch, fast=0.6, clean=True)
+    monkeypatch.setattr(kernels, "_load", lambda: 3.0)
+    tune(tiny())
+    for load, measured in ((3.0 - kernels.QUIETER / 2, False), (3.0 - kernels.QUIETER, True)):
+        calls.clear()
+        monkeypatch.setattr(kernels, "_memory", {})
+        monkeypatch.setattr(kernels, "_load", lambda load=load: load)
+        tune(tiny())
+        assert bool(calls) == measured
+    entries = json.loads(fresh.read_text())["machines"][kernels.machine_key()]
+    assert all(e["load"] == 3.0 - kernels.QUIETER for e in entries.values())
+
+
+def test_measure_interleaves_rounds_and_marks_preempted_ones(monkeypatch) -> None:
+    """Real timings of two real kernels on a tiny layer: every kernel timed in every round, at least
+    ``ROUNDS`` of them; a round during which the OS preempted us is marked unclean."""
+    weight, bias = torch.randn(24, 16), torch.randn(24)
+    found = {"plain": F.linear, "onednn": kernels._onednn} if "onednn" in kernels.candidates() else {"plain": F.linear}
+    result = kernels.measure(found, [("16x24+bias", weight, bias)], 1)["16x24+bias"]
+    assert set(result.seconds) == set(found) and len(result.clean) >= kernels.ROUNDS
+    assert all(len(times) == len(result.clean) and min(times) > 0 for times in result.seconds.values())
+    assert result.settled  # the fixture says nothing was preempted
+    counter = iter(range(10**9))
+    monkeypatch.setattr(kernels, "_preemptions", lambda: next(counter))
+    result = kernels.measure(found, [("16x24+bias", weight, bias)], 1)["16x24+bias"]
+    assert not any(result.clean) and not result.settled

@@ -2,11 +2,21 @@
 
 PyTorch's own ``F.linear`` is the reference ("plain"). oneDNN's ``_linear_pointwise`` computes the same
 product from the same row-major fp32 weights, in place (nothing copied): on a 2-core AMD EPYC it decodes
-~1.7x faster, yet on an Intel Sapphire Rapids Xeon it was measured slower. So nothing is assumed about a
-CPU: ``use_fastest_kernels`` times every candidate on the model's own weights, for one row (a decode
-step) and for many rows (a prefill), and keeps a candidate only where it beats plain by ``MARGIN``.
-Decisions are cached in a JSON file keyed by CPU model, torch version, thread count and layer shape, so
-the calibration (a few hundred ms for GPT-2 small) is paid once per machine.
+~1.7x faster (it splits a one-row product over the threads, where MKL's runs on one), yet on an Intel
+Sapphire Rapids Xeon it was measured slower. So nothing is assumed about a CPU: ``use_fastest_kernels``
+times every candidate on the model's own weights, for one row (a decode step) and for many rows (a
+prefill), in interleaved rounds, and keeps a candidate only where it beats plain by ``MARGIN`` in the
+median round and in ``WINS`` of the rounds (``pick``).
+
+A decision must not depend on when it was measured. On a busy CPU a multi-threaded kernel waits for its
+preempted threads (on the 2-core EPYC at load 15, oneDNN's one-row calls ran ~7x slower than plain's,
+which were unaffected), so timings taken there describe the load: with the 1-minute load average over
+``OVERLOADED`` threads per core nothing is measured (plain for that process); rounds in which the OS
+preempted our threads do not count when enough others are clean; and "plain" from rounds that were
+mostly preempted is used by that process only, never cached. Cached decisions, keyed by CPU model, torch
+version, thread count and layer shape in a JSON file, carry the load they were measured at, and a
+process that starts on a CPU quieter by ``QUIETER`` measures again. The calibration (a few hundred ms
+for GPT-2 small) is otherwise paid once per machine.
 
 Environment:
   ``GPT2REG_KERNELS``        ``auto`` (default); ``plain``: PyTorch's kernel everywhere, nothing measured;
@@ -25,10 +35,11 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
+import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,13 +62,15 @@ log = logging.getLogger(__name__)
 Kernel = Callable[..., torch.Tensor]  # F.linear's signature: (x, weight, bias=None)
 Layer = tuple[torch.Tensor, torch.Tensor | None]  # (weight (out, in), bias)
 
-MARGIN = 0.10  # a candidate must be at least this much faster than plain to be chosen
+MARGIN = 0.10  # a candidate must be at least this much faster than plain to be chosen ...
+WINS = 2 / 3  # ... in at least this share of the rounds, and in the median round
 MANY_ROWS = 32  # the row count that stands for prefill and batches; one row stands for a decode step
-PASSES = 2  # timed passes per kernel at least (the first one warms up too), the best counts
-PASSES_MAX = 20  # and at most, while within BUDGET_S
-BUDGET_S = 0.2  # per row count
-RETRY_BUSY_S = 3600  # a decision without clean timings is kept this long (or till a process starts on an idle CPU)
-CACHE_VERSION = 2  # 2: decisions measured on weights in huge pages (gpt2reg.accel.hugepages)
+ROUNDS = 4  # interleaved rounds at least (a round: one pass per kernel, in turn)
+ROUNDS_MAX = 24  # and at most, while within BUDGET_S
+BUDGET_S = 0.3  # per row count
+OVERLOADED = 2.0  # runnable threads per core (1-minute load average) above which nothing is measured
+QUIETER = 1.0  # a decision is measured again by a process that starts with a load this much lower
+CACHE_VERSION = 3  # 3: settled decisions only, with the load they were measured at (2 kept busy ones an hour)
 
 
 def _onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -187,17 +200,24 @@ def _choose(groups: dict[str, list[Layer]]) -> dict[str, Kernel]:
             missing = [shape for shape, name in decided[rows].items() if name not in found]
             if not missing:
                 continue
+            load = _load()
+            if load is not None and load > OVERLOADED * (os.cpu_count() or 1):
+                # Timings now would say how the kernels share an oversubscribed CPU, not which is faster.
+                log.info("CPU overloaded (load %.1f on %d cores): PyTorch's own kernel for %s at %s in this process; "
+                         "measured by one that starts on a quieter CPU", load, os.cpu_count() or 1,
+                         ", ".join(missing), rows)
+                decided[rows].update(dict.fromkeys(missing, "plain"))
+                continue
             # One row: a decode step, every layer read in turn, mostly from memory, so the pass goes
             # over all of them in the model's order. Many rows: compute-bound, one layer per shape.
             layers = [(s, w, b) for s in groups for w, b in (groups[s] if count == 1 else groups[s][:1])]
-            timings = measure(found, layers, count)
+            measured = measure(found, layers, count)
             for shape in missing:
-                decided[rows][shape] = pick(timings[shape])
-                cache.put(shape, rows, decided[rows][shape], timings[shape])
-            busy = [shape for shape in missing if "busy" in timings[shape]]
-            if busy:
-                log.info("CPU busy while timing %s at %s: decisions used, measured again after %d s or by the next "
-                         "process starting on an idle CPU", ", ".join(busy), rows, RETRY_BUSY_S)
+                name = decided[rows][shape] = pick(measured[shape])
+                if measured[shape].settled or name != "plain":
+                    cache.put(shape, rows, name, measured[shape], load)
+                else:  # plain from noisy rounds may be the noise (it slows a multi-threaded kernel most)
+                    log.info("CPU busy while timing %s at %s: plain in this process, not cached", shape, rows)
         cache.save()
     _record(decided)
     one, many = decided["1 row"], decided[f"{MANY_ROWS} rows"]
@@ -218,43 +238,73 @@ def _record(decided: dict[str, dict[str, str]]) -> None:
             log.debug("kernel for %s at %s: %s", shape, rows, name)
 
 
-def pick(timings: dict[str, float]) -> str:
-    """The fastest candidate if it beats plain by ``MARGIN``, else plain."""
-    timings = {name: t for name, t in timings.items() if name != "busy"}
-    if not timings:
-        return "plain"
-    plain = timings.get("plain", math.inf)
-    name, best = min(timings.items(), key=lambda item: item[1])
-    return name if math.isfinite(best) and best <= (1 - MARGIN) * plain else "plain"
+@dataclass
+class Rounds:
+    """One shape's interleaved measurement: per kernel, the seconds its calls took in each round, and
+    per round whether it was clean (no pass of it preempted by the OS for another process)."""
+
+    seconds: dict[str, list[float]]
+    clean: list[bool]
+
+    @property
+    def settled(self) -> bool:
+        """At least half the rounds (and two) clean: the timings say what the kernels cost, not the load."""
+        return sum(self.clean) >= max(2, len(self.clean) / 2)
+
+    def ratios(self, name: str) -> list[float]:
+        """``name``'s time over plain's, round by round (the clean rounds where the measurement is settled)."""
+        rounds = [i for i, clean in enumerate(self.clean) if clean or not self.settled]
+        return [self.seconds[name][i] / self.seconds["plain"][i] for i in rounds]
+
+
+def pick(rounds: Rounds) -> str:
+    """The candidate faster than plain by ``MARGIN`` in the median round and in ``WINS`` of the rounds
+    (the paired rounds, so a burst of load slows both sides of a ratio), the fastest such; else plain."""
+    if "plain" not in rounds.seconds:  # plain failed to run: the fastest that works, if any
+        medians = {name: statistics.median(s) for name, s in rounds.seconds.items()}
+        return min(medians, key=medians.get) if medians else "plain"
+    best, best_ratio = "plain", 1 - MARGIN
+    for name in rounds.seconds:
+        if name == "plain":
+            continue
+        ratios = rounds.ratios(name)
+        median = statistics.median(ratios)
+        if median <= best_ratio and sum(r <= 1 - MARGIN for r in ratios) >= WINS * len(ratios):
+            best, best_ratio = name, median
+    return best
 
 
 def measure(kernels: dict[str, Kernel], layers: list[tuple[str, torch.Tensor, torch.Tensor | None]], rows: int,
-            ) -> dict[str, dict[str, float]]:
-    """shape -> kernel -> best seconds for that shape's layers in one pass over ``layers`` (shape, weight, bias).
+            ) -> dict[str, Rounds]:
+    """shape -> its ``Rounds`` over ``layers`` (shape, weight, bias), each called with ``rows`` rows.
 
-    Each pass runs one kernel on every layer in order, timing each call alone; kernels alternate pass
-    by pass and the best pass counts. A pass during which the OS preempted one of our threads
-    (another process wanted the core) is not clean; a kernel with no clean pass for a shape is
-    reported under ``"busy"``, so its decision is cached only for a while. A kernel that raises, or whose result
-    differs from F.linear's beyond fp32 rounding, is left out for that shape (logged).
-    Passes: at least ``PASSES``, more while within ``BUDGET_S`` and ``PASSES_MAX``.
+    A round runs one pass per kernel, each pass calling it on every layer in order and timing each
+    call alone; the kernels take turns first, round by round. A pass during which the OS preempted one
+    of our threads (another process wanted the core) makes its round unclean. A kernel that raises, or
+    whose result differs from F.linear's beyond fp32 rounding, is left out for that shape (logged).
+    Rounds: at least ``ROUNDS`` (after one untimed warm-up pass per kernel), more while within
+    ``BUDGET_S`` and ``ROUNDS_MAX``.
     """
     generator = torch.Generator().manual_seed(0)
     inputs = {w.shape[1]: torch.randn(rows, w.shape[1], generator=generator) for _, w, _ in layers}
     usable: dict[str, dict[str, Kernel]] = {}  # shape -> the kernels that work for it
+    names = list(kernels)
     with torch.inference_mode():
         for shape, weight, bias in layers:
             if shape not in usable:
                 usable[shape] = _working(kernels, shape, inputs[weight.shape[1]], weight, bias)
-        clean = {shape: dict.fromkeys(works, math.inf) for shape, works in usable.items()}
-        any_pass = {shape: dict.fromkeys(works, math.inf) for shape, works in usable.items()}
+        for name in names:  # warm-up: first calls allocate and pick code paths
+            for shape, weight, bias in layers:
+                if name in usable[shape]:
+                    usable[shape][name](inputs[weight.shape[1]], weight, bias)
+        measured = {shape: Rounds({name: [] for name in works}, []) for shape, works in usable.items()}
         start = time.perf_counter()
-        for done in range(PASSES_MAX):
-            if done >= PASSES and time.perf_counter() - start > BUDGET_S:
+        for done in range(ROUNDS_MAX):
+            if done >= ROUNDS and time.perf_counter() - start > BUDGET_S:
                 break
-            for name in kernels:
+            clean = dict.fromkeys(usable, True)
+            for name in names[done % len(names):] + names[: done % len(names)]:
                 spent = dict.fromkeys(usable, 0.0)
-                preempted = dict.fromkeys(usable, False)
                 for shape, weight, bias in layers:
                     kernel = usable[shape].get(name)
                     if kernel is None:
@@ -263,17 +313,13 @@ def measure(kernels: dict[str, Kernel], layers: list[tuple[str, torch.Tensor, to
                     began = time.perf_counter()
                     kernel(inputs[weight.shape[1]], weight, bias)
                     spent[shape] += time.perf_counter() - began
-                    preempted[shape] |= _preemptions() != switches
+                    clean[shape] = clean[shape] and _preemptions() == switches
                 for shape in usable:
                     if name in usable[shape]:
-                        any_pass[shape][name] = min(any_pass[shape][name], spent[shape])
-                        if not preempted[shape]:
-                            clean[shape][name] = min(clean[shape][name], spent[shape])
-    timings = {}
-    for shape, times in clean.items():
-        busy = any(not math.isfinite(t) for t in times.values())
-        timings[shape] = {**any_pass[shape], "busy": 1.0} if busy else times
-    return timings
+                        measured[shape].seconds[name].append(spent[shape])
+            for shape in usable:
+                measured[shape].clean.append(clean[shape])
+    return measured
 
 
 def _working(kernels: dict[str, Kernel], shape: str, x: torch.Tensor, weight: torch.Tensor,
@@ -295,12 +341,12 @@ def _working(kernels: dict[str, Kernel], shape: str, x: torch.Tensor, weight: to
     return works
 
 
-def _idle() -> bool:
-    """Whether the CPU looks idle: a 1-minute load average under half the cores (False where unknown)."""
+def _load() -> float | None:
+    """The 1-minute load average (runnable threads), None where the OS does not say."""
     try:
-        return os.getloadavg()[0] < 0.5 * (os.cpu_count() or 1)
+        return os.getloadavg()[0]
     except (AttributeError, OSError):
-        return False
+        return None
 
 
 def _preemptions() -> int:
@@ -325,7 +371,6 @@ def machine_key() -> str:
     return f"{cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
 
 
-_now = time.time
 _memory: dict[str, dict[str, dict[str, Any]]] = {}  # machine key -> entry key -> decision, this process
 
 
@@ -341,20 +386,24 @@ class _Cache:
             self.entries.update(self._read().get(self.machine, {}))
 
     def get(self, shape: str, rows: str) -> str | None:
-        """The cached kernel name; None if never measured, or measured on a busy CPU over an hour ago or
-        by another process while this one starts on an idle CPU (the quiet moment to measure again)."""
+        """The cached kernel name; None if never measured, or if this process starts on a CPU quieter by
+        ``QUIETER`` than the one the decision was measured on (its timings may have been the load's)."""
         entry = self.entries.get(f"{shape} @ {rows}")
-        if not isinstance(entry, dict):
+        if not isinstance(entry, dict) or not isinstance(entry.get("kernel"), str):
             return None
-        if "busy_until" in entry and (entry["busy_until"] < _now() or (entry.get("pid") != os.getpid() and _idle())):
+        load, then = _load(), entry.get("load")
+        if load is not None and isinstance(then, (int, float)) and load <= then - QUIETER:
+            log.info("%s @ %s was measured at load %.1f, now %.1f: measuring again", shape, rows, then, load)
             return None
-        return entry.get("kernel")
+        return entry["kernel"]
 
-    def put(self, shape: str, rows: str, name: str, timings: dict[str, float]) -> None:
-        """Remember a decision; one measured on a busy CPU only for ``RETRY_BUSY_S``."""
-        entry: dict[str, Any] = {"kernel": name, "us": {k: round(v * 1e6, 1) for k, v in timings.items() if k != "busy"}}
-        if "busy" in timings:
-            entry["busy_until"], entry["pid"] = round(_now() + RETRY_BUSY_S), os.getpid()
+    def put(self, shape: str, rows: str, name: str, rounds: Rounds, load: float | None) -> None:
+        """Remember a decision, the median time of each kernel and the load it was measured at."""
+        entry: dict[str, Any] = {"kernel": name,
+                                 "us": {k: round(statistics.median(v) * 1e6, 1) for k, v in rounds.seconds.items()},
+                                 "clean_rounds": f"{sum(rounds.clean)}/{len(rounds.clean)}"}
+        if load is not None:
+            entry["load"] = round(load, 2)
         self.entries[f"{shape} @ {rows}"] = self.new[f"{shape} @ {rows}"] = entry
         log.debug("measured %s @ %s: %s", shape, rows, entry)
 
@@ -377,10 +426,7 @@ class _Cache:
             return
         try:
             machines = self._read()
-            mine = machines.setdefault(self.machine, {})
-            for key, entry in self.new.items():  # never replace another process's clean timing with a busy one
-                if "busy_until" not in entry or "busy_until" in mine.get(key, {"busy_until": 0}):
-                    mine[key] = entry
+            machines.setdefault(self.machine, {}).update(self.new)
             write_json(self.path, {"version": CACHE_VERSION, "machines": machines}, what="the kernel cache")
         except (OSError, OutputError) as exc:
             log.info("kernel cache %s not written (%s); decisions kept for this process", self.path, exc)
@@ -406,5 +452,6 @@ __all__ = [
     "machine_key",
     "measure",
     "pick",
+    "Rounds",
     "use_fastest_kernels",
 ]
