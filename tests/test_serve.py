@@ -775,6 +775,14 @@ def test_the_engine_cache_grows_in_place_through_joins_leaves_and_copies(backend
     assert in_place()
 
 
+def test_the_servers_onnxruntime_threads_sleep_between_operators(tiny) -> None:
+    """Busy-waiting intra-op threads take the cores from the event loop and the sampler (see server.py)."""
+    from gpt2reg.serve.server import _load_onnx
+
+    options = _load_onnx(str(tiny[1]), "cpu", None).engine.backend.model.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
 def test_an_export_without_kv_cache_is_served_too(tiny, tmp_path: Path) -> None:
     from gpt2reg.checkpoints import load_model
 

@@ -98,12 +98,13 @@ def _session(path: str, options, providers: list[str], huge_pages: bool) -> tupl
 
 
 def create_session(path: str, provider: str = "auto", *, threads: int | None = None,
-                   huge_pages: bool = True) -> SessionInfo:
+                   huge_pages: bool = True, spinning: bool = True) -> SessionInfo:
     """An ``InferenceSession`` for ``path`` on ``provider`` (``auto``, ``cuda`` or ``cpu``).
 
     ``huge_pages``: on the CPU, move the session's memory into 2 MiB pages before returning (faster
     decoding, slower load: ``pages``); False only advises it, and ``pages.collapse(info.memory)`` moves
-    it later.
+    it later. ``spinning=False``: intra-op threads sleep between operators instead of busy-waiting, for
+    a process whose other threads need the cores too (the server's event loop and sampler).
     """
     import onnxruntime as ort
 
@@ -123,6 +124,8 @@ def create_session(path: str, provider: str = "auto", *, threads: int | None = N
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if provider == "cpu" or (provider == "auto" and not cuda_listed()):
         session, memory = _session(path, options, [CPU], huge_pages)
         note = "" if provider == "cpu" else "CUDA not in this onnxruntime build; running on CPU"

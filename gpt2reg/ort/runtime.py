@@ -39,15 +39,16 @@ class OnnxGPT:
     ``provider`` is ``auto`` (CUDA when it really loads), ``cuda`` (an error where it cannot) or
     ``cpu``; ``self.provider`` is the one that actually runs. ``huge_pages=False`` loads faster and
     decodes slower on the CPU (for a short run; ``use_huge_pages`` catches up later): see
-    ``gpt2reg.ort.pages``.
+    ``gpt2reg.ort.pages``. ``spinning=False`` lets onnxruntime's threads sleep between operators
+    (``create_session``), as the server wants.
     """
 
     def __init__(self, path: str | os.PathLike, *, provider: str = "auto", threads: int | None = None,
-                 huge_pages: bool = True) -> None:
+                 huge_pages: bool = True, spinning: bool = True) -> None:
         if not os.path.isfile(path):
             missing = not os.path.exists(path)
             raise InputError(f"{path}: no such ONNX file" if missing else f"{path} is not a file (an exported .onnx file is)")
-        info = create_session(str(path), provider, threads=threads, huge_pages=huge_pages)
+        info = create_session(str(path), provider, threads=threads, huge_pages=huge_pages, spinning=spinning)
         self._memory = [] if huge_pages else info.memory
         self.path = str(path)
         self.session = info.session
