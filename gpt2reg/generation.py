@@ -1,10 +1,10 @@
-"""Text generation: sampling filters, the KV-cache decode loop, batching, streaming, stop strings.
+"""Text generation: options, the sampler, stop strings, streaming, and the decode loop over any engine.
 
-Two halves. The first is pure Python and numpy - options, the sampler, stop strings and streamed
-text, prompt preparation and the decode loop itself (``decode``), which drives any ``StepDecoder`` -
-so the torch-free ONNX runtime reuses all of it by supplying its own ``StepDecoder`` (this module
-imports torch only inside ``Decoder``). The second is ``Decoder``, the ``StepDecoder`` over a ``GPT``,
-and ``generate``.
+Pure Python and numpy: options, the sampler, stop strings and streamed text, prompt preparation and
+the decode loop (``decode``), which drives any ``gpt2reg.decoding.Engine`` - so the torch-free ONNX
+runtime reuses all of it with its own engine, and the server's batcher the same sampler and stops.
+``generate`` decodes a torch ``GPT`` (this module imports torch only inside it, through
+``gpt2reg.torch_backend``).
 
 Sampling runs on numpy with one random generator per sequence, seeded by ``(seed, sample_index)``:
 a sequence's tokens do not depend on what else is in the batch, so batched output equals running each
@@ -18,7 +18,7 @@ import codecs
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,8 +28,7 @@ from .numbers import check_number
 from .tokenizer import EOT_ID, EOT_TOKEN, get_tokenizer
 
 if TYPE_CHECKING:
-    import torch
-
+    from .decoding import Engine
     from .model import GPT
 
 Prompt = str | Sequence[int]
@@ -155,17 +154,14 @@ class Sampler:
         self.seed = int(np.random.SeedSequence().entropy) if seed is None else int(seed)
         self._rngs = [np.random.default_rng([self.seed, int(i)]) for i in sample_indices]
 
-    def __call__(self, logits: np.ndarray, active: Sequence[bool] | None = None) -> list[int]:
-        """One token per row of ``logits`` (batch, vocab); rows not ``active`` get 0 and draw nothing."""
+    def __call__(self, logits: np.ndarray, rows: Sequence[int] | None = None) -> list[int]:
+        """One token per row of ``logits`` (batch, vocab); row ``j`` is sequence ``rows[j]`` (default: ``j``)."""
         if self.options.is_greedy:
             return [int(t) for t in np.argmax(logits, axis=-1)]
         tokens = []
-        for i, row in enumerate(logits):
-            if active is not None and not active[i]:
-                tokens.append(0)
-                continue
+        for j, row in enumerate(logits):
             cumulative = np.cumsum(probabilities(row, self.options))
-            u = self._rngs[i].random() * cumulative[-1]
+            u = self._rngs[j if rows is None else rows[j]].random() * cumulative[-1]
             tokens.append(int(min(np.searchsorted(cumulative, u, side="right"), len(cumulative) - 1)))
         return tokens
 
@@ -341,88 +337,54 @@ class Continuation:
         return piece
 
 
-def left_padded(prompts: list[list[int]], vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids and attention mask, both (batch, longest prompt), for prompts left-padded to one length."""
-    width = max(len(p) for p in prompts)
-    pad_id = EOT_ID if EOT_ID < vocab_size else 0  # any id: masked out
-    ids = np.array([[pad_id] * (width - len(p)) + p for p in prompts], dtype=np.int64)
-    mask = np.array([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=np.int64)
-    return ids, mask
-
-
 def sampling_vocab(vocab_size: int) -> int:
     """How many leading logits may be sampled: never an id the tokenizer cannot decode."""
     return min(vocab_size, get_tokenizer().n_vocab)
 
 
-# -- the decode loop, for any backend -----------------------------------------------------------
+# -- the decode loop, for any engine ------------------------------------------------------------
 
 NON_FINITE = ("the model computed NaN or inf logits: its weights hold NaN/inf values (a diverged training run?) "
               "or overflow in float16; use another checkpoint, or --dtype float32")
 
 
-class StepDecoder(Protocol):
-    """A batch being decoded on some backend: ``Decoder`` (torch) below, onnxruntime in ``runtime``.
-
-    ``decode`` drives it: ``prefill`` once, ``repeat`` once, then ``step`` per token. Logits are numpy
-    (batch, vocab) arrays for the position after the last token of each row.
-    """
-
-    vocab_size: int
-    block_size: int
-    cache_bytes_per_token: int  # host memory the cache takes per row and token (0: not on the host)
-
-    def prefill(self, prompts: list[list[int]]) -> np.ndarray:
-        """Run ``prompts`` (left-padded to one length); the logits after each."""
-        ...
-
-    def repeat(self, n: int) -> None:
-        """Each row becomes ``n`` consecutive rows: the samples of a prompt share its prefill."""
-        ...
-
-    def step(self, tokens: Sequence[int]) -> np.ndarray:
-        """Append one token per row; the logits that follow."""
-        ...
-
-
-def decode(decoder: StepDecoder, prompt: Prompt | Sequence[Prompt], options: GenerationOptions | None = None, *,
+def decode(engine: Engine, prompt: Prompt | Sequence[Prompt], options: GenerationOptions | None = None, *,
            stream: StreamCallback | None = None, **fields: Any) -> list[Sample]:
-    """``generate`` on any ``StepDecoder``: encode, fit the context, sample, stop, stream.
+    """``generate`` on any decoding ``Engine`` (torch or onnxruntime): encode, fit the context, sample,
+    stop, stream. A finished sequence's row leaves the batch; the others go on.
 
     ``fields`` are ``GenerationOptions`` fields, replacing those of ``options``.
     """
     options = GenerationOptions.of(options, **fields)
-    max_new_tokens, num_samples, eos_token_id = options.max_new_tokens, options.num_samples, options.eos_token_id
-    prompts = fit_context(encode_prompts(prompt, decoder.vocab_size), decoder.block_size, max_new_tokens)
+    max_new_tokens, num_samples = options.max_new_tokens, options.num_samples
+    prompts = fit_context(encode_prompts(prompt, engine.vocab_size), engine.block_size, max_new_tokens)
     n = len(prompts) * num_samples
     longest = max(len(p) for p in prompts) + max_new_tokens
     # Per row: its KV cache, and each step's logits with the sampler's float64 copies of them.
-    row_bytes = longest * getattr(decoder, "cache_bytes_per_token", 0) + decoder.vocab_size * (4 + 3 * 8)
+    row_bytes = longest * engine.cache_bytes_per_token + engine.vocab_size * (4 + 3 * 8)
     check_fits(n * row_bytes, f"decoding {n:,} sequence(s) of up to {longest} tokens",
                "lower --num-samples, the number of prompts or --max-new-tokens")
     sampler = Sampler(options, [j for _ in prompts for j in range(num_samples)], options.seed)
-    sequences = [Continuation(max_new_tokens, options.stop, eos_token_id) for _ in range(n)]
-    vocab = sampling_vocab(decoder.vocab_size)
-    filler = eos_token_id if eos_token_id is not None and eos_token_id < decoder.vocab_size else 0  # finished rows
+    sequences = [Continuation(max_new_tokens, options.stop, options.eos_token_id) for _ in range(n)]
+    vocab = sampling_vocab(engine.vocab_size)
 
-    logits = decoder.prefill(prompts)
+    logits = engine.add(prompts, [num_samples] * len(prompts))
     if not np.isfinite(logits).all():
         raise InputError(NON_FINITE)
-    decoder.repeat(num_samples)
-    logits = np.repeat(logits, num_samples, axis=0) if num_samples > 1 else logits
-    for _ in range(max_new_tokens):
-        active = [not s.done for s in sequences]
-        tokens = sampler(logits[:, :vocab], active)
-        for i, token in enumerate(tokens):
-            if not active[i]:
-                tokens[i] = filler
-                continue
+    live = list(range(n))  # the sequence each of the engine's rows decodes
+    while True:
+        tokens = sampler(logits[:, :vocab], live)
+        for i, token in zip(live, tokens, strict=True):
             piece = sequences[i].push(token)
             if piece and stream is not None:
                 stream(i, piece)
-        if all(s.done for s in sequences):
+        running = [j for j, i in enumerate(live) if not sequences[i].done]
+        if not running:
             break
-        logits = decoder.step(tokens)
+        if len(running) < len(live):
+            engine.keep(running)
+            live, tokens = [live[j] for j in running], [tokens[j] for j in running]
+        logits = engine.step(tokens)
 
     return [
         Sample(prompts[i // num_samples], s.generated, s.text, s.reason or "length", i // num_samples, i % num_samples)
@@ -431,71 +393,6 @@ def decode(decoder: StepDecoder, prompt: Prompt | Sequence[Prompt], options: Gen
 
 
 # -- decoding a GPT -----------------------------------------------------------------------------
-
-
-class Decoder:
-    """A ``StepDecoder`` over a ``GPT``: token ids, left-padding mask and (with ``use_cache``) the KV cache.
-
-    ``use_cache=False`` recomputes the whole sequence every step: slow, and the reference the cached
-    path is tested against.
-    """
-
-    def __init__(self, model: GPT, use_cache: bool = True) -> None:
-        self.model = model
-        self.use_cache = use_cache
-        self.vocab_size = model.config.vocab_size
-        self.block_size = model.config.block_size
-        self.device = next(model.parameters()).device
-        c, weight = model.config, next(model.parameters())
-        # The KV cache counts against host memory only where it lives there.
-        self.cache_bytes_per_token = 2 * c.n_layer * c.n_embd * weight.element_size() if self.device.type == "cpu" else 0
-        self.ids: torch.Tensor | None = None
-        self.mask: torch.Tensor | None = None  # None while no row is padded
-        self.past = None
-
-    def prefill(self, prompts: list[list[int]]) -> np.ndarray:
-        import torch
-
-        ids, mask = left_padded(prompts, self.vocab_size)
-        self.ids = torch.from_numpy(ids).to(self.device)
-        if not mask.all():
-            self.mask = torch.from_numpy(mask).to(self.device)
-        return self._run(self.ids)
-
-    def step(self, tokens: Sequence[int]) -> np.ndarray:
-        import torch
-
-        new = torch.tensor(tokens, device=self.device).view(-1, 1)
-        self.ids = torch.cat((self.ids, new), dim=1)
-        if self.mask is not None:
-            self.mask = torch.cat((self.mask, self.mask.new_ones(len(tokens), 1)), dim=1)
-        return self._run(new)
-
-    def repeat(self, n: int) -> None:
-        if n == 1:
-            return
-        self.ids = self.ids.repeat_interleave(n, dim=0)
-        if self.mask is not None:
-            self.mask = self.mask.repeat_interleave(n, dim=0)
-        if self.past is not None:
-            from .model import GrowingKV
-
-            self.past = [GrowingKV(p[0].repeat_interleave(n, dim=0), p[1].repeat_interleave(n, dim=0), self.block_size)
-                         for p in self.past]
-
-    def _run(self, new: torch.Tensor) -> np.ndarray:
-        import torch
-
-        from .model import GrowingKV
-
-        with torch.inference_mode():
-            if self.use_cache:
-                logits, past = self.model.forward_cached(new, self.past, attention_mask=self.mask, last_only=True)
-                # from now on each step writes its keys and values in place (see GrowingKV)
-                self.past = GrowingKV.wrap(past, self.block_size)
-            else:
-                logits = self.model(self.ids, attention_mask=self.mask)[:, -1:]
-            return logits[:, -1].float().cpu().numpy()
 
 
 def generate(model: GPT, prompt: Prompt | Sequence[Prompt], options: GenerationOptions | None = None, *,
@@ -508,15 +405,18 @@ def generate(model: GPT, prompt: Prompt | Sequence[Prompt], options: GenerationO
     ``stream(index, text)`` is called with each piece of text as it becomes final, ``index`` being the
     sample's place in the returned list. A prompt too long for the context keeps its most recent tokens
     (``PromptTruncatedWarning``). The same seed gives the same text however prompts are batched.
+    ``use_cache=False`` recomputes every sequence at every step: slow, the reference the cache is tested against.
     Decodes in eval mode (dropout off) and gives every module its own training flag back afterwards:
     the caller's model is left as it was. Tuning for this machine is the caller's call
     (``gpt2reg.accel.tune(model)``, which ``gpt2reg generate`` makes).
     """
+    from .torch_backend import torch_engine
+
     options = GenerationOptions.of(options, **fields)
     training = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
-        return decode(Decoder(model, use_cache), prompt, options, stream=stream)
+        return decode(torch_engine(model, use_cache), prompt, options, stream=stream)
     finally:
         for module, flag in training:
             module.training = flag
@@ -524,9 +424,7 @@ def generate(model: GPT, prompt: Prompt | Sequence[Prompt], options: GenerationO
 
 __all__ = [
     "Continuation",
-    "Decoder",
     "GenerationOptions",
-    "StepDecoder",
     "decode",
     "PromptTruncatedWarning",
     "Sample",
@@ -537,7 +435,6 @@ __all__ = [
     "filter_logits",
     "fit_context",
     "generate",
-    "left_padded",
     "probabilities",
     "sampling_vocab",
 ]

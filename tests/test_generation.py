@@ -16,7 +16,6 @@ import gpt2reg
 from gpt2reg.accel import hugepages, tune
 from gpt2reg.errors import InputError
 from gpt2reg.generation import (
-    Decoder,
     GenerationOptions,
     PromptTruncatedWarning,
     Sampler,
@@ -28,6 +27,7 @@ from gpt2reg.generation import (
     probabilities,
 )
 from gpt2reg.testing import TINY, component_names
+from gpt2reg.torch_backend import torch_engine
 
 PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14], [15]]  # different lengths: left padding
 
@@ -53,22 +53,20 @@ def tiny(pos: str = "learned", **overrides) -> gpt2reg.GPT:
 
 @pytest.mark.parametrize("pos", component_names("pos"))
 def test_cached_decoding_equals_full_recompute(pos: str) -> None:
-    """Teacher-forced decode of a left-padded batch: the cache path gives the recompute path's logits."""
+    """Teacher-forced decode of a left-padded batch whose rows join, copy and leave: the cache engine
+    gives the logits of the recomputing engine, which runs each row alone, unpadded."""
     model = tune(tiny(pos))
-    cached, full = Decoder(model, use_cache=True), Decoder(model, use_cache=False)
-    a, b = cached.prefill(PROMPTS), full.prefill(PROMPTS)
-    np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)
+    cached, full = torch_engine(model), torch_engine(model, use_cache=False)
+    np.testing.assert_allclose(cached.add(PROMPTS, [1, 2, 1]), full.add(PROMPTS, [1, 2, 1]), atol=1e-4, rtol=0)
     rng = np.random.default_rng(0)
-    for _ in range(12):
-        tokens = rng.integers(0, TINY["vocab_size"], len(PROMPTS)).tolist()
-        a, b = cached.step(tokens), full.step(tokens)
-        np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)
-    # and each row equals that prompt decoded alone, unpadded
-    for i, prompt in enumerate(PROMPTS):
-        alone = Decoder(model, use_cache=False)
-        alone.prefill([cached.ids[i, -(len(prompt) + 12) : -1].tolist()])
-        last = alone.step([cached.ids[i, -1].item()])
-        np.testing.assert_allclose(last[0], a[i], atol=1e-4, rtol=0)
+    for t in range(12):
+        if t == 4:
+            np.testing.assert_allclose(cached.add([[3, 4]], [1]), full.add([[3, 4]], [1]), atol=1e-4, rtol=0)
+        if t == 8:
+            cached.keep([0, 2, 4]), full.keep([0, 2, 4])
+        tokens = rng.integers(0, TINY["vocab_size"], cached.rows).tolist()
+        np.testing.assert_allclose(cached.step(tokens), full.step(tokens), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(cached.prompt_logits(PROMPTS[1]), full.prompt_logits(PROMPTS[1]), atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("pos", component_names("pos"))
@@ -95,7 +93,6 @@ def test_growing_cache_equals_concatenation(pos: str) -> None:
 def test_growing_cache_room_stops_at_the_context() -> None:
     """Doubling the room never reserves more than ``limit`` positions (the model's context), and a
     decode to the full context through ``generate`` ends with a cache of exactly that room."""
-    from gpt2reg.generation import Decoder
     from gpt2reg.model import GrowingKV
 
     cache = GrowingKV(torch.zeros(1, 2, 5, 4), torch.zeros(1, 2, 5, 4), limit=12)
@@ -107,12 +104,12 @@ def test_growing_cache_room_stops_at_the_context() -> None:
     assert torch.equal(cache[1][:, :, 5:], torch.ones(1, 2, 7, 4))
 
     model = tune(tiny("learned"))
-    decoder = Decoder(model)
+    engine = torch_engine(model)
     block = model.config.block_size
-    decoder.prefill([[1, 2, 3]])
+    engine.add([[1, 2, 3]], [1])
     for _ in range(block - 3):
-        decoder.step([4])
-    assert all(layer._keys.shape[2] == block for layer in decoder.past)
+        engine.step([4])
+    assert all(layer._keys.shape[2] == block for layer in engine.past)
 
 
 # -- parity with Hugging Face -------------------------------------------------------------------
@@ -349,30 +346,36 @@ def test_generate_leaves_the_callers_model_as_it_was(monkeypatch: pytest.MonkeyP
         want[0].generated_ids
 
 
-class CountingDecoder:
-    """A numpy StepDecoder whose next token is always the last one + 1: what an ONNX backend plugs in."""
+class CountingEngine:
+    """A numpy decoding engine whose next token is always the last one + 1: what an ONNX engine plugs in."""
 
-    vocab_size, block_size = 50, 32
+    vocab_size, block_size, cache_bytes_per_token = 50, 32, 0
 
-    def prefill(self, prompts):
-        self.last = [p[-1] for p in prompts]
+    def __init__(self):
+        self.last, self.kept = [], []
+
+    def add(self, prompts, copies):
+        self.last += [p[-1] for p, c in zip(prompts, copies, strict=True) for _ in range(c)]
         return self._logits()
-
-    def repeat(self, n):
-        self.last = [t for t in self.last for _ in range(n)]
 
     def step(self, tokens):
         self.last = list(tokens)
         return self._logits()
 
+    def keep(self, rows):
+        self.last = [self.last[i] for i in rows]
+        self.kept.append(len(rows))
+
     def _logits(self):
         return np.eye(self.vocab_size)[[(t + 1) % self.vocab_size for t in self.last]] * 10
 
 
-def test_decode_drives_any_step_decoder() -> None:
-    samples = decode(CountingDecoder(), [[1, 2], [40]], max_new_tokens=5, greedy=True, num_samples=2, eos_token_id=44)
+def test_decode_drives_any_engine_and_drops_finished_rows() -> None:
+    engine = CountingEngine()
+    samples = decode(engine, [[1, 2], [40]], max_new_tokens=5, greedy=True, num_samples=2, eos_token_id=44)
     assert [s.generated_ids for s in samples] == [[3, 4, 5, 6, 7]] * 2 + [[41, 42, 43, 44]] * 2
     assert [s.finish_reason for s in samples] == ["length", "length", "eos", "eos"]
+    assert engine.kept == [2]  # the two ended by end-of-text left; the others decoded on alone
 
 
 def test_sampling_and_text_helpers_import_without_torch() -> None:

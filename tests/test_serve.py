@@ -426,8 +426,8 @@ def test_16_concurrent_clients_each_get_what_they_get_alone(server: Server, refe
 def test_health_is_503_while_loading_and_a_failed_load_is_reported(tiny) -> None:
     from starlette.testclient import TestClient
 
+    from gpt2reg.ort.runtime import onnx_engine
     from gpt2reg.serve.app import LoadedModel, ServerOptions, create_app
-    from gpt2reg.serve.engine import onnx_engine
 
     release = threading.Event()
 
@@ -465,8 +465,8 @@ def test_the_batcher_survives_a_failing_step_and_a_client_that_cannot_take_token
     import queue
 
     from gpt2reg.generation import SamplingOptions
+    from gpt2reg.ort.runtime import onnx_engine
     from gpt2reg.serve.batcher import Batcher, Failure, Job
-    from gpt2reg.serve.engine import onnx_engine
 
     engine = onnx_engine(reference)
     real_step, failures = engine.step, [RuntimeError("out of memory")]
@@ -731,9 +731,8 @@ def test_the_engine_cache_grows_in_place_through_joins_leaves_and_copies(backend
     import torch
 
     from gpt2reg.model import GrowingKV
-    from gpt2reg.ort.runtime import InPlaceKV
-    from gpt2reg.serve.engine import onnx_engine
-    from gpt2reg.serve.torch_engine import torch_engine
+    from gpt2reg.ort.runtime import InPlaceKV, onnx_engine
+    from gpt2reg.torch_backend import torch_engine
 
     model = build_model(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=96, init_std=0.2, seed=0)
     if backend == "torch":

@@ -2,14 +2,14 @@
 
 ``OnnxGPT`` (``runtime``) reads the file's metadata (``metadata``), opens an onnxruntime session on the
 provider that really loads (``providers``; ``pages`` moves its weights into huge pages) and decodes
-with ``gpt2reg.generation``'s numpy sampler. Nothing here imports torch or gpt2reg's torch modules: a
+through ``gpt2reg.decoding``'s engine (``OnnxBackend``) with ``gpt2reg.generation``'s numpy sampler. Nothing here imports torch or gpt2reg's torch modules: a
 test runs it in a process where importing torch fails.
 """
 
 
 from typing import Any
 
-__all__ = ["InPlaceKV", "OnnxGPT", "load"]
+__all__ = ["InPlaceKV", "OnnxBackend", "OnnxGPT", "load", "onnx_engine"]
 
 
 def __getattr__(name: str) -> Any:

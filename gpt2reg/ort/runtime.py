@@ -24,13 +24,14 @@ from typing import Any
 
 import numpy as np
 
+from ..decoding import Engine, engine
 from ..errors import InputError
-from ..generation import GenerationOptions, Prompt, Sample, StreamCallback, decode, left_padded
+from ..generation import GenerationOptions, Prompt, Sample, StreamCallback, decode
 from .metadata import LOGITS_TO_KEEP, OnnxDescription, past_names, present_names
 from .pages import collapse
 from .providers import CPU, create_session, input_names
 
-__all__ = ["InPlaceKV", "OnnxGPT", "load"]
+__all__ = ["InPlaceKV", "OnnxBackend", "OnnxGPT", "load", "onnx_engine"]
 
 
 class OnnxGPT:
@@ -170,7 +171,7 @@ class OnnxGPT:
         Same arguments (``options`` or its fields as keywords), same results (``Sample`` per sequence,
         prompt by prompt); prompts of different lengths are left-padded together through the KV-cache graph.
         """
-        return decode(_Decoder(self), prompt, options, stream=stream, **fields)
+        return decode(onnx_engine(self), prompt, options, stream=stream, **fields)
 
 
 class InPlaceKV:
@@ -222,10 +223,6 @@ class InPlaceKV:
         self.length = end
         return logits.astype(np.float32, copy=False)
 
-    def repeat(self, n: int) -> None:
-        """Each row becomes ``n`` consecutive rows (the samples of one prompt)."""
-        self._fill([np.repeat(p, n, axis=0) for p in self.arrays], self.capacity)
-
     def _fill(self, past: list[np.ndarray], capacity: int) -> None:
         """New buffers of ``capacity`` holding ``past``, bound as both past and present."""
         n_layer = self.model.description.n_layer
@@ -245,54 +242,56 @@ class InPlaceKV:
         return OrtValue.ortvalue_from_numpy(array)  # shares the array's memory (the CPU's)
 
 
-class _Decoder:
-    """One batch being decoded: ids, left-padding mask, and the KV cache (or, for the full-sequence
-    graph, each row recomputed from its own unpadded tokens every step). The cache is an ``InPlaceKV``
-    where the file extends it in place, else the presents ``OnnxGPT.run`` returns."""
+class OnnxBackend:
+    """The decoding ``Backend`` of an exported file under onnxruntime: the cache is numpy arrays.
+
+    Where the file extends the cache in place (``OnnxGPT.in_place``) a call's cache is an ``InPlaceKV``,
+    so decode steps copy nothing; the reshapes (rows joining and leaving) read its arrays and return
+    new ones, which the next call moves into a buffer with room again.
+    """
 
     def __init__(self, model: OnnxGPT) -> None:
         self.model = model
+        self.kv_cache = model.kv_cache
         self.vocab_size = model.vocab_size
         self.block_size = model.block_size
         c = model.config  # past and present of every layer, in the graph's float type
         self.cache_bytes_per_token = 2 * c["n_layer"] * c["n_embd"] * np.dtype(model._float).itemsize
-        self.rows: list[list[int]] = []
-        self.mask: np.ndarray | None = None
-        self.past: list[np.ndarray] | InPlaceKV | None = None
 
-    def prefill(self, prompts: list[list[int]]) -> np.ndarray:
-        self.rows = [list(p) for p in prompts]
-        if not self.model.kv_cache:
-            return self._full()
-        ids, self.mask = left_padded(prompts, self.model.vocab_size)
-        return self._run(ids)
+    def _kept(self, logits: np.ndarray, logits_to_keep: int) -> np.ndarray:
+        """float32 logits of the last ``logits_to_keep`` positions (a file without the input returns all)."""
+        if logits_to_keep and not self.keeps_logits:
+            logits = logits[:, -logits_to_keep:]
+        return logits.astype(np.float32, copy=False)
 
-    def step(self, tokens: Sequence[int]) -> np.ndarray:
-        for row, token in zip(self.rows, tokens, strict=True):
-            row.append(int(token))
-        if not self.model.kv_cache:
-            return self._full()
-        self.mask = np.concatenate((self.mask, np.ones((len(tokens), 1), dtype=np.int64)), axis=1)
-        return self._run(np.asarray(tokens, dtype=np.int64).reshape(-1, 1))
+    def logits(self, ids: list[int], keep: int = 0) -> np.ndarray:
+        return self.model.run(np.array([ids], dtype=np.int64), logits_to_keep=keep)[0][0]
 
-    def _run(self, ids: np.ndarray) -> np.ndarray:
-        logits, self.past = self.model.decode_step(ids, self.mask, self.past)
-        return logits
+    def run(self, ids: np.ndarray, mask: np.ndarray, past: list[np.ndarray] | InPlaceKV | None
+            ) -> tuple[np.ndarray, list[np.ndarray] | InPlaceKV]:
+        return self.model.decode_step(ids, mask, past)
 
-    def repeat(self, n: int) -> None:
-        if n == 1:
-            return
-        self.rows = [list(row) for row in self.rows for _ in range(n)]
-        if self.mask is not None:
-            self.mask = np.repeat(self.mask, n, axis=0)
-        if isinstance(self.past, InPlaceKV):
-            self.past.repeat(n)
-        elif self.past is not None:
-            self.past = [np.repeat(p, n, axis=0) for p in self.past]
+    def left_pad(self, past: list[np.ndarray] | InPlaceKV, width: int) -> list[np.ndarray]:
+        return [np.pad(p, ((0, 0), (0, 0), (width - p.shape[2], 0), (0, 0))) if p.shape[2] < width else p
+                for p in _arrays(past)]
 
-    def _full(self) -> np.ndarray:
-        return np.concatenate([self.model.run(np.array([row], dtype=np.int64), logits_to_keep=1)[0][:, -1]
-                               for row in self.rows])
+    def concat(self, first: list[np.ndarray] | InPlaceKV, second: list[np.ndarray] | InPlaceKV) -> list[np.ndarray]:
+        return [np.concatenate((a, b)) for a, b in zip(_arrays(first), _arrays(second), strict=True)]
+
+    def take(self, past: list[np.ndarray] | InPlaceKV, rows: np.ndarray, start: int) -> list[np.ndarray]:
+        return [np.ascontiguousarray(p[rows, :, start:]) for p in _arrays(past)]
+
+    def repeat(self, past: list[np.ndarray] | InPlaceKV, copies: np.ndarray) -> list[np.ndarray]:
+        return [np.repeat(p, copies, axis=0) for p in _arrays(past)]
+
+
+def _arrays(past: list[np.ndarray] | InPlaceKV) -> list[np.ndarray]:
+    return past.arrays if isinstance(past, InPlaceKV) else past
+
+
+def onnx_engine(model: OnnxGPT) -> Engine:
+    """The decoding engine of an exported file: rows over the KV-cache graph, or recomputed (the full-sequence graph)."""
+    return engine(OnnxBackend(model))
 
 
 def load(path: str | os.PathLike, *, provider: str = "auto", threads: int | None = None,

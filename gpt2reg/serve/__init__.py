@@ -7,10 +7,10 @@
     serve("exports/gpt2-rope.onnx", port=8000, max_batch=16)   # blocks until SIGINT/SIGTERM
 
 Modules: ``protocol`` (request checks, response shapes), ``chat`` (chat templates and the chat API's
-shapes), ``batcher`` (the decode thread and its scheduler), ``engine`` (batches whose rows join and
-leave: onnxruntime), ``torch_engine`` (torch models, imported only for them), ``app`` (Starlette
-routes, streaming, errors, the request edge), ``listen`` (the socket and the HTTP protocol's deadlines),
-``server`` (loading, uvicorn).
+shapes), ``batcher`` (the decode thread and its scheduler, driving a ``gpt2reg.decoding.Engine``:
+onnxruntime's, or torch's imported only for torch models), ``app`` (Starlette routes, streaming,
+errors, the request edge), ``listen`` (the socket and the HTTP protocol's deadlines), ``server``
+(loading, uvicorn).
 An ``.onnx`` file is served without importing torch.
 """
 

@@ -42,10 +42,10 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..decoding import Engine
 from ..tokenizer import EOT_TOKEN, get_tokenizer
 from .batcher import Batcher, Closed, Failure, Job, PromptEvent, QueueFull, TokenEvent
 from .chat import PLAIN_TEMPLATE, ChatTemplate, chat_body, chat_logprobs, chat_messages, parse_chat
-from .engine import BatchEngine
 from .protocol import (
     FINISH_REASONS,
     APIError,
@@ -74,7 +74,7 @@ OFF_LOOP_BYTES = 64 * 1024  # bodies from this size are parsed and tokenized on 
 class LoadedModel:
     """What a loader returns: the batch engine and how to describe it."""
 
-    engine: BatchEngine
+    engine: Engine
     backend: str  # e.g. "onnxruntime CPUExecutionProvider", "torch cpu"
     eos_token_id: int | None
 

@@ -7,7 +7,7 @@ take one decode step together. A request beyond the batch waits in a queue of ``
 ``submit`` refuses more with ``QueueFull`` (the server's 429).
 
 A job that ``echo``es its prompts with ``logprobs`` gets their tokens' log-probabilities first, from one
-full forward pass per prompt (``BatchEngine.prompt_logits``) on this thread; a job with ``max_tokens`` 0
+full forward pass per prompt (``Engine.prompt_logits``) on this thread; a job with ``max_tokens`` 0
 ends there and never takes a row.
 
 Sampling is ``gpt2reg.generation``'s: each row has its own ``Sampler`` seeded ``(seed, sample index)``
@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..decoding import Engine
 from ..generation import NON_FINITE, Continuation, Sampler, SamplingOptions, sampling_vocab
 from ..tokenizer import EOT_ID
-from .engine import BatchEngine
 
 log = logging.getLogger("gpt2reg.serve")
 
@@ -127,7 +127,7 @@ class BatchStats:
 class Batcher:
     """Runs ``engine`` on a daemon thread; ``submit`` jobs, ``cancel`` them, ``close`` at shutdown."""
 
-    def __init__(self, engine: BatchEngine, *, max_batch: int, max_queue: int) -> None:
+    def __init__(self, engine: Engine, *, max_batch: int, max_queue: int) -> None:
         self.engine = engine
         self.max_batch = max_batch
         self.max_queue = max_queue

@@ -100,8 +100,7 @@ def serve(
 
 
 def _load_onnx(path: str, provider: str, threads: int | None) -> LoadedModel:
-    from ..ort.runtime import OnnxGPT  # torch-free
-    from .engine import onnx_engine
+    from ..ort.runtime import OnnxGPT, onnx_engine  # torch-free
 
     # Threads that sleep between operators: busy-waiting ones take the cores from the event loop and the
     # sampler, which made 16 clients' throughput swing from 2.7x to 4.6x one client's on a busy 2-core machine.
@@ -117,7 +116,7 @@ def _load_torch(name: str, provider: str) -> LoadedModel:
     from ..accel import tune
     from ..checkpoints import load_model
     from ..tokenizer import EOT_ID
-    from .torch_engine import torch_engine
+    from ..torch_backend import torch_engine
 
     device = "cuda" if provider == "cuda" or (provider == "auto" and torch.cuda.is_available()) else "cpu"
     return LoadedModel(torch_engine(tune(load_model(name, device=device))), f"torch {device}", EOT_ID)
