@@ -26,7 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import GPTConfig
-from .errors import CheckpointError, Gpt2regError, InputError
+from .errors import CheckpointError, Gpt2regError, InputError, first_line
 from .files import check_folder, staged
 from .model import GPT
 from .plugins import get_registry
@@ -500,7 +500,7 @@ def _download_failure(exc: Exception, offline: bool) -> str:
         return "no such repository, or it is private or gated"
     if isinstance(exc, EntryNotFoundError):
         return f"the repository has no {HF_CONFIG_FILE} with {HF_SAFETENSORS_FILE} or {HF_PICKLE_FILE}"
-    return _one_line(exc)
+    return first_line(exc)
 
 
 # -- building the model -------------------------------------------------------------------------
@@ -617,7 +617,7 @@ def _torch_load(path: Path) -> Any:
         with open(path, "rb") as f:
             head = f.read(4)
     except OSError as exc:
-        raise CheckpointError(f"{path} could not be read: {_one_line(exc)}") from None
+        raise CheckpointError(f"{path} could not be read: {first_line(exc)}") from None
     if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch.save's zip, or a pickle
         raise CheckpointError(
             f"{path} is not a model or checkpoint file (neither safetensors, a PyTorch zip nor a pickle); pass a "
@@ -636,7 +636,7 @@ def _torch_load(path: Path) -> Any:
         ) from None
     except Exception as exc:  # torch.load raises what its unpickler meets: RuntimeError, EOFError, KeyError...
         raise CheckpointError(
-            f"{path} could not be read as a PyTorch checkpoint (truncated or corrupt?): {_one_line(exc)}"
+            f"{path} could not be read as a PyTorch checkpoint (truncated or corrupt?): {first_line(exc)}"
         ) from None
 
 
@@ -657,7 +657,7 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(
-            f"{path} is not a readable safetensors file (truncated or corrupt?): {_one_line(exc)}"
+            f"{path} is not a readable safetensors file (truncated or corrupt?): {first_line(exc)}"
         ) from None
 
 
@@ -671,7 +671,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path} could not be read as JSON: {_one_line(exc)}") from None
+        raise CheckpointError(f"{path} could not be read as JSON: {first_line(exc)}") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} does not hold a JSON object")
     return data
@@ -703,11 +703,6 @@ def _some(items: list[str], limit: int = 4) -> str:
     if len(items) <= limit:
         return ", ".join(items)
     return f"{', '.join(items[:limit])} and {len(items) - limit} more"
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 __all__ = ["MODEL_CONFIG_FILE", "WEIGHTS_FILE", "hf_config", "hf_state_dict", "load_model", "save_model"]

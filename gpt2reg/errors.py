@@ -30,3 +30,13 @@ class InputError(Gpt2regError, ValueError):
 
 class OutputError(Gpt2regError):
     """A file or folder that cannot be written where the user asked (read-only, full, name too long, taken)."""
+
+
+def first_line(exc: BaseException, *, with_type: bool = False) -> str:
+    """The first non-blank line of ``exc``'s message: a summary for a one-line error (the rest of a
+    library's message is often a traceback or a dump); its type's name when it has no message.
+    ``with_type`` starts it with the type's name (``ValueError: ...``), for reports that keep going."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {lines[0]}" if with_type else lines[0]

@@ -75,7 +75,6 @@ class PluginInfo:
 
 class _State:
     def __init__(self) -> None:
-        self.pm: pluggy.PluginManager | None = None
         self.infos: dict[str, PluginInfo] = {}
         self.registry: Registry | None = None
         self.in_process: list[tuple[str, Any]] = []
@@ -305,7 +304,7 @@ def _build() -> None:
         _add(pm, plugin, info)
     registry = _register_components(pm, infos)
     registry.missing_hint = _missing_hint
-    _state.pm, _state.infos, _state.registry = pm, infos, registry
+    _state.infos, _state.registry = infos, registry
 
 
 def _names_of(info: PluginInfo) -> set[tuple[str, str]]:
@@ -340,14 +339,6 @@ def _missing_hint(kind: str, name: str) -> str:
     if failed:
         return f"; plugin(s) {', '.join(failed)} failed to load and may provide it (see `gpt2reg plugins`)"
     return ""
-
-
-def get_plugin_manager() -> pluggy.PluginManager:
-    """The pluggy manager with built-ins, entry points and in-process plugins registered."""
-    if _state.pm is None:
-        _build()
-    assert _state.pm is not None
-    return _state.pm
 
 
 def get_registry() -> Registry:
@@ -464,7 +455,6 @@ def plugin_registered(plugin: Any, name: str | None = None) -> Iterator[str]:
 
 def reset() -> None:
     """Forget the loaded plugins so the next lookup discovers them again (keeps in-process ones)."""
-    _state.pm = None
     _state.registry = None
     _state.infos = {}
     _state.targets_checked = False

@@ -21,14 +21,15 @@ from typing import Any
 import torch
 
 from .config import GPTConfig
+from .errors import first_line
 from .model import GPT, build_model
+from .registry import KINDS
 
 TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=96)
 # check_component's weights: at GPT-2's init_std=0.02 a tiny model's logits are ~1e-2 and removing a
 # component's effect (ALiBi's bias, say) moves them by ~1e-5, under every tolerance here. At 0.2 the
 # logits are O(1), such a bug moves them by far more than 1e-4, and honest float error stays ~1e-6.
 CHECK_INIT_STD = 0.2
-KIND_FIELDS = {"pos": "pos", "act": "act", "norm": "norm"}
 
 
 def component_names(kind: str) -> list[str]:
@@ -179,29 +180,24 @@ def check_component(
     component that needs a wider head, or other components to combine with). Weights are drawn with
     ``init_std=CHECK_INIT_STD`` unless overridden, so that a wrong result is large enough to see.
     """
-    if kind not in KIND_FIELDS:
-        raise ValueError(f"unknown kind '{kind}'; choose one of: {', '.join(KIND_FIELDS)}")
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind '{kind}'; choose one of: {', '.join(KINDS)}")
     for check in checks or CHECKS:
         if check not in CHECKS:
             raise ValueError(f"unknown check '{check}'; choose one of: {', '.join(CHECKS)}")
     what = f"{kind} '{name}'"
     for check in checks or CHECKS:
         try:
-            config = tiny_config(**{"init_std": CHECK_INIT_STD, KIND_FIELDS[kind]: name, **config_overrides})
+            config = tiny_config(**{"init_std": CHECK_INIT_STD, kind: name, **config_overrides})
             model = build_model(config, seed=0).eval()
         except Exception as exc:  # a component that cannot even be built fails the first property
-            raise AssertionError(f"{check}: {what} could not be built: {_described(exc)}{_hint(kind, exc)}") from exc
+            raise AssertionError(f"{check}: {what} could not be built: {first_line(exc, with_type=True)}{_hint(kind, exc)}") from exc
         try:
             CHECKS[check](model)
         except AssertionError as exc:
             raise AssertionError(f"{check}: {what}: {exc}{_hint(kind, exc, check)}") from exc
         except Exception as exc:  # the component raised from inside the model: still a failed property
-            raise AssertionError(f"{check}: {what} raised {_described(exc)}{_hint(kind, exc, check)}") from exc
-
-
-def _described(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
+            raise AssertionError(f"{check}: {what} raised {first_line(exc, with_type=True)}{_hint(kind, exc, check)}") from exc
 
 
 def _hint(kind: str, exc: BaseException, check: str = "") -> str:

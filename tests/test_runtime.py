@@ -116,7 +116,6 @@ def test_full_sequence_file_generates_the_same(tmp_path: Path, exported) -> None
 def test_logits_to_keep_returns_the_last_positions(exported) -> None:
     _, path = exported
     runtime = OnnxGPT(path, provider="cpu")
-    assert runtime.keeps_logits
     ids = np.array([[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]])
     every, presents = runtime.run(ids)
     last, presents_last = runtime.run(ids, logits_to_keep=1)
@@ -125,30 +124,6 @@ def test_logits_to_keep_returns_the_last_positions(exported) -> None:
     assert np.array_equal(runtime.run(ids, logits_to_keep=3)[0], every[:, -3:])
     with pytest.raises(InputError, match="logits_to_keep=-1"):
         runtime.run(ids, logits_to_keep=-1)
-
-
-def test_a_file_exported_before_logits_to_keep_still_generates_identically(exported, tmp_path: Path) -> None:
-    """An older export (no ``logits_to_keep`` input, every position's logits) runs through the same API."""
-    import onnx
-
-    from gpt2reg.ort.metadata import LOGITS_TO_KEEP
-
-    model, path = exported
-    old = onnx.load(str(path))
-    kept = [i for i in old.graph.input if i.name != LOGITS_TO_KEEP]
-    del old.graph.input[:]
-    old.graph.input.extend(kept)  # its initializer stays: a constant 0, every position, as before
-    onnx.save(old, str(tmp_path / "old.onnx"))
-    before, now = OnnxGPT(tmp_path / "old.onnx", provider="cpu"), OnnxGPT(path, provider="cpu")
-    assert not before.keeps_logits and now.keeps_logits
-    prompts = ["Hello, my dog", "In 2026,"]
-    got = before.generate(prompts, max_new_tokens=10, greedy=True, eos_token_id=None)
-    want = now.generate(prompts, max_new_tokens=10, greedy=True, eos_token_id=None)
-    torch_want = generate(model, prompts, max_new_tokens=10, greedy=True, eos_token_id=None)
-    assert [s.generated_ids for s in got] == [s.generated_ids for s in want] == [s.generated_ids for s in torch_want]
-    ids = np.array([[1, 2, 3, 4]])
-    assert before.run(ids)[0].shape == (1, 4, 50257)
-    assert np.array_equal(before.run(ids, logits_to_keep=2)[0], now.run(ids, logits_to_keep=2)[0])
 
 
 def test_a_foreign_onnx_file_is_a_one_line_error(tmp_path: Path) -> None:

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..errors import first_line
+
 
 def deploy_check(model_dir: str | os.PathLike, onnx_path: str | os.PathLike, *, prompt_tokens: int = 16,
                  new_tokens: int = 64, repeats: int = 3) -> dict[str, Any]:
@@ -27,14 +29,14 @@ def deploy_check(model_dir: str | os.PathLike, onnx_path: str | os.PathLike, *, 
     try:
         export_onnx(model, path, model_name=Path(model_dir).parent.name)
     except Exception as exc:  # an architecture the exporter cannot trace: that is the finding
-        return {"exports": False, "validates": None, "error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+        return {"exports": False, "validates": None, "error": first_line(exc, with_type=True)}
     files = [path, *path.parent.glob(path.name + ".data")]
     result: dict[str, Any] = {"exports": True, "onnx_mb": sum(f.stat().st_size for f in files) / 1e6,
                               "onnx_file": str(path)}
     try:
         report = validate_onnx(path, model, provider="cpu")
     except Exception as exc:  # onnxruntime cannot load or run the file: also a finding
-        return {**result, "validates": False, "error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+        return {**result, "validates": False, "error": first_line(exc, with_type=True)}
     result.update(validates=report.passed, max_abs_diff=report.max_abs_diff, top1_agreement=report.top1_agreement,
                   reason=report.reason)
     block = model.config.block_size

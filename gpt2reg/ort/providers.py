@@ -12,7 +12,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from ..errors import Gpt2regError, InputError
+from ..errors import Gpt2regError, InputError, first_line
 from . import pages
 
 CUDA = "CUDAExecutionProvider"
@@ -71,11 +71,6 @@ def cuda_listed() -> bool:
     return CUDA in ort.get_available_providers()
 
 
-def input_names(session) -> set[str]:
-    """Every input a session accepts: ``get_inputs()`` leaves out those with a default (an initializer)."""
-    return {i.name for i in session.get_inputs()} | {i.name for i in session.get_overridable_initializers()}
-
-
 def _session(path: str, options, providers: list[str], huge_pages: bool) -> tuple[object, list[pages.Region]]:
     """``InferenceSession`` and, on the CPU, the memory it allocated (its weights), with a file
     onnxruntime cannot read reported in one line.
@@ -93,8 +88,7 @@ def _session(path: str, options, providers: list[str], huge_pages: bool) -> tupl
     except (RuntimeError, ort.capi.onnxruntime_pybind11_state.Fail,
             ort.capi.onnxruntime_pybind11_state.InvalidProtobuf, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
             ort.capi.onnxruntime_pybind11_state.NoSuchFile) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{path}: onnxruntime cannot load it ({first[-300:]})") from None
+        raise InputError(f"{path}: onnxruntime cannot load it ({first_line(exc)[-300:]})") from None
 
 
 def create_session(path: str, provider: str = "auto", *, threads: int | None = None,

@@ -29,7 +29,7 @@ from ..errors import InputError
 from ..generation import GenerationOptions, Prompt, Sample, StreamCallback, decode
 from .metadata import LOGITS_TO_KEEP, OnnxDescription, past_names, present_names
 from .pages import collapse
-from .providers import CPU, create_session, input_names
+from .providers import CPU, create_session
 
 __all__ = ["InPlaceKV", "OnnxBackend", "OnnxGPT", "load", "onnx_engine"]
 
@@ -64,8 +64,6 @@ class OnnxGPT:
             raise InputError(f"{path}: tokenizer '{self.description.tokenizer}' is not supported (only gpt2)")
         self.config: dict[str, Any] = self.description.config
         self._float = np.float16 if self.description.dtype == "fp16" else np.float32
-        # Files exported before the input existed return every position; run() slices those itself.
-        self.keeps_logits = LOGITS_TO_KEEP in input_names(self.session)
 
     def use_huge_pages(self) -> int:
         """Move the session's memory into 2 MiB pages now, if it was loaded with ``huge_pages=False``; bytes moved."""
@@ -113,10 +111,10 @@ class OnnxGPT:
         if not self.kv_cache:
             if past or (attention_mask is not None and not np.all(attention_mask)):
                 raise InputError("this file holds the full-sequence graph: no KV cache, no padding")
-            return self._kept(self.session.run(["logits"], feed)[0], logits_to_keep), []
+            return self.session.run(["logits"], feed)[0].astype(np.float32, copy=False), []
         feed.update(zip(past_names(self.description.n_layer), past or self._empty_past(batch), strict=True))
         logits, *presents = self.session.run(None, feed)
-        return self._kept(logits, logits_to_keep), presents
+        return logits.astype(np.float32, copy=False), presents
 
     def decode_step(self, input_ids: np.ndarray, attention_mask: np.ndarray,
                     past: list[np.ndarray] | InPlaceKV | None) -> tuple[np.ndarray, list[np.ndarray] | InPlaceKV]:
@@ -144,21 +142,13 @@ class OnnxGPT:
         self._check_length(past_len + seq)
         if logits_to_keep < 0:
             raise InputError(f"logits_to_keep={logits_to_keep}: use 0 (every position) or a count of last positions")
-        feed: dict[str, np.ndarray] = {"input_ids": input_ids}
-        if self.keeps_logits:
-            feed[LOGITS_TO_KEEP] = np.array(logits_to_keep, dtype=np.int64)
+        feed: dict[str, np.ndarray] = {"input_ids": input_ids, LOGITS_TO_KEEP: np.array(logits_to_keep, dtype=np.int64)}
         if self.kv_cache:
             mask = (np.ones((batch, past_len + seq), dtype=np.int64) if attention_mask is None
                     else np.asarray(attention_mask, dtype=np.int64))
             feed["attention_mask"] = mask
             feed["position_ids"] = np.clip(mask.cumsum(-1) - 1, 0, None)[:, past_len:]
         return feed
-
-    def _kept(self, logits: np.ndarray, logits_to_keep: int) -> np.ndarray:
-        """float32 logits of the last ``logits_to_keep`` positions (a file without the input returns all)."""
-        if logits_to_keep and not self.keeps_logits:
-            logits = logits[:, -logits_to_keep:]
-        return logits.astype(np.float32, copy=False)
 
     def logits(self, input_ids: Sequence[Sequence[int]] | np.ndarray) -> np.ndarray:
         """Logits (batch, seq, vocab), float32, for a batch of equal-length token sequences."""
@@ -257,12 +247,6 @@ class OnnxBackend:
         self.block_size = model.block_size
         c = model.config  # past and present of every layer, in the graph's float type
         self.cache_bytes_per_token = 2 * c["n_layer"] * c["n_embd"] * np.dtype(model._float).itemsize
-
-    def _kept(self, logits: np.ndarray, logits_to_keep: int) -> np.ndarray:
-        """float32 logits of the last ``logits_to_keep`` positions (a file without the input returns all)."""
-        if logits_to_keep and not self.keeps_logits:
-            logits = logits[:, -logits_to_keep:]
-        return logits.astype(np.float32, copy=False)
 
     def logits(self, ids: list[int], keep: int = 0) -> np.ndarray:
         return self.model.run(np.array([ids], dtype=np.int64), logits_to_keep=keep)[0][0]
