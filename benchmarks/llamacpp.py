@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench import BenchSpec, check_context, hf_copy, torch_threads
+from benchmarks.workload import BenchSpec, check_context, hf_copy, torch_threads
 from gpt2reg.errors import InputError
 
 ENV = "GPT2REG_LLAMA_CPP"

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.bench import BenchSpec, best_time, check_context, workload
+from benchmarks.workload import BenchSpec, best_time, check_context, workload
 from gpt2reg.onnx.weights import weight_bytes_per_token
 from gpt2reg.ort.metadata import DEFAULT_OPSET
 

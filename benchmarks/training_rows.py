@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks.bench import best_time
+from benchmarks.workload import best_time
 from gpt2reg.accel.device import autocast, resolve_device, resolve_dtype
 from gpt2reg.config import GPTConfig
 from gpt2reg.training.optim import make_optimizer
@@ -110,7 +110,7 @@ def _hf_model(config: GPTConfig) -> nn.Module:
 
 # -- rows of `gpt2reg bench` (gpt2reg/bench.py runs each in its own process) ---------------------------
 def _row(engine: str, spec: Any) -> dict[str, float]:
-    from benchmarks.bench import torch_threads
+    from benchmarks.workload import torch_threads
     from gpt2reg.checkpoints import load_model
 
     threads = torch_threads(spec)
