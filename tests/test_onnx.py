@@ -127,22 +127,31 @@ def test_graph_io_is_optimum_layout_and_fully_dynamic(rope_export) -> None:
     assert dims["present.0.key"] == [BATCH, 2, TOTAL, 16]
     assert dims["logits"] == [BATCH, KEPT, 101] and dims[LOGITS_TO_KEEP] == []
     assert [v.name for v in graph.output] == ["logits"] + [f"present.{i}.{kv}" for i in range(2) for kv in ("key", "value")]
-    default = next(t for t in graph.initializer if t.name == LOGITS_TO_KEEP)  # overridable: all positions
-    assert onnx.numpy_helper.to_array(default) == 0
+    assert LOGITS_TO_KEEP not in {t.name for t in graph.initializer}  # a required input, no default
 
 
-def test_logits_to_keep_default_and_last_k_under_onnxruntime(rope_export) -> None:
+def test_logits_to_keep_all_and_last_k_under_onnxruntime(rope_export) -> None:
     _, path = rope_export
     session = create_session(str(path), "cpu").session
     ids = np.random.default_rng(0).integers(0, 101, (2, 6))
     feed = {"input_ids": ids, "attention_mask": np.ones((2, 6), dtype=np.int64),
             "position_ids": np.tile(np.arange(6), (2, 1)),
             **{f"past_key_values.{i}.{kv}": np.zeros((2, 2, 0, 16), dtype=np.float32) for i in range(2) for kv in ("key", "value")}}
-    every = session.run(["logits"], feed)[0]  # not fed: the default keeps every position
+    every = session.run(["logits"], {**feed, LOGITS_TO_KEEP: np.array(0)})[0]  # 0: every position
     assert every.shape == (2, 6, 101)
     for keep, want in [(0, every), (1, every[:, -1:]), (4, every[:, -4:]), (6, every), (50, every)]:
         got = session.run(["logits"], {**feed, LOGITS_TO_KEEP: np.array(keep)})[0]
         assert got.shape == want.shape and np.array_equal(got, want), keep
+
+
+def test_onnxruntime_loads_the_file_without_a_warning(rope_export) -> None:
+    """At onnxruntime's default log level (a user's plain session) nothing is printed on load."""
+    import subprocess
+    import sys
+
+    code = f"import onnxruntime as ort; ort.InferenceSession({str(rope_export[1])!r}, providers=['CPUExecutionProvider'])"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stderr.strip() == "" and run.stdout.strip() == "", run.stderr
 
 
 def test_metadata_describes_the_file(rope_export) -> None:
@@ -152,7 +161,7 @@ def test_metadata_describes_the_file(rope_export) -> None:
     assert d.config == model.config.to_dict() and d.model_name == "tiny-rope" and d.version
     names = [i["name"] for i in d.io["inputs"]]
     assert names[:3] == ["input_ids", "attention_mask", "position_ids"] and names[-1] == LOGITS_TO_KEEP
-    assert len(names) == 3 + 2 * 2 + 1 and d.io["inputs"][-1]["default"] == 0
+    assert len(names) == 3 + 2 * 2 + 1 and "default" not in d.io["inputs"][-1]
 
 
 def test_tied_embedding_is_stored_once(rope_export) -> None:
@@ -359,11 +368,12 @@ def _run_steps(path: Path, model, seed: int = 0) -> list[np.ndarray]:
             for i in range(layers) for kv in ("key", "value")}
     mask = np.ones((2, 5), np.int64)
     mask[1, :2] = 0
+    every = {LOGITS_TO_KEEP: np.array(0)}
     feed = {"input_ids": rng.integers(0, 101, (2, 5)), "attention_mask": mask,
-            "position_ids": np.clip(mask.cumsum(-1) - 1, 0, None), **past}
+            "position_ids": np.clip(mask.cumsum(-1) - 1, 0, None), **past, **every}
     first = session.run(None, feed)
     feed = {"input_ids": rng.integers(0, 101, (2, 1)), "attention_mask": np.ones((2, 6), np.int64),
-            "position_ids": np.array([[5], [3]]), **dict(zip(past, first[1:], strict=True))}
+            "position_ids": np.array([[5], [3]]), **dict(zip(past, first[1:], strict=True)), **every}
     return first + session.run(None, feed)
 
 

@@ -126,6 +126,26 @@ def test_logits_to_keep_returns_the_last_positions(exported) -> None:
         runtime.run(ids, logits_to_keep=-1)
 
 
+def test_a_file_without_logits_to_keep_generates_identically(exported, tmp_path: Path) -> None:
+    """The graph of ``export --format hf`` folders has no ``logits_to_keep`` (every position's logits:
+    Optimum refuses inputs it does not know); the runtime slices its output itself, with or without
+    the in-place cache."""
+    model, path = exported
+    now = OnnxGPT(path, provider="cpu")
+    assert now.keeps_logits
+    want = generate(model, ["Hello, my dog", "In 2026,"], max_new_tokens=10, greedy=True, eos_token_id=None)
+    ids = np.array([[1, 2, 3, 4]])
+    for quantize in (None, "int8"):
+        without = OnnxGPT(export_onnx(model, tmp_path / f"without-{quantize}.onnx", quantize=quantize,
+                                      logits_to_keep=False), provider="cpu")
+        assert not without.keeps_logits and without.in_place == (quantize is not None)
+        got = without.generate(["Hello, my dog", "In 2026,"], max_new_tokens=10, greedy=True, eos_token_id=None)
+        if quantize is None:
+            assert [s.generated_ids for s in got] == [s.generated_ids for s in want]
+            assert np.array_equal(without.run(ids, logits_to_keep=2)[0], now.run(ids, logits_to_keep=2)[0])
+        assert without.run(ids)[0].shape == (1, 4, 50257) and without.run(ids, logits_to_keep=1)[0].shape == (1, 1, 50257)
+
+
 def test_a_foreign_onnx_file_is_a_one_line_error(tmp_path: Path) -> None:
     import onnx
     from onnx import TensorProto, helper

@@ -44,6 +44,7 @@ from ..ort.metadata import (
     SEQ,
     TOTAL,
     OnnxDescription,
+    io_layout,
     past_names,
     present_names,
 )
@@ -183,13 +184,12 @@ def _name_total_dim(onnx_model) -> None:
 
 
 def _add_logits_to_keep(onnx_model) -> None:
-    """Add the ``logits_to_keep`` input: the head projects only the last k positions (0, the default, all).
+    """Add the ``logits_to_keep`` input: the head projects only the last k positions (0: all).
 
     The traced graph returns the head's input as its last output (``_HEAD_INPUT``); that output is
     removed and the head reads ``Slice(hidden, starts=-logits_to_keep, axis=1)`` instead. Slice clamps,
     so 0 (whose negation starts at position 0) and any k >= seq keep every position: Hugging Face's
-    ``logits_to_keep`` semantics. The input's default is an initializer of the same name (ONNX's
-    overridable initializer), so callers that do not feed it get every position, as before.
+    ``logits_to_keep`` semantics. A required input (see ``metadata.LOGITS_TO_KEEP``).
     """
     import numpy as np
     import onnx_ir as ir
@@ -199,10 +199,8 @@ def _add_logits_to_keep(onnx_model) -> None:
     if hidden.name != _HEAD_INPUT:
         raise RuntimeError(f"the traced graph's last output is {hidden.name}, not the head input")
     uses = list(hidden.uses())
-    keep = ir.Value(name=LOGITS_TO_KEEP, shape=ir.Shape([]), type=ir.TensorType(ir.DataType.INT64),
-                    const_value=ir.tensor(np.array(0, dtype=np.int64), name=LOGITS_TO_KEEP))
+    keep = ir.Value(name=LOGITS_TO_KEEP, shape=ir.Shape([]), type=ir.TensorType(ir.DataType.INT64))
     graph.inputs.append(keep)
-    graph.register_initializer(keep)
 
     def constant(name: str, values: list[int]) -> ir.Node:
         return ir.node("Constant", [], {"value": ir.tensor(np.array(values, dtype=np.int64), name=name)},
@@ -220,6 +218,20 @@ def _add_logits_to_keep(onnx_model) -> None:
     logits = graph.outputs[0]
     if logits.shape is not None:
         logits.shape = ir.Shape([logits.shape[0], KEPT, *logits.shape[2:]])
+
+
+def _drop_head_input(onnx_model) -> None:
+    """No ``logits_to_keep`` input: the traced graphs' extra output goes, every position gets logits."""
+    import onnx_ir as ir
+
+    graph = onnx_model.graph
+    hidden = graph.outputs.pop()
+    if hidden.name != _HEAD_INPUT:
+        raise RuntimeError(f"the traced graph's last output is {hidden.name}, not the head input")
+    hidden.name = "final_hidden_states"
+    logits = graph.outputs[0]
+    if logits.shape is not None:
+        logits.shape = ir.Shape([logits.shape[0], SEQ, *logits.shape[2:]])
 
 
 def _store_tied_once(onnx_model, parameters: set[str]) -> None:
@@ -356,6 +368,7 @@ def export_onnx(
     external_data: bool | None = None,
     force: bool = False,
     verify: Callable[[Path], None] | None = None,
+    logits_to_keep: bool = True,
 ) -> Path:
     """Export ``model`` (a ``GPT``) to ``path`` and return it; the caller's model is left unchanged.
 
@@ -368,6 +381,8 @@ def export_onnx(
     An existing file at ``path`` is replaced only if gpt2reg wrote it, or with ``force``; the file
     must load in onnxruntime, or nothing is written. ``verify(tmp_path)`` runs on the finished file
     before it is moved into place (e.g. validation); if it raises, nothing is written either.
+    ``logits_to_keep=False`` leaves that input out (every position's logits): Optimum's
+    ``ORTModelForCausalLM`` feeds only the inputs it knows and refuses a graph with any other.
     """
     if dtype not in DTYPES:
         raise InputError(f"unknown dtype '{dtype}'; choose one of: {', '.join(DTYPES)}")
@@ -411,7 +426,7 @@ def export_onnx(
     finally:
         model.train(was_training)
     _name_total_dim(program.model)
-    _add_logits_to_keep(program.model)
+    (_add_logits_to_keep if logits_to_keep else _drop_head_input)(program.model)
     fuse_attention(program.model)
     in_place = False
     if quantize is None:  # quantization wants the head's own transposed copy (see the module docstring)
@@ -427,6 +442,7 @@ def export_onnx(
         version=_package_version(),
         model_name=str(model_name),
         kv_in_place=in_place,
+        io=io_layout(GRAPH_KV if kv_cache else GRAPH_FULL, source.config.to_dict(), dtype, logits_to_keep=logits_to_keep),
     )
     props = description.to_props()
     program.model.metadata_props.update(props)

@@ -3,9 +3,9 @@
 Cases cover batch sizes 1-4 and sequence lengths 1, odd ones and the full context; for the KV-cache
 graph also past lengths 0 and > 0 (the past computed by the torch model from a real prefix) and
 left-padded rows. Logits are compared at real (unpadded) positions; the KV-cache graph's presents too.
-Every case runs the graph as a file's user would for perplexity (``logits_to_keep`` left at its
-default: every position) and once more keeping the last k positions, as generation does (k = 1 and
-half the sequence, alternating), which must equal the same slice of the full output. A file whose
+Every case runs the graph as a file's user would for perplexity (``logits_to_keep`` 0: every
+position) and once more keeping the last k positions, as generation does (k = 1 and half the
+sequence, alternating), which must equal the same slice of the full output. A file whose
 graph writes the KV cache in place (``kv_in_place``, the quantized ones) runs every KV-cache case a
 third time on the CPU as ``gpt2reg.ort.runtime`` decodes it, the past in buffers with room bound as the
 presents (``InPlaceKV``), which must equal the copying run within the same tolerance.
@@ -213,10 +213,12 @@ def _run_case(session, model: torch.nn.Module, description: OnnxDescription, cas
         return x.float().cpu().numpy()
 
     new = slice(case.past, None)
+    every = {LOGITS_TO_KEEP: np.array(0, dtype=np.int64)} if LOGITS_TO_KEEP in input_names(session) else {}
     with torch.no_grad():
         if not description.kv_cache:
-            got = session.run(["logits"], {"input_ids": ids})[0].astype(np.float32)
-            return _Outputs(got, n(model(t(ids))), [], [], mask.astype(bool), _kept_diff(session, {"input_ids": ids}, got, keep))
+            feed = {"input_ids": ids, **every}
+            got = session.run(["logits"], feed)[0].astype(np.float32)
+            return _Outputs(got, n(model(t(ids))), [], [], mask.astype(bool), _kept_diff(session, feed, got, keep))
         pasts: list = []
         if case.past:
             old = slice(0, case.past)
@@ -226,7 +228,7 @@ def _run_case(session, model: torch.nn.Module, description: OnnxDescription, cas
     empty = np.zeros((case.batch, config.n_head, 0, config.head_dim), dtype=float_np)
     flat = [n(x).astype(float_np) for pair in pasts for x in pair] or [empty] * (2 * config.n_layer)
     feed = {"input_ids": ids[:, new], "attention_mask": mask, "position_ids": positions[:, new],
-            **dict(zip(past_names(config.n_layer), flat, strict=True))}
+            **dict(zip(past_names(config.n_layer), flat, strict=True)), **every}
     got, *got_presents = session.run(None, feed)
     got = got.astype(np.float32)
     return _Outputs(got, n(want), [p.astype(np.float32) for p in got_presents],

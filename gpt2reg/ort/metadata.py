@@ -10,7 +10,7 @@ Keys (all strings; the JSON ones parse with ``json.loads``):
 - ``gpt2reg.config``: the model config as JSON (``GPTConfig.to_dict()``);
 - ``gpt2reg.io``: the inputs and outputs as JSON ``{"inputs": [{"name", "dtype", "shape"}], "outputs": [...]}``
   with symbolic dimensions named ``batch_size``, ``sequence_length``, ``past_sequence_length``,
-  ``logits_length``; an input with a ``default`` may be left out of the feed;
+  ``logits_length``; every input listed must be fed (``logits_to_keep``: 0 for every position);
 - ``gpt2reg.dtype``: ``fp32`` or ``fp16`` (of the floating inputs/outputs: past and present, logits);
 - ``gpt2reg.quantize``: ``none``, ``int8`` or ``int4``;
 - ``gpt2reg.tokenizer``: ``gpt2`` (tiktoken's GPT-2 BPE), ``gpt2reg.eos_token_id``: ``50256``;
@@ -44,8 +44,11 @@ TOTAL = f"{PAST} + {SEQ}"
 KEPT = "logits_length"  # positions whose logits are returned: min(logits_to_keep, seq), or seq for 0
 
 # The scalar int64 input saying how many of the last positions get logits (Hugging Face's
-# ``logits_to_keep``): 0, its default, keeps all; generation asks for 1. Earlier exports lack it and
-# return every position (``OnnxGPT`` reads the session's inputs to know).
+# ``logits_to_keep``): 0 keeps all; generation asks for 1. A required graph input (every runtime,
+# onnxruntime-node's included, lists it and can feed it; an initializer-backed default made onnxruntime
+# warn on every load and hid it from JS). Files for other people's software (``gpt2reg.onnx.folder``)
+# and exports older than the input lack it and return every position (``OnnxGPT`` reads the session's
+# inputs to know); files of gpt2reg 0.1 had it with a default of 0 (an overridable initializer).
 LOGITS_TO_KEEP = "logits_to_keep"
 
 
@@ -59,12 +62,14 @@ def present_names(n_layer: int) -> list[str]:
     return [f"present.{i}.{kv}" for i in range(n_layer) for kv in ("key", "value")]
 
 
-def io_layout(graph: str, config: dict[str, Any], dtype: str) -> dict[str, list[dict[str, Any]]]:
-    """The graph's inputs and outputs with their dtypes and (symbolic) shapes."""
+def io_layout(graph: str, config: dict[str, Any], dtype: str, *,
+              logits_to_keep: bool = True) -> dict[str, list[dict[str, Any]]]:
+    """The graph's inputs and outputs with their dtypes and (symbolic) shapes; without the
+    ``logits_to_keep`` input every position gets logits, ``sequence_length`` of them."""
     float_t = "float16" if dtype == "fp16" else "float32"
     heads, head_dim = config["n_head"], config["n_embd"] // config["n_head"]
     inputs = [{"name": "input_ids", "dtype": "int64", "shape": [BATCH, SEQ]}]
-    outputs = [{"name": "logits", "dtype": float_t, "shape": [BATCH, KEPT, config["vocab_size"]]}]
+    outputs = [{"name": "logits", "dtype": float_t, "shape": [BATCH, KEPT if logits_to_keep else SEQ, config["vocab_size"]]}]
     if graph == GRAPH_KV:
         inputs += [
             {"name": "attention_mask", "dtype": "int64", "shape": [BATCH, TOTAL]},
@@ -74,7 +79,8 @@ def io_layout(graph: str, config: dict[str, Any], dtype: str) -> dict[str, list[
                    for n in past_names(config["n_layer"])]
         outputs += [{"name": n, "dtype": float_t, "shape": [BATCH, heads, TOTAL, head_dim]}
                     for n in present_names(config["n_layer"])]
-    inputs.append({"name": LOGITS_TO_KEEP, "dtype": "int64", "shape": [], "default": 0})
+    if logits_to_keep:
+        inputs.append({"name": LOGITS_TO_KEEP, "dtype": "int64", "shape": []})
     return {"inputs": inputs, "outputs": outputs}
 
 

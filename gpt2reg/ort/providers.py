@@ -113,8 +113,8 @@ def create_session(path: str, provider: str = "auto", *, threads: int | None = N
     # when the session starts; onnxruntime.transformers' offline optimizer adds nothing to our opset-23
     # graph (README). Intra-op threads default to the physical cores, the fastest for batch-1 decoding.
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Errors only: onnxruntime warns on every load that ``logits_to_keep``'s default (an initializer
-    # that is also a graph input, ONNX's overridable default) is not a constant, which is its purpose.
+    # Errors only: onnxruntime warns on every load of a gpt2reg 0.1 file that ``logits_to_keep``'s
+    # default (an initializer that is also a graph input, ONNX's overridable default) is not a constant.
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads

@@ -206,12 +206,12 @@ class InPlaceKV:
         values = {name: self._value(np.ascontiguousarray(array)) for name, array in feed.items()}
         for name, value in values.items():  # an OrtValue: an input with a default (logits_to_keep) too
             self.binding.bind_ortvalue_input(name, value)
-        kept = seq if logits_to_keep == 0 else min(logits_to_keep, seq)
+        kept = seq if logits_to_keep == 0 or not self.model.keeps_logits else min(logits_to_keep, seq)
         logits = np.empty((batch, kept, self.model.vocab_size), dtype=self.model._float)
         self.binding.bind_ortvalue_output("logits", self._value(logits))
         self.model.session.run_with_iobinding(self.binding)
         self.length = end
-        return logits.astype(np.float32, copy=False)
+        return self.model._kept(logits, logits_to_keep)
 
     def _fill(self, past: list[np.ndarray], capacity: int) -> None:
         """New buffers of ``capacity`` holding ``past``, bound as both past and present."""
