@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all lint clean llama-cpp
+.PHONY: install js browser demo test test-all lint clean llama-cpp
 
 $(STAMP): pyproject.toml Makefile plugins/gpt2reg-alibi/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,9 +15,30 @@ $(STAMP): pyproject.toml Makefile plugins/gpt2reg-alibi/pyproject.toml
 	$(BIN)/pip install -q -e ".[test]"
 # The example third-party plugin, installed as a user would; its tests run in `make test`.
 	$(BIN)/pip install -q -e plugins/gpt2reg-alibi
+# onnxruntime-genai, for the export folder's tests: its wheel requires the CPU `onnxruntime`, which would
+# overwrite onnxruntime-gpu's files (the same module); either one provides the library it loads.
+	$(BIN)/pip install -q --no-deps "onnxruntime-genai>=0.18,<0.19"
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) js browser
+
+# transformers.js and onnxruntime-node for the export folder's tests and examples/ (npm's lockfile;
+# ONNXRUNTIME_NODE_INSTALL=skip: its install script would download CUDA files). Without npm the
+# JavaScript tests skip and say why.
+NODE_DIR := examples/node
+NODE_STAMP := $(NODE_DIR)/node_modules/.package-lock.json
+
+js: $(NODE_STAMP)
+
+$(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	@if command -v npm >/dev/null; then cd $(NODE_DIR) && ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund --loglevel=error; \
+	else echo "npm not found: the transformers.js and onnxruntime-node tests will skip"; fi
+
+# Headless Chromium for the browser example's test, from Debian's packages where apt-get can install
+# them (root); elsewhere that test skips and says why.
+browser:
+	@command -v chromium >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
+		&& apt-get install -y -q chromium >/dev/null; } || echo "chromium not installed: the browser test will skip"
 
 demo: install
 	$(BIN)/gpt2reg components

@@ -25,19 +25,23 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from ..errors import InputError
+from ..checkpoints import hf_config
+from ..config import GPTConfig
+from ..errors import CheckpointError, InputError
 from ..files import check_folder, staged
 from ..hf_tokenizer import tokenizer_config, tokenizer_json
+from ..ort.metadata import DEFAULT_OPSET
 from ..tokenizer import EOT_ID
 from .export import export_onnx, is_export
-from .metadata import DEFAULT_OPSET
 
 FORMAT = "gpt2reg-hf"
+_SHAPE_KEYS = ("model_type", "architectures", "vocab_size", "n_positions", "n_ctx", "n_embd", "n_layer", "n_head")
 # variant -> (file under onnx/, transformers.js dtype that picks it)
 FILES = {"fp32": ("model.onnx", "fp32"), "fp16": ("model_fp16.onnx", "fp16"),
          "int8": ("model_quantized.onnx", "q8"), "int4": ("model_q4.onnx", "q4")}
@@ -95,7 +99,7 @@ def export_folder(
         config = model.config.to_dict()
         card = _validation(report)
         files = {
-            "config.json": _hf_config(config, variant, js_dtype, f"onnx/{name}", model_name, card),
+            "config.json": _hf_config(model.config, variant, js_dtype, f"onnx/{name}", model_name, card),
             "generation_config.json": {"bos_token_id": EOT_ID, "eos_token_id": EOT_ID, "pad_token_id": EOT_ID},
             "tokenizer_config.json": tokenizer_config(config["block_size"]),
             "genai_config.json": _genai_config(config, f"onnx/{name}", in_place),
@@ -125,21 +129,19 @@ def _validation(report: Any) -> dict[str, Any] | None:
             "top1_agreement": report.top1_agreement, "cases": len(report.cases), "provider": report.provider}
 
 
-def _hf_config(config: dict[str, Any], variant: str, js_dtype: str, onnx_file: str, model_name: str,
+def _hf_config(config: GPTConfig, variant: str, js_dtype: str, onnx_file: str, model_name: str,
                validation: dict[str, Any] | None) -> dict[str, Any]:
-    """GPT-2's config keys, which tell the consumers the cache's shape; the truth under "gpt2reg"."""
+    """transformers' GPT-2 config (``checkpoints.hf_config``) where it describes the model exactly, else
+    only its keys for the shapes (the KV cache's, which the consumers allocate); the truth under "gpt2reg"."""
     from .. import __version__
 
+    try:
+        hf = hf_config(config)
+    except CheckpointError:  # RoPE, ALiBi, another norm or activation: the shapes of a GPT-2, nothing more
+        twin = hf_config(replace(config, pos="learned", act="gelu_tanh", norm="layernorm", bias=True))
+        hf = {key: twin[key] for key in _SHAPE_KEYS}
     return {
-        "architectures": ["GPT2LMHeadModel"],
-        "model_type": "gpt2",
-        "vocab_size": config["vocab_size"],
-        "n_positions": config["block_size"],
-        "n_ctx": config["block_size"],
-        "n_embd": config["n_embd"],
-        "n_layer": config["n_layer"],
-        "n_head": config["n_head"],
-        "layer_norm_epsilon": config["norm_eps"],
+        **hf,
         "bos_token_id": EOT_ID,
         "eos_token_id": EOT_ID,
         "use_cache": True,
@@ -147,9 +149,8 @@ def _hf_config(config: dict[str, Any], variant: str, js_dtype: str, onnx_file: s
         "gpt2reg": {
             "format": FORMAT,
             "version": __version__,
-            "note": "model_type gpt2 gives other software the KV cache's shape; the ONNX graph computes this config "
-                    f"(pos {config['pos']}, act {config['act']}, norm {config['norm']}), whatever GPT-2 would",
-            "config": config,
+            "note": "model_type gpt2 gives other software the KV cache's shape; the ONNX graph computes this config",
+            "config": config.to_dict(),
             "model_name": model_name,
             "onnx": onnx_file,
             "variant": variant,
