@@ -66,16 +66,26 @@ def _export(root: Path, name: str) -> dict:
     return {"folder": str(root / name), "onnx": report["onnx"], "ids": batch, "text": text}
 
 
+class _Exports:
+    """Each variant's folder and expected tokens, exported on first use, once for all xdist workers
+    (a lock per variant, so two workers export two variants at once)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def __getitem__(self, name: str) -> dict:
+        done = self.root / f"{name}.json"
+        with FileLock(str(self.root / f"{name}.lock")):
+            if not done.exists():
+                done.write_text(json.dumps(_export(self.root, name)))
+        return json.loads(done.read_text())
+
+
 @pytest.fixture(scope="session")
-def exports(tmp_path_factory) -> dict[str, dict]:
-    """Every variant's folder and expected tokens, made once for all xdist workers."""
+def exports(tmp_path_factory) -> _Exports:
     root = tmp_path_factory.getbasetemp().parent / "export-elsewhere"
     root.mkdir(exist_ok=True)
-    done = root / "exports.json"
-    with FileLock(str(root / "lock")):
-        if not done.exists():
-            done.write_text(json.dumps({name: _export(root, name) for name in VARIANTS}))
-    return json.loads(done.read_text())
+    return _Exports(root)
 
 
 # ---------------------------------------------------------------------------------------------- files
@@ -132,10 +142,11 @@ def test_onnxruntime_loads_the_folders_file_without_a_warning(exports) -> None:
 def test_a_second_export_replaces_the_first_and_a_small_vocabulary_is_refused(exports, tmp_path: Path) -> None:
     first = Path(exports["learned"]["folder"]).parent / "model-learned"
     folder = tmp_path / "again"
-    for options in ([], ["--quantize", "int8"]):  # the second writes over the first without --force
+    for options in ([], ["--dtype", "fp16"]):  # the second writes over the first without --force
         result = CliRunner().invoke(cli, ["export", str(first), "--format", "hf", "-o", str(folder), "--no-validate", *options])
         assert result.exit_code == 0, result.output
-    assert [p.name for p in (folder / "onnx").iterdir()] == ["model_quantized.onnx"]  # the fp32 file went
+    assert [p.name for p in (folder / "onnx").iterdir()] == ["model_fp16.onnx"]  # the fp32 file went
+    assert json.loads((folder / "config.json").read_text())["transformers.js_config"]["dtype"] == "fp16"
     small = tmp_path / "small"
     save_model(build_model(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=96), small)
     result = CliRunner().invoke(cli, ["export", str(small), "--format", "hf", "-o", str(tmp_path / "no")])
