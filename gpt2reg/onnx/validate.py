@@ -186,12 +186,15 @@ class _Outputs:
     got_presents: list[np.ndarray]
     want_presents: list[np.ndarray]
     real: np.ndarray  # (batch, seq) True where the token is not a left pad
-    kept_diff: float = 0.0  # max |last-k logits - got[:, -k:]|
+    kept_diff: float | None = None  # max |last-k logits - got[:, -k:]|; None for a graph without the input
     feed: dict[str, np.ndarray] | None = None  # the KV-cache graph's inputs
 
 
-def _kept_diff(session, feed: dict[str, np.ndarray], got: np.ndarray, keep: int) -> float:
-    """Run ``feed`` again keeping the last ``keep`` positions; their max difference from ``got``'s slice."""
+def _kept_diff(session, feed: dict[str, np.ndarray], got: np.ndarray, keep: int) -> float | None:
+    """Run ``feed`` again keeping the last ``keep`` positions; their max difference from ``got``'s slice.
+    None for a graph without ``logits_to_keep`` (``export --format hf``'s)."""
+    if LOGITS_TO_KEEP not in feed:
+        return None
     kept = session.run(["logits"], {**feed, LOGITS_TO_KEEP: np.array(keep, dtype=np.int64)})[0].astype(np.float32)
     want = got[:, -keep:]
     return float("inf") if kept.shape != want.shape else float(np.abs(kept - want).max())
@@ -213,7 +216,8 @@ def _run_case(session, model: torch.nn.Module, description: OnnxDescription, cas
         return x.float().cpu().numpy()
 
     new = slice(case.past, None)
-    every = {LOGITS_TO_KEEP: np.array(0, dtype=np.int64)} if LOGITS_TO_KEEP in input_names(session) else {}
+    every = ({LOGITS_TO_KEEP: np.array(0, dtype=np.int64)}
+             if LOGITS_TO_KEEP in {i.name for i in session.get_inputs()} else {})
     with torch.no_grad():
         if not description.kv_cache:
             feed = {"input_ids": ids, **every}
@@ -298,7 +302,8 @@ def validate_onnx(
     try:
         for i, case in enumerate(make_cases(model.config.block_size, description.kv_cache, cases, seed)):
             out = _run_case(session, model, description, case, rng, keep=1 if i % 2 == 0 else max(1, case.seq // 2))
-            kept_max = max(kept_max or 0.0, out.kept_diff)
+            if out.kept_diff is not None:
+                kept_max = max(kept_max or 0.0, out.kept_diff)
             if in_place is not None:
                 report.in_place_max_abs_diff = max(report.in_place_max_abs_diff, _in_place_diff(in_place, out))
             diff = np.abs(out.got - out.want)[out.real]  # (real positions, vocab)

@@ -64,6 +64,9 @@ class OnnxGPT:
             raise InputError(f"{path}: tokenizer '{self.description.tokenizer}' is not supported (only gpt2)")
         self.config: dict[str, Any] = self.description.config
         self._float = np.float16 if self.description.dtype == "fp16" else np.float32
+        # The graph of ``export --format hf`` folders has no logits_to_keep (Optimum refuses inputs it
+        # does not know) and returns every position; run() slices those itself.
+        self.keeps_logits = LOGITS_TO_KEEP in {i.name for i in self.session.get_inputs()}
 
     def use_huge_pages(self) -> int:
         """Move the session's memory into 2 MiB pages now, if it was loaded with ``huge_pages=False``; bytes moved."""
@@ -111,10 +114,10 @@ class OnnxGPT:
         if not self.kv_cache:
             if past or (attention_mask is not None and not np.all(attention_mask)):
                 raise InputError("this file holds the full-sequence graph: no KV cache, no padding")
-            return self.session.run(["logits"], feed)[0].astype(np.float32, copy=False), []
+            return self._kept(self.session.run(["logits"], feed)[0], logits_to_keep), []
         feed.update(zip(past_names(self.description.n_layer), past or self._empty_past(batch), strict=True))
         logits, *presents = self.session.run(None, feed)
-        return logits.astype(np.float32, copy=False), presents
+        return self._kept(logits, logits_to_keep), presents
 
     def decode_step(self, input_ids: np.ndarray, attention_mask: np.ndarray,
                     past: list[np.ndarray] | InPlaceKV | None) -> tuple[np.ndarray, list[np.ndarray] | InPlaceKV]:
@@ -142,13 +145,21 @@ class OnnxGPT:
         self._check_length(past_len + seq)
         if logits_to_keep < 0:
             raise InputError(f"logits_to_keep={logits_to_keep}: use 0 (every position) or a count of last positions")
-        feed: dict[str, np.ndarray] = {"input_ids": input_ids, LOGITS_TO_KEEP: np.array(logits_to_keep, dtype=np.int64)}
+        feed: dict[str, np.ndarray] = {"input_ids": input_ids}
+        if self.keeps_logits:
+            feed[LOGITS_TO_KEEP] = np.array(logits_to_keep, dtype=np.int64)
         if self.kv_cache:
             mask = (np.ones((batch, past_len + seq), dtype=np.int64) if attention_mask is None
                     else np.asarray(attention_mask, dtype=np.int64))
             feed["attention_mask"] = mask
             feed["position_ids"] = np.clip(mask.cumsum(-1) - 1, 0, None)[:, past_len:]
         return feed
+
+    def _kept(self, logits: np.ndarray, logits_to_keep: int) -> np.ndarray:
+        """float32 logits of the last ``logits_to_keep`` positions (a graph without the input returns all)."""
+        if logits_to_keep and not self.keeps_logits:
+            logits = logits[:, -logits_to_keep:]
+        return logits.astype(np.float32, copy=False)
 
     def logits(self, input_ids: Sequence[Sequence[int]] | np.ndarray) -> np.ndarray:
         """Logits (batch, seq, vocab), float32, for a batch of equal-length token sequences."""
@@ -204,7 +215,7 @@ class InPlaceKV:
         if end > self.capacity:
             self._fill(self.arrays, max(end, min(2 * self.capacity, self.model.block_size)))
         values = {name: self._value(np.ascontiguousarray(array)) for name, array in feed.items()}
-        for name, value in values.items():  # an OrtValue: an input with a default (logits_to_keep) too
+        for name, value in values.items():
             self.binding.bind_ortvalue_input(name, value)
         kept = seq if logits_to_keep == 0 or not self.model.keeps_logits else min(logits_to_keep, seq)
         logits = np.empty((batch, kept, self.model.vocab_size), dtype=self.model._float)
