@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from gpt2reg.training.metrics import read_metrics
 
 
+@pytest.mark.slow  # two torchrun processes importing torch
 def test_torchrun_two_processes_train_in_sync(tmp_path: Path) -> None:
     corpus = tmp_path / "verse.txt"
     corpus.write_text("Tyger Tyger, burning bright,\nIn the forests of the night;\n" * 40)

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from gpt2reg.training.metrics import read_metrics
@@ -44,6 +45,7 @@ def wait_for_step(proc: subprocess.Popen, metrics: Path, step: int, timeout: flo
     raise AssertionError(f"no step {step} within {timeout} s")
 
 
+@pytest.mark.slow  # three training processes; Ctrl-C's checkpoint and resume stay in the default tier
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     corpus = tmp_path / "verse.txt"
     corpus.write_text(VERSE * 30)

@@ -140,6 +140,7 @@ def _fake_llama_cpp(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow  # every row kind in its own process at 3 threads; the default tier runs each row once
 def test_threads_option_reaches_every_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """--threads 3 (no machine's default count for every engine) in the torch, transformers, training,
     onnxruntime and llama.cpp rows and the bandwidth probe, as each reports what it ran with."""
