@@ -152,6 +152,8 @@ def test_a_second_export_replaces_the_first_and_a_small_vocabulary_is_refused(ex
     result = CliRunner().invoke(cli, ["export", str(small), "--format", "hf", "-o", str(tmp_path / "no")])
     assert result.exit_code != 0 and "smaller than the GPT-2 tokenizer" in result.output
     assert not (tmp_path / "no").exists()
+    result = CliRunner().invoke(cli, ["export", str(small), "--format", "hf", "--no-kv-cache", "-o", str(tmp_path / "no")])
+    assert result.exit_code == 2 and "drop --no-kv-cache" in result.output
 
 
 # ----------------------------------------------------------------------------------- Python consumers
