@@ -69,7 +69,8 @@ class GenerationOptions:
             check_number("top_k", self.top_k, 1, integer=True)
         if self.top_p is not None:
             check_number("top_p", self.top_p, 0, 1, low_open=True)
-        check_number("max_new_tokens", self.max_new_tokens, 1, integer=True)
+        # 0: the prompt alone (the server's echo scores a prompt without generating); generate needs >= 1
+        check_number("max_new_tokens", self.max_new_tokens, 0, integer=True)
         if self.seed is not None:
             check_number("seed", self.seed, 0, integer=True)  # any size: numpy takes 128-bit entropy too
         check_number("num_samples", self.num_samples, 1, integer=True)
@@ -88,10 +89,7 @@ class GenerationOptions:
         return replace(options, **fields) if options is not None else cls(**fields)
 
 
-SamplingOptions = GenerationOptions  # the name the sampler's options had; the sampler reads the first four fields
-
-
-def filter_logits(logits: np.ndarray, options: SamplingOptions) -> np.ndarray:
+def filter_logits(logits: np.ndarray, options: GenerationOptions) -> np.ndarray:
     """Temperature-scaled logits (float64, last axis = vocabulary) with tokens outside top-k/top-p at -inf.
 
     top-k keeps ties with the k-th largest; top-p keeps the smallest set of most likely tokens whose
@@ -132,7 +130,7 @@ def _outside_nucleus(row: np.ndarray, top_p: float) -> np.ndarray:
         m = min(2 * m, vocab)
 
 
-def probabilities(logits: np.ndarray, options: SamplingOptions) -> np.ndarray:
+def probabilities(logits: np.ndarray, options: GenerationOptions) -> np.ndarray:
     """The distribution a token is sampled from, after temperature, top-k and top-p (float64)."""
     if options.is_greedy:
         probs = np.zeros(np.shape(logits), dtype=np.float64)
@@ -147,7 +145,7 @@ def probabilities(logits: np.ndarray, options: SamplingOptions) -> np.ndarray:
 class Sampler:
     """Picks next tokens for a batch; sequence ``i`` draws from its own generator seeded ``(seed, sample_index[i])``."""
 
-    def __init__(self, options: SamplingOptions, sample_indices: Sequence[int], seed: int | None = None) -> None:
+    def __init__(self, options: GenerationOptions, sample_indices: Sequence[int], seed: int | None = None) -> None:
         if seed is not None:
             check_number("seed", seed, 0, integer=True)  # any size: numpy takes 128-bit entropy too
         self.options = options
@@ -422,6 +420,14 @@ def generate(model: GPT, prompt: Prompt | Sequence[Prompt], options: GenerationO
             module.training = flag
 
 
+def __getattr__(name: str) -> Any:
+    if name == "SamplingOptions":  # the sampler's options before GenerationOptions held every option
+        warnings.warn("gpt2reg.generation.SamplingOptions is now GenerationOptions; use that name",
+                      DeprecationWarning, stacklevel=2)
+        return GenerationOptions
+    raise AttributeError(f"module '{__name__}' has no attribute '{name}'")
+
+
 __all__ = [
     "Continuation",
     "GenerationOptions",
@@ -429,7 +435,6 @@ __all__ = [
     "PromptTruncatedWarning",
     "Sample",
     "Sampler",
-    "SamplingOptions",
     "TextStream",
     "encode_prompts",
     "filter_logits",

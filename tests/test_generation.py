@@ -19,7 +19,6 @@ from gpt2reg.generation import (
     GenerationOptions,
     PromptTruncatedWarning,
     Sampler,
-    SamplingOptions,
     TextStream,
     decode,
     filter_logits,
@@ -151,7 +150,7 @@ L4 = np.log(P4)
 
 @pytest.mark.parametrize("top_p,kept", [(0.4, 1), (0.75, 2), (0.85, 3), (0.97, 4), (1.0, 4)])
 def test_top_p_keeps_the_smallest_nucleus(top_p: float, kept: int) -> None:
-    probs = probabilities(L4, SamplingOptions(top_p=top_p))
+    probs = probabilities(L4, GenerationOptions(top_p=top_p))
     expected = np.where(np.arange(4) < kept, P4, 0.0)
     np.testing.assert_allclose(probs, expected / expected.sum(), atol=1e-12)
 
@@ -160,7 +159,7 @@ def test_top_p_on_a_large_vocabulary_matches_a_full_sort() -> None:
     """The partial-sort shortcut must agree with the plain definition."""
     logits = np.random.default_rng(1).normal(size=(3, 5000)) * 3
     for top_p in (0.1, 0.5, 0.95, 0.999):
-        got = np.isfinite(filter_logits(logits, SamplingOptions(top_p=top_p)))
+        got = np.isfinite(filter_logits(logits, GenerationOptions(top_p=top_p)))
         for row, kept in zip(logits, got, strict=True):
             p = np.exp(row - row.max())
             p /= p.sum()
@@ -171,21 +170,21 @@ def test_top_p_on_a_large_vocabulary_matches_a_full_sort() -> None:
 
 def test_top_k_and_temperature() -> None:
     logits = np.array([1.0, 3.0, 2.0, 3.0, -1.0])
-    kept = np.isfinite(filter_logits(logits, SamplingOptions(top_k=2)))
+    kept = np.isfinite(filter_logits(logits, GenerationOptions(top_k=2)))
     assert kept.tolist() == [False, True, False, True, False]
-    kept = np.isfinite(filter_logits(logits, SamplingOptions(top_k=3)))
+    kept = np.isfinite(filter_logits(logits, GenerationOptions(top_k=3)))
     assert kept.tolist() == [False, True, True, True, False]
     for t in (0.5, 2.0):
         expected = np.exp(logits / t) / np.exp(logits / t).sum()
-        np.testing.assert_allclose(probabilities(logits, SamplingOptions(temperature=t)), expected, rtol=1e-12)
+        np.testing.assert_allclose(probabilities(logits, GenerationOptions(temperature=t)), expected, rtol=1e-12)
     # temperature, then top-k, then top-p: at T=10 the top two are near-equal, so top-p 0.5 keeps both
-    probs = probabilities(L4, SamplingOptions(temperature=10, top_k=3, top_p=0.5))
+    probs = probabilities(L4, GenerationOptions(temperature=10, top_k=3, top_p=0.5))
     assert (probs > 0).tolist() == [True, True, False, False]
-    assert probabilities(logits, SamplingOptions(temperature=0)).tolist() == [0, 1, 0, 0, 0]
+    assert probabilities(logits, GenerationOptions(temperature=0)).tolist() == [0, 1, 0, 0, 0]
 
 
 def test_sampler_draws_from_the_distribution() -> None:
-    sampler = Sampler(SamplingOptions(), [0], seed=0)
+    sampler = Sampler(GenerationOptions(), [0], seed=0)
     draws = [sampler(L4[None])[0] for _ in range(20000)]
     freq = np.bincount(draws, minlength=4) / len(draws)
     np.testing.assert_allclose(freq, P4, atol=0.015)
@@ -197,7 +196,7 @@ def test_sampler_draws_from_the_distribution() -> None:
 )
 def test_invalid_sampling_options(options: dict) -> None:
     with pytest.raises(InputError):
-        SamplingOptions(**options)
+        GenerationOptions(**options)
 
 
 # -- generate(): seeds, batching, stopping, truncation ------------------------------------------
@@ -242,6 +241,9 @@ def test_one_options_object_or_its_fields_as_keywords() -> None:
     assert [s.generated_ids for s in shorter] == [s.generated_ids[:4] for s in by_object]
     with pytest.raises(InputError, match="stop strings"):
         GenerationOptions(stop=["ok", ""])
+    with pytest.warns(DeprecationWarning, match="GenerationOptions"):
+        from gpt2reg.generation import SamplingOptions  # the old name still works
+    assert SamplingOptions is GenerationOptions
 
 
 def test_samples_of_one_prompt_differ() -> None:

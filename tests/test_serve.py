@@ -464,7 +464,7 @@ def test_health_is_503_while_loading_and_a_failed_load_is_reported(tiny) -> None
 def test_the_batcher_survives_a_failing_step_and_a_client_that_cannot_take_tokens(reference: OnnxGPT) -> None:
     import queue
 
-    from gpt2reg.generation import SamplingOptions
+    from gpt2reg.generation import GenerationOptions
     from gpt2reg.ort.runtime import onnx_engine
     from gpt2reg.serve.batcher import Batcher, Failure, Job
 
@@ -480,8 +480,8 @@ def test_the_batcher_survives_a_failing_step_and_a_client_that_cannot_take_token
     batcher = Batcher(engine, max_batch=4, max_queue=4)
     try:
         got: queue.Queue = queue.Queue()
-        greedy = SamplingOptions(greedy=True)
-        batcher.submit(Job([[1, 2, 3]], 5, greedy, 0, got.put))
+        greedy = GenerationOptions(greedy=True, max_new_tokens=5, seed=0)
+        batcher.submit(Job([[1, 2, 3]], greedy, got.put))
         assert len(got.get(timeout=30)) == 1  # the first token, sampled from the prefill
         failure = got.get(timeout=30)
         assert isinstance(failure, Failure) and "out of memory" in failure.message
@@ -489,8 +489,8 @@ def test_the_batcher_survives_a_failing_step_and_a_client_that_cannot_take_token
         def closed(events) -> None:
             raise RuntimeError("Event loop is closed")
 
-        batcher.submit(Job([[4, 5]], 5, greedy, 0, closed))
-        batcher.submit(Job([[1, 2, 3]], 5, greedy, 0, got.put))
+        batcher.submit(Job([[4, 5]], greedy, closed))
+        batcher.submit(Job([[1, 2, 3]], greedy, got.put))
         tokens = []
         while not tokens or tokens[-1].finish_reason is None:
             tokens += got.get(timeout=30)
@@ -498,7 +498,7 @@ def test_the_batcher_survives_a_failing_step_and_a_client_that_cannot_take_token
         assert [e.token for e in tokens] == want
         real_add = engine.add
         engine.add = lambda prompts, copies: real_add(prompts, copies) * np.nan  # as NaN weights would give
-        batcher.submit(Job([[7, 8]], 5, greedy, 0, got.put))
+        batcher.submit(Job([[7, 8]], greedy, got.put))
         nan = got.get(timeout=30)
         assert isinstance(nan, Failure) and "NaN" in nan.message
         deadline = time.monotonic() + 10  # the finished row leaves just after its last token is handed over

@@ -27,7 +27,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any
 
@@ -228,10 +228,10 @@ class _Server:
         req = reply.request
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
-        seed = req.seed if req.seed is not None else int(np.random.SeedSequence().entropy)
-        job = Job(req.prompts, req.max_tokens, req.options, seed,
+        seed = req.options.seed if req.options.seed is not None else int(np.random.SeedSequence().entropy)
+        job = Job(req.prompts, replace(req.options, seed=seed, eos_token_id=model.eos_token_id),
                   lambda events: loop.call_soon_threadsafe(queue.put_nowait, events),
-                  n=req.n, stop=req.stop, logprobs=req.logprobs, eos_token_id=model.eos_token_id, echo=req.echo)
+                  logprobs=req.logprobs, echo=req.echo)
         try:
             batcher.submit(job)
         except QueueFull:
@@ -479,7 +479,7 @@ class _Reply:
         self.request = request
         self.model_id = model_id
         self.created = int(time.time())
-        self.prompts = [p for p in request.prompts for _ in range(request.n)]
+        self.prompts = [p for p in request.prompts for _ in range(request.options.num_samples)]
         rows = len(self.prompts)
         self.texts = [""] * rows
         self.generated = [0] * rows

@@ -21,13 +21,12 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..decoding import Engine
-from ..generation import NON_FINITE, Continuation, Sampler, SamplingOptions, sampling_vocab
-from ..tokenizer import EOT_ID
+from ..generation import NON_FINITE, Continuation, GenerationOptions, Sampler, sampling_vocab
 
 log = logging.getLogger("gpt2reg.serve")
 
@@ -83,21 +82,16 @@ class Job:
     """
 
     prompts: list[list[int]]
-    max_tokens: int
-    options: SamplingOptions
-    seed: int
+    options: GenerationOptions  # its seed set: the server draws one for a request without
     deliver: Deliver
-    n: int = 1
-    stop: list[str] = field(default_factory=list)
     logprobs: int | None = None  # None: none; k: the chosen token's and the k most likely
-    eos_token_id: int | None = EOT_ID
     echo: bool = False  # the prompts come back first (PromptEvent), with log-probabilities when asked for
     cancelled: bool = False
 
     @property
     def rows(self) -> int:
-        """Rows it takes in the batch: none for the prompt alone (``max_tokens`` 0)."""
-        return len(self.prompts) * self.n if self.max_tokens else 0
+        """Rows it takes in the batch: none for the prompt alone (``max_new_tokens`` 0)."""
+        return len(self.prompts) * self.options.num_samples if self.options.max_new_tokens else 0
 
 
 @dataclass
@@ -227,15 +221,16 @@ class Batcher:
     def _join(self, jobs: list[Job], rows: list[_Row], logits: np.ndarray) -> tuple[list[_Row], np.ndarray]:
         """Prefill the joining jobs' prompts together and append their rows (all fail together, the batch goes on)."""
         try:
-            new = self.engine.add([p for job in jobs for p in job.prompts], [job.n for job in jobs for _ in job.prompts])
+            new = self.engine.add([p for job in jobs for p in job.prompts], [job.options.num_samples for job in jobs for _ in job.prompts])
         except Exception as exc:
             log.exception("prefill failed")
             for job in jobs:
                 _deliver(job, Failure(f"prefill failed: {exc}"))
             return rows, logits
         for job in jobs:
-            rows = rows + [_Row(job, i, Sampler(job.options, [i % job.n], job.seed),
-                                Continuation(job.max_tokens, job.stop, job.eos_token_id)) for i in range(job.rows)]
+            o = job.options
+            rows = rows + [_Row(job, i, Sampler(o, [i % o.num_samples], o.seed),
+                                Continuation(o.max_new_tokens, o.stop, o.eos_token_id)) for i in range(job.rows)]
         logits = np.concatenate((logits, new))
         broken = {id(r.job): r.job for r, finite in zip(rows, np.isfinite(logits).all(axis=1), strict=True) if not finite}
         for job in broken.values():  # NaN weights, or float16 overflow: nothing sensible to sample
@@ -253,14 +248,15 @@ class Batcher:
                     if not np.isfinite(logits).all():
                         raise ValueError(NON_FINITE)
                     logprobs, tops = prompt_logprobs(logits, prompt, job.logprobs)
-                finish = None if job.max_tokens else "length"
-                events += [PromptEvent(p * job.n + i, logprobs, tops, finish) for i in range(job.n)]
+                finish = None if job.options.max_new_tokens else "length"
+                n = job.options.num_samples
+                events += [PromptEvent(p * n + i, logprobs, tops, finish) for i in range(n)]
         except Exception as exc:
             log.warning("scoring a prompt failed: %s", exc)
             _deliver(job, Failure(f"scoring the prompt failed: {exc}"))
             return False
         _deliver(job, events)
-        return job.max_tokens > 0 and not job.cancelled
+        return job.options.max_new_tokens > 0 and not job.cancelled
 
     def _take_waiting(self, free: int) -> list[Job]:
         """Pop waiting jobs, first come first served, while their rows fit in ``free`` (lock held)."""

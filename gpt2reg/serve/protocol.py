@@ -19,7 +19,7 @@ from functools import lru_cache
 from typing import Any
 
 from ..errors import InputError
-from ..generation import SamplingOptions, encode_prompts
+from ..generation import GenerationOptions, encode_prompts
 from ..tokenizer import get_tokenizer
 
 DEFAULT_MAX_TOKENS = 16  # the OpenAI API's default
@@ -67,11 +67,7 @@ class Limits:
 @dataclass
 class CompletionRequest:
     prompts: list[list[int]]
-    max_tokens: int  # 0 only with echo: the prompt alone
-    options: SamplingOptions
-    seed: int | None
-    n: int
-    stop: list[str]
+    options: GenerationOptions  # max_new_tokens 0 only with echo: the prompt alone
     stream: bool
     include_usage: bool
     logprobs: int | None
@@ -150,11 +146,6 @@ def parse_sampling(body: dict[str, Any], limits: Limits, prompts: list[list[int]
     temperature = get_number(body, "temperature")
     top_p = get_number(body, "top_p")
     top_k = get_integer(body, "top_k", 1)
-    try:
-        options = SamplingOptions(1.0 if temperature is None else temperature, top_k, top_p)
-    except InputError as exc:
-        param = str(exc).split("=", 1)[0]
-        raise APIError(400, str(exc), param=param) from None
     seed = get_integer(body, "seed", 0)
     n = get_integer(body, "n", 1) or 1
     best_of = get_integer(body, "best_of", 1)
@@ -165,6 +156,12 @@ def parse_sampling(body: dict[str, Any], limits: Limits, prompts: list[list[int]
     include_usage = bool(get_field(stream_options, "include_usage", (bool,), "a boolean"))
     stop = _stop_strings(body)
     get_field(body, "user", (str,), "a string")
+    try:
+        options = GenerationOptions(1.0 if temperature is None else temperature, top_k, top_p, max_new_tokens=max_tokens,
+                                    seed=seed, num_samples=n, stop=[s for s in stop if s])  # "" stops nothing
+    except InputError as exc:
+        param = str(exc).split("=", 1)[0]
+        raise APIError(400, str(exc), param=param) from None
 
     for i, ids in enumerate(prompts):
         if len(ids) + max_tokens > limits.block_size:
@@ -179,7 +176,7 @@ def parse_sampling(body: dict[str, Any], limits: Limits, prompts: list[list[int]
     if len(prompts) * n > limits.max_batch:
         raise APIError(400, f"{len(prompts)} prompt(s) x n={n} is {len(prompts) * n} sequences, more than this "
                             f"server decodes at once ({limits.max_batch}); send fewer", param="n")
-    return CompletionRequest(prompts, max_tokens, options, seed, n, stop, stream, include_usage, logprobs, echo)
+    return CompletionRequest(prompts, options, stream, include_usage, logprobs, echo)
 
 
 def _prompts(body: dict[str, Any], limits: Limits) -> list[list[int]]:
