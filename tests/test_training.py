@@ -132,6 +132,21 @@ def test_weight_decay_applies_to_matrices_only() -> None:
     assert len(decayed["params"]) + len(plain["params"]) == len(list(model.parameters()))
 
 
+def test_the_training_sample_comes_from_generate_and_leaves_the_run_as_it_was() -> None:
+    """The sample drawn at each evaluation is ``generate``'s (one sampler), and leaves the training mode
+    and torch's random state as they were."""
+    from gpt2reg.generation import generate
+    from gpt2reg.model import build_model
+    from gpt2reg.training.sample import sample_text
+
+    model = build_model(GPTConfig(**{**TRAIN_TINY, "vocab_size": 50257}), seed=0).train()
+    state = torch.get_rng_state()
+    text = sample_text(model, "Hello", 12, seed=3)
+    assert model.training and torch.equal(torch.get_rng_state(), state)
+    ids = get_tokenizer().encode_ordinary("Hello")
+    assert text == "Hello" + generate(model, ids, max_new_tokens=12, temperature=0.8, top_k=50, seed=3)[0].text
+
+
 # -- a whole run ---------------------------------------------------------------------------------
 def tiny_run(tmp_path: Path, **overrides) -> TrainConfig:
     settings = dict(data=str(write_corpus(tmp_path / "corpus.txt")), out_dir=str(tmp_path / "run"), max_steps=30,
