@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from gpt2reg.cli import cli
+from gpt2reg.errors import InputError
 from gpt2reg.generation import generate
 from gpt2reg.model import build_model
 from gpt2reg.onnx import ProviderError, export_onnx, validate_onnx
@@ -333,6 +334,10 @@ def test_cases_cover_what_the_issue_asks() -> None:
     assert any(c.padded and c.past for c in cases)
     assert all(1 <= c.seq and c.past + c.seq <= 1024 for c in make_cases(16, True, 30, seed=1))
     assert np.all([c.past == 0 for c in make_cases(64, False, 10)])
+    # files whose GroupQueryAttention extends a past by several tokens one row at a time: such cases get one row
+    capped = make_cases(64, True, 30, seed=1, extend_rows=1)
+    assert all(c.batch == 1 for c in capped if c.past and c.seq > 1) and any(c.past and c.seq > 1 for c in capped)
+    assert any(c.batch > 1 and c.past for c in capped) and any(c.batch > 1 and c.seq > 1 for c in capped)
 
 
 def test_onnxruntime_and_onnxruntime_gpu_together_is_an_error(rope_export, monkeypatch) -> None:
@@ -404,14 +409,13 @@ def test_attention_fusion_changes_no_result(tmp_path: Path, monkeypatch, pos: st
 
 
 def _calls(rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Batch 2: a left-padded prompt, a decode step, then a prompt of 3 that extends the past
-    (GroupQueryAttention refuses that one for batches > 1: the graph's Attention-op fallback)."""
+    """Batch 2: a left-padded prompt, then two decode steps."""
     mask = np.ones((2, 5), np.int64)
     mask[1, :2] = 0
     calls = [(rng.integers(0, 101, (2, 5)), mask)]
-    for seq in (1, 3):
-        mask = np.concatenate((mask, np.ones((2, seq), np.int64)), axis=1)
-        calls.append((rng.integers(0, 101, (2, seq)), mask))
+    for _ in range(2):
+        mask = np.concatenate((mask, np.ones((2, 1), np.int64)), axis=1)
+        calls.append((rng.integers(0, 101, (2, 1)), mask))
     return calls
 
 
@@ -419,14 +423,15 @@ def _calls(rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
 def test_quantized_graph_extends_the_cache_in_place_with_the_attention_ops_results(
         tmp_path: Path, monkeypatch, pos: str, quantize: str) -> None:
     """GroupQueryAttention against the Attention op it replaces, same quantized weights: the same logits
-    and presents for prompts with padding, decode steps and the fallback; and through ``InPlaceKV``
-    (buffers with room, bound as past and present) the same again, written in place."""
+    and presents for prompts with padding and decode steps; and through ``InPlaceKV`` (buffers with
+    room, bound as past and present) the same again, written in place. The one call GroupQueryAttention
+    refuses (several rows extending a past by several tokens) is a clear error, said in the metadata."""
     import gpt2reg.onnx.export as export_module
     from gpt2reg.components.base import PositionalEncoding
 
     model = build_model(**SMALL, pos=pos, seed=3)
     path = export_onnx(model, tmp_path / "gqa.onnx", quantize=quantize)
-    report = validate_onnx(path, model, provider="cpu", cases=5)  # padding, past, a batch's prompt after a past
+    report = validate_onnx(path, model, provider="cpu", cases=5)  # padding, past, a prompt after a past (one row)
     assert report.passed, report.summary()
     monkeypatch.setattr(export_module, "fuse_group_query_attention", lambda m: 0)
     plain = OnnxGPT(export_onnx(model, tmp_path / "plain.onnx", quantize=quantize), provider="cpu")
@@ -434,17 +439,19 @@ def test_quantized_graph_extends_the_cache_in_place_with_the_attention_ops_resul
     graph = onnx.load(str(path)).graph
     ops = [n.op_type for n in graph.node]
     assert gqa.in_place and describe(path).kv_in_place and not plain.in_place
+    assert describe(path).kv_extend_rows == 1 and plain.description.kv_extend_rows is None
     assert report.in_place_max_abs_diff is not None and report.in_place_max_abs_diff <= 1e-6  # validation checks it
-    branches = [[n.op_type for n in a.g.node] for n in graph.node if n.op_type == "If" for a in n.attribute]
-    assert len(branches) == 2 * SMALL["n_layer"] and ["GroupQueryAttention"] in branches
-    assert "Attention" not in ops
+    assert ops.count("GroupQueryAttention") == SMALL["n_layer"] and "If" not in ops and "Attention" not in ops
     if type(model.pos).rotate is PositionalEncoding.rotate:  # the packed QKV goes in whole
         assert "Split" not in ops
     else:  # RoPE rotates q and k before the op: they go in rotated, moved back to (batch, seq, hidden)
         assert ops.count("Mul") >= 4 * SMALL["n_layer"] and ops.count("Split") == 3 * SMALL["n_layer"]
-    onnx.checker.check_model(onnx.load(str(path)))  # still sorted, valid ONNX (If branches read outer values)
-    cache, pasts, grown = InPlaceKV.empty(gqa, 2), {"gqa": None, "plain": None}, []
-    for ids, mask in _calls(np.random.default_rng(0)):
+    onnx.checker.check_model(onnx.load(str(path)))  # still sorted, valid ONNX
+    heads, head_dim = SMALL["n_head"], SMALL["n_embd"] // SMALL["n_head"]
+    cache, pasts, grown = InPlaceKV(gqa, [np.zeros((2, heads, 0, head_dim), np.float32)] * (2 * SMALL["n_layer"])), \
+        {"gqa": None, "plain": None}, []
+    calls = _calls(np.random.default_rng(0))
+    for ids, mask in calls:
         outputs = {}
         for name, m in (("gqa", gqa), ("plain", plain)):
             logits, pasts[name] = m.run(ids, mask, pasts[name])
@@ -456,9 +463,17 @@ def test_quantized_graph_extends_the_cache_in_place_with_the_attention_ops_resul
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
         for got, want in zip(outputs["in place"], outputs["gqa"], strict=True):
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
-    # Lengths 5, 6, 9: the room is made for the prompt, doubled (to 10) for the step, then the third
-    # call writes into the same buffers.
+    # Lengths 5, 6, 7: the room is made for the prompt, doubled (to 10) for the step, then the next
+    # step writes into the same buffers.
     assert grown == [True, True, False] and cache.capacity == 10
+    # Two rows extending the past by 3 tokens: refused before onnxruntime sees it, by both paths;
+    # the file without GroupQueryAttention takes it, and so does the in-place file one row at a time.
+    ids, mask = np.ones((2, 3), np.int64), np.ones((2, 10), np.int64)
+    for run in (lambda: gqa.run(ids, mask, pasts["gqa"]), lambda: cache.run(ids, mask)):
+        with pytest.raises(InputError, match=r"extends a past by several tokens in at most 1 row\(s\) per call, not 2"):
+            run()
+    plain.run(ids, mask, pasts["plain"])
+    gqa.run(ids[:1], mask[:1], [p[:1] for p in pasts["gqa"]])
 
 
 def test_quantized_export_fuses_residual_add_and_layer_norm(tmp_path: Path) -> None:

@@ -442,6 +442,7 @@ def export_onnx(
         version=_package_version(),
         model_name=str(model_name),
         kv_in_place=in_place,
+        kv_extend_rows=1 if in_place else None,
         io=io_layout(GRAPH_KV if kv_cache else GRAPH_FULL, source.config.to_dict(), dtype, logits_to_keep=logits_to_keep),
     )
     props = description.to_props()

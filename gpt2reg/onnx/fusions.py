@@ -17,7 +17,7 @@ Reshape + Transpose pairs, two Concats appending the new key/value to the past, 
   contrib op, so only for files that already need onnxruntime (the quantized ones).
 - ``fuse_group_query_attention``: the 3-D fused ``Attention`` -> onnxruntime's ``GroupQueryAttention``
   (com.microsoft, so the quantized files only), which writes the KV cache in place when the caller
-  binds each present to its past's buffer; see its docstring for the fallback it keeps. RoPE's
+  binds each present to its past's buffer; see its docstring for the one call shape it refuses. RoPE's
   rotated heads-first q and k go in moved back to (batch, seq, hidden); the rotation stays as exported.
 
 Each rewrite matches its exact pattern and leaves anything else as it is; validation against the
@@ -173,9 +173,6 @@ def fuse_skip_layer_norm(model: ir.Model) -> int:
     return fused
 
 
-_INT64_MAX = 2**63 - 1
-
-
 def _const(name: str, values, dtype) -> ir.Node:
     import numpy as np
 
@@ -185,7 +182,7 @@ def _const(name: str, values, dtype) -> ir.Node:
 
 def _op(op: str, inputs: list, name: str, attributes: dict | None = None, domain: str = "",
         outputs: int = 1) -> ir.Node:
-    """A node whose outputs carry names of their own: values used in an If branch must not collide."""
+    """A node whose outputs carry names of their own, unique in the graph."""
     names = [name] if outputs == 1 else [f"{name}_{i}" for i in range(outputs)]
     return ir.node(op, inputs, attributes or {}, domain=domain, outputs=[ir.Value(name=n) for n in names],
                    name=name)
@@ -214,28 +211,15 @@ class _GQAShared:
         batch = _op("Shape", [mask], "gqa_batch", {"end": 1})
         total = _op("Shape", [mask], "gqa_total", {"start": 1})
         seq = _op("Shape", [ids], "gqa_seq", {"start": 1, "end": 2})
-        one, one32 = _const("gqa_one", [1], np.int64), _const("gqa_one32", [1], np.int32)
+        one32 = _const("gqa_one32", [1], np.int32)
         cast = _op("Cast", [total.outputs[0]], "gqa_total32", {"to": ir.DataType.INT32})
         last = _op("Sub", [cast.outputs[0], one32.outputs[0]], "gqa_last")
         seqlens = _op("Expand", [last.outputs[0], batch.outputs[0]], "gqa_seqlens_k")
-        # Not the Cast's own output: onnxruntime's optimizers log a warning for every removable node
-        # (a Cast) whose output an If branch reads.
-        total32 = _op("Add", [last.outputs[0], one32.outputs[0]], "gqa_total_sequence_length")
-        # GroupQueryAttention refuses a prompt that extends a past in a batch of several rows; those
-        # calls (only they) take the Attention op instead: use it unless batch > 1 and 1 < seq < total.
-        b1, s1, t1 = (_op("Sub", [x.outputs[0], y.outputs[0]], f"gqa_{n}")
-                      for x, y, n in ((batch, one, "b1"), (seq, one, "s1"), (total, seq, "ts")))
-        bs = _op("Mul", [b1.outputs[0], s1.outputs[0]], "gqa_bs")
-        product = _op("Mul", [bs.outputs[0], t1.outputs[0]], "gqa_bst")
-        zero = _const("gqa_zero", [0], np.int64)
-        cond = _op("Equal", [product.outputs[0], zero.outputs[0]], "gqa_use")
-        nodes = [batch, total, seq, one, one32, cast, last, seqlens, total32, b1, s1, t1, bs, product, zero, cond]
-        self.axes, self.end = _const("gqa_axes", [2], np.int64), _const("gqa_end", [_INT64_MAX], np.int64)
         # The past's real length (a buffer may be longer): what the graph read from the past's shape.
-        self.past_length = t1.outputs[0]
-        graph.insert_before(self.first, [*nodes, self.axes, self.end])
-        self.seqlens_k, self.total_sequence_length = seqlens.outputs[0], total32.outputs[0]
-        self.use_gqa, self.zero, self.total = cond.outputs[0], zero.outputs[0], total.outputs[0]
+        past_length = _op("Sub", [total.outputs[0], seq.outputs[0]], "gqa_past_length")
+        graph.insert_before(self.first, [batch, total, seq, one32, cast, last, seqlens, past_length])
+        self.past_length = past_length.outputs[0]
+        self.seqlens_k, self.total_sequence_length = seqlens.outputs[0], cast.outputs[0]
         self._biases: dict[int, ir.Value] = {}
 
     def bias(self, mask: ir.Value, dtype: ir.DataType) -> ir.Value:
@@ -354,10 +338,10 @@ def fuse_group_query_attention(model: ir.Model) -> int:
     did. It takes the packed QKV projection (the Split goes), ``seqlens_k`` = total - 1 for every row
     and ``total_sequence_length`` from ``attention_mask``'s shape (left padding: every row's total is
     past + seq), and the mask as an additive bias, computed once per graph. Its own causal mask only
-    repeats the exporter's. It refuses a prompt that extends a past in a batch of several rows, so
-    each layer is an ``If``: those calls run the Attention op as before, on the past's first
-    past_length positions (present = that, the new tokens, then the rest of the buffer, so its
-    length is GroupQueryAttention's: the larger of the total and the buffer).
+    repeats the exporter's. It refuses a call that extends a past by several tokens in a batch of
+    several rows; nothing that decodes makes one (a prompt runs without a past, a step adds one token),
+    so such files say so in their metadata (``kv_extend_rows``) and the runtime refuses that call
+    with a clear error, rather than every layer paying for an ``If`` around the op (measured: docs/onnx.md).
 
     RoPE rotates q and k before the op, heads-first: those go in moved back to (batch, seq, hidden)
     (``_three_d``), rotated by the exported nodes. GroupQueryAttention's own rotary (``do_rotary``) is
@@ -385,50 +369,22 @@ def fuse_group_query_attention(model: ir.Model) -> int:
     for shape in reads:
         shape.outputs[0].replace_all_uses_with(shared.past_length)
     graph.remove(reads, safe=True)
-    for i, attention in enumerate(attentions):
+    for attention in attentions:
         q, k, v, mask, past_k, past_v = attention.inputs
         split = _packed_split(q, k, v, attention)
-        prefix = f"gqa{i}"
-        gqa_inputs = [split.inputs[0], None, None] if split is not None else [q, k, v]
         attributes = {"num_heads": ir.AttrInt64("num_heads", _int(attention, "q_num_heads", 0)),
                       "kv_num_heads": ir.AttrInt64("kv_num_heads", _int(attention, "kv_num_heads", 0))}
         for name in ("scale", "softcap"):
             attr = attention.attributes.get(name)
             if attr is not None and attr.as_float():
                 attributes[name] = ir.AttrFloat32(name, attr.as_float())
-        gqa = _op("GroupQueryAttention",
-                  [*gqa_inputs, past_k, past_v, shared.seqlens_k, shared.total_sequence_length,
-                   None, None, None, shared.bias(mask, q.dtype)],
-                  f"{prefix}_then", attributes, domain="com.microsoft", outputs=3)
-        for branch_out, out in zip(gqa.outputs, attention.outputs, strict=True):
-            branch_out.type = out.type
-        then_branch = ir.Graph([], list(gqa.outputs), nodes=[gqa], name=f"{prefix}_gqa")
-        # The Attention op on the past's real length, then the buffer's remaining room appended.
-        else_nodes: list[ir.Node] = []
-        if split is not None:
-            graph.remove(split)
-            split.outputs[0].name, split.outputs[1].name, split.outputs[2].name = (f"{prefix}_{x}" for x in "qkv")
-            else_nodes.append(split)
-        heads = [_op("Slice", [p, shared.zero, shared.past_length, shared.axes.outputs[0]], f"{prefix}_{kv}_past")
-                 for p, kv in ((past_k, "k"), (past_v, "v"))]
-        tails = [_op("Slice", [p, shared.total, shared.end.outputs[0], shared.axes.outputs[0]], f"{prefix}_{kv}_room")
-                 for p, kv in ((past_k, "k"), (past_v, "v"))]
-        old = ir.Node("", "Attention", [q, k, v, mask, heads[0].outputs[0], heads[1].outputs[0]],
-                      attributes=dict(attention.attributes), num_outputs=3, name=f"{prefix}_attention",
-                      outputs=[ir.Value(name=f"{prefix}_{x}") for x in ("y", "k_total", "v_total")])
-        presents = [_op("Concat", [old.outputs[j + 1], tails[j].outputs[0]], f"{prefix}_{kv}_present", {"axis": 2})
-                    for j, kv in enumerate("kv")]
-        else_nodes += [*heads, *tails, old, *presents]
-        for branch_out, out in zip((old.outputs[0], *(p.outputs[0] for p in presents)), attention.outputs, strict=True):
-            branch_out.type = out.type
-        else_branch = ir.Graph([], [old.outputs[0], *(p.outputs[0] for p in presents)], nodes=else_nodes,
-                               name=f"{prefix}_attention")
-        node = ir.Node("", "If", [shared.use_gqa], num_outputs=3, name=attention.name,
-                       attributes={"then_branch": ir.AttrGraph("then_branch", then_branch),
-                                   "else_branch": ir.AttrGraph("else_branch", else_branch)})
-        graph.insert_before(attention, node)
-        for old_out, new in zip(attention.outputs, node.outputs, strict=True):
-            _replace(old_out, new)
-        graph.remove(attention, safe=True)
+        gqa = ir.node("GroupQueryAttention",
+                      [*([split.inputs[0], None, None] if split is not None else [q, k, v]), past_k, past_v,
+                       shared.seqlens_k, shared.total_sequence_length, None, None, None, shared.bias(mask, q.dtype)],
+                      attributes, domain="com.microsoft", num_outputs=3, name=attention.name)
+        graph.insert_before(attention, gqa)
+        for old, new in zip(attention.outputs, gqa.outputs, strict=True):
+            _replace(old, new)
+        graph.remove([attention, *([split] if split is not None else [])], safe=True)
     model.opset_imports.setdefault("com.microsoft", 1)
     return len(attentions)

@@ -130,13 +130,19 @@ def describe(onnx_path: str | os.PathLike) -> OnnxDescription:
         raise InputError(str(exc)) from None
 
 
-def make_cases(block_size: int, kv_cache: bool, n: int, seed: int = 0) -> list[Case]:
-    """Fixed cases first (length 1, odd, full context; past 0 and > 0; padding), then random ones."""
+def make_cases(block_size: int, kv_cache: bool, n: int, seed: int = 0, extend_rows: int | None = None) -> list[Case]:
+    """Fixed cases first (length 1, odd, full context; past 0 and > 0; padding), then random ones.
+
+    ``extend_rows`` (a file's ``kv_extend_rows``) caps the batch of a case extending a past by several tokens.
+    """
     rng = np.random.default_rng(seed)
 
     def fit(batch: int, past: int, seq: int, padded: bool = False) -> Case:
         past = min(past, block_size - 1)
-        return Case(batch, past, max(1, min(seq, block_size - past)), padded)
+        seq = max(1, min(seq, block_size - past))
+        if extend_rows is not None and past and seq > 1:
+            batch = min(batch, extend_rows)
+        return Case(batch, past, seq, padded)
 
     mid = max(1, block_size // 3) | 1
     if kv_cache:
@@ -300,7 +306,8 @@ def validate_onnx(
     was_training = model.training
     model.eval()
     try:
-        for i, case in enumerate(make_cases(model.config.block_size, description.kv_cache, cases, seed)):
+        for i, case in enumerate(make_cases(model.config.block_size, description.kv_cache, cases, seed,
+                                            description.kv_extend_rows)):
             out = _run_case(session, model, description, case, rng, keep=1 if i % 2 == 0 else max(1, case.seq // 2))
             if out.kept_diff is not None:
                 kept_max = max(kept_max or 0.0, out.kept_diff)

@@ -20,6 +20,10 @@ Keys (all strings; the JSON ones parse with ``json.loads``):
   length is ``attention_mask``'s minus the new tokens) and a present bound to the past's own buffer
   (IOBinding) is written there, nothing copied; a present not bound so has the larger of past + seq
   and the past's length. Absent (``false``) elsewhere: pasts of exact length, presents new arrays.
+- ``gpt2reg.kv_extend_rows``: ``1`` where a call that extends a non-empty past by more than one token
+  may hold one row only (GroupQueryAttention, in the files that extend the cache in place, refuses it
+  for several; decoding never makes such a call: a prompt has no past, a step adds one token).
+  Absent: any batch.
 """
 
 from __future__ import annotations
@@ -98,6 +102,7 @@ class OnnxDescription:
     model_name: str = ""
     io: dict[str, Any] = field(default_factory=dict)
     kv_in_place: bool = False
+    kv_extend_rows: int | None = None  # the most rows of a call extending a past by several tokens; None: any
 
     @property
     def kv_cache(self) -> bool:
@@ -128,7 +133,8 @@ class OnnxDescription:
             "gpt2reg.tokenizer": self.tokenizer,
             "gpt2reg.eos_token_id": str(self.eos_token_id),
             "gpt2reg.model_name": self.model_name,
-        } | ({"gpt2reg.kv_in_place": "true"} if self.kv_in_place else {})
+        } | ({"gpt2reg.kv_in_place": "true"} if self.kv_in_place else {}) | (
+            {"gpt2reg.kv_extend_rows": str(self.kv_extend_rows)} if self.kv_extend_rows is not None else {})
 
     @classmethod
     def from_props(cls, props: dict[str, str], source: str = "the file") -> OnnxDescription:
@@ -147,6 +153,7 @@ class OnnxDescription:
                 model_name=props.get("gpt2reg.model_name", ""),
                 io=json.loads(props.get("gpt2reg.io", "{}")),
                 kv_in_place=props.get("gpt2reg.kv_in_place") == "true",
+                kv_extend_rows=int(props["gpt2reg.kv_extend_rows"]) if "gpt2reg.kv_extend_rows" in props else None,
             )
         except (KeyError, ValueError) as exc:
             raise ValueError(f"{source} has damaged gpt2reg metadata: {exc}") from None

@@ -143,6 +143,10 @@ class OnnxGPT:
         past + seq (all ones when None) and the position ids that follow from it."""
         batch, seq = input_ids.shape
         self._check_length(past_len + seq)
+        rows = self.description.kv_extend_rows
+        if rows is not None and past_len and seq > 1 and batch > rows:
+            raise InputError(f"this file's GroupQueryAttention extends a past by several tokens in at most {rows} row(s) "
+                             f"per call, not {batch} ({seq} tokens after {past_len}): send the rows one by one")
         if logits_to_keep < 0:
             raise InputError(f"logits_to_keep={logits_to_keep}: use 0 (every position) or a count of last positions")
         feed: dict[str, np.ndarray] = {"input_ids": input_ids}
@@ -192,10 +196,6 @@ class InPlaceKV:
         self.length = past[0].shape[2]
         self.buffers: list[np.ndarray] = []
         self._fill(past, self.length)
-
-    @classmethod
-    def empty(cls, model: OnnxGPT, batch: int) -> InPlaceKV:
-        return cls(model, model._empty_past(batch))
 
     @property
     def arrays(self) -> list[np.ndarray]:
