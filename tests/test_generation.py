@@ -325,7 +325,7 @@ def test_invalid_input_is_a_clear_error(prompt, kwargs: dict, message: str) -> N
 
 
 def test_generate_is_exported_from_the_package() -> None:
-    assert gpt2reg.generate is generate
+    assert gpt2reg.generate is generate and gpt2reg.GenerationOptions is GenerationOptions
 
 
 def test_generate_leaves_the_callers_model_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
