@@ -198,11 +198,11 @@ def _model_card(config: dict[str, Any], variant: str, js_dtype: str, name: str, 
     arch = (f"{config['n_layer']} layers, {config['n_head']} heads, {config['n_embd']} wide, context "
             f"{config['block_size']}, vocabulary {config['vocab_size']}; positions `{config['pos']}`, "
             f"activation `{config['act']}`, norm `{config['norm']}`")
-    checked = ("not validated (exported with --no-validate)" if validation is None else
-               f"max |logit difference| {validation['max_abs_diff']:.3g} (mean {validation['mean_abs_diff']:.3g}, "
-               f"tolerance {validation['atol']:g}), top-1 agreement {validation['top1_agreement']:.1%}, over "
-               f"{validation['cases']} random cases (prefill, cached steps, left padding) under onnxruntime's "
-               f"{validation['provider']}")
+    checked = ("**Not validated** (exported with --no-validate)." if validation is None else
+               f"**Validated** against the PyTorch model: max |logit difference| {validation['max_abs_diff']:.3g} "
+               f"(mean {validation['mean_abs_diff']:.3g}, tolerance {validation['atol']:g}), top-1 agreement "
+               f"{validation['top1_agreement']:.1%}, over {validation['cases']} random cases (prefill, cached steps, "
+               f"left padding) under onnxruntime's {validation['provider']}.")
     return f"""---
 pipeline_tag: text-generation
 library_name: transformers.js
@@ -216,7 +216,7 @@ A GPT-2 variant built with gpt2reg {__version__} from `{model_name or 'a model'}
 `model_type: gpt2` so that other software sizes the cache, and keeps the real architecture in its
 `gpt2reg` section.
 
-**Validated** against the PyTorch model: {checked}.
+{checked}
 
 The graph returns every position's logits (no `logits_to_keep` input here: Optimum refuses inputs it
 does not know). Tokenizer: GPT-2's byte-level BPE, `<|endoftext|>` = {EOT_ID}.
