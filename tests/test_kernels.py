@@ -245,11 +245,22 @@ def test_a_candidate_that_wins_even_while_busy_is_cached(monkeypatch, fresh: Pat
     assert all(e["kernel"] == "onednn" and e["clean_rounds"] == "0/4" for e in entries.values())
 
 
-def test_nothing_is_measured_on_an_overloaded_cpu(monkeypatch, fresh: Path) -> None:
+def test_an_overloaded_cpu_takes_plain_and_measures_nothing(monkeypatch, fresh: Path) -> None:
+    """There a multi-threaded kernel waits for its preempted threads: plain, even where a quieter CPU
+    chose another kernel, whose decision stays cached for later processes."""
     calls = measured_as(monkeypatch, fast=0.6, clean=True)
-    monkeypatch.setattr(kernels, "_load", lambda: kernels.OVERLOADED * (os.cpu_count() or 1) + 1)
+    overloaded = kernels.OVERLOADED * (os.cpu_count() or 1) + 1
+    monkeypatch.setattr(kernels, "_load", lambda: overloaded)
     assert routed_kernels(tune(tiny())) == {F.linear}
     assert calls == [] and not fresh.exists()
+
+    monkeypatch.setattr(kernels, "_load", lambda: 0.0)
+    assert routed_kernels(tune(tiny())) == {kernels._onednn}
+    cached = fresh.read_text()
+    monkeypatch.setattr(kernels, "_load", lambda: overloaded)
+    calls.clear()
+    assert routed_kernels(tune(tiny())) == {F.linear}
+    assert calls == [] and fresh.read_text() == cached
 
 
 def test_a_process_on_a_quieter_cpu_measures_again(monkeypatch, fresh: Path) -> None:

@@ -10,13 +10,15 @@ median round and in ``WINS`` of the rounds (``pick``).
 
 A decision must not depend on when it was measured. On a busy CPU a multi-threaded kernel waits for its
 preempted threads (on the 2-core EPYC at load 15, oneDNN's one-row calls ran ~7x slower than plain's,
-which were unaffected), so timings taken there describe the load: with the 1-minute load average over
-``OVERLOADED`` threads per core nothing is measured (plain for that process); rounds in which the OS
-preempted our threads do not count when enough others are clean; and "plain" from rounds that were
-mostly preempted is used by that process only, never cached. Cached decisions, keyed by CPU model, torch
-version, thread count and layer shape in a JSON file, carry the load they were measured at, and a
-process that starts on a CPU quieter by ``QUIETER`` measures again. The calibration (a few hundred ms
-for GPT-2 small) is otherwise paid once per machine.
+which were unaffected; whole 16-token greedy decodes, interleaved, at load 13: ~2x slower), so timings
+taken there describe the load, and so would a decision used there. With the 1-minute load average over
+``OVERLOADED`` threads per core a process therefore takes plain everywhere and measures nothing (the
+cache is kept for later processes). Otherwise rounds in which the OS preempted our threads do not
+count when enough others are clean, and "plain" from mostly preempted rounds is used by that process
+only, never cached. Cached decisions, keyed by CPU model, torch version, thread count and layer shape
+in a JSON file, carry the load they were measured at, and a process that starts on a CPU quieter by
+``QUIETER`` measures again. The calibration (a few hundred ms for GPT-2 small) is otherwise paid once
+per machine.
 
 Environment:
   ``GPT2REG_KERNELS``        ``auto`` (default); ``plain``: PyTorch's kernel everywhere, nothing measured;
@@ -190,23 +192,22 @@ def _choose(groups: dict[str, list[Layer]]) -> dict[str, Kernel]:
     if mode not in ("auto", "plain", *found):
         log.warning("GPT2REG_KERNELS=%s is not auto, plain or one of %s; using auto", mode, ", ".join(found))
         mode = "auto"
+    load = _load()
     if mode != "auto" or len(found) == 1:
         name = mode if mode in found else "plain"
         decided = {rows: dict.fromkeys(groups, name) for rows in ROWS}
+    elif load is not None and load > OVERLOADED * (os.cpu_count() or 1):
+        # A multi-threaded kernel waits for its preempted threads here: plain now, whatever was measured
+        # on a quieter CPU (kept for later processes); and no timing, which would describe the load.
+        log.info("CPU overloaded (load %.1f on %d cores): PyTorch's own kernels in this process", load,
+                 os.cpu_count() or 1)
+        decided = {rows: dict.fromkeys(groups, "plain") for rows in ROWS}
     else:
         cache = _Cache()
         decided = {rows: {shape: cache.get(shape, rows) for shape in groups} for rows in ROWS}
         for rows, count in ROWS.items():
             missing = [shape for shape, name in decided[rows].items() if name not in found]
             if not missing:
-                continue
-            load = _load()
-            if load is not None and load > OVERLOADED * (os.cpu_count() or 1):
-                # Timings now would say how the kernels share an oversubscribed CPU, not which is faster.
-                log.info("CPU overloaded (load %.1f on %d cores): PyTorch's own kernel for %s at %s in this process; "
-                         "measured by one that starts on a quieter CPU", load, os.cpu_count() or 1,
-                         ", ".join(missing), rows)
-                decided[rows].update(dict.fromkeys(missing, "plain"))
                 continue
             # One row: a decode step, every layer read in turn, mostly from memory, so the pass goes
             # over all of them in the model's order. Many rows: compute-bound, one layer per shape.
