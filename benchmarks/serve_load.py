@@ -9,7 +9,10 @@ then per round: ``generate`` alone (the server idle), one streaming client, and 
 streaming clients at once, each ``--tokens`` new tokens with its own seed. Prints per-token latency at one client (server vs.
 ``generate``: the added latency) and the throughput of the concurrent clients over one client's
 (continuous batching), medians over the rounds, with the CPU and the load. The machine may be shared:
-the ratios compare figures taken in the same run. Torch-free; the client is ``http.client``.
+the ratios compare figures taken in the same run. The server's CPU time per token in each phase (from
+``/proc``, Linux) comes too: where other jobs keep the cores busy, throughput follows CPU time, so
+``cpu_speedup`` (one client's CPU per token over the batch's) is the most the batch can gain there,
+whatever the wall-clock ratio of one run says. Torch-free; the client is ``http.client``.
 """
 
 from __future__ import annotations
@@ -57,6 +60,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds process ``pid`` has used (None without Linux's /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _wait_ready(server: subprocess.Popen, port: int, timeout: float = 300) -> None:
@@ -123,10 +136,13 @@ def run(path: str, clients: int, tokens: int, rounds: int) -> dict:
         stream_completion(port, body | {"max_tokens": 4, "seed": 0})  # warm up both
         generate(0, 4)
         generate_s, single_s, concurrent_tps, single_tps = [], [], [], []
+        single_cpu, concurrent_cpu = [], []  # server CPU seconds per token
         for r in range(rounds):
             elapsed, expected = generate(r, tokens)
             generate_s.append(elapsed / expected)
+            before = _cpu_seconds(server.pid)
             elapsed, produced = stream_completion(port, body | {"seed": r})
+            between = _cpu_seconds(server.pid)
             if produced != expected:
                 raise RuntimeError(f"the server made {produced} tokens, generate {expected}, for seed {r}")
             single_s.append(elapsed / produced)
@@ -136,6 +152,10 @@ def run(path: str, clients: int, tokens: int, rounds: int) -> dict:
             with ThreadPoolExecutor(clients) as pool:
                 results = list(pool.map(lambda seed: stream_completion(port, body | {"seed": seed}), seeds))
             concurrent_tps.append(sum(n for _, n in results) / (time.perf_counter() - started))
+            after = _cpu_seconds(server.pid)
+            if before is not None:
+                single_cpu.append((between - before) / produced)
+                concurrent_cpu.append((after - between) / sum(n for _, n in results))
     finally:
         server.terminate()
         server.wait(60)
@@ -150,7 +170,17 @@ def run(path: str, clients: int, tokens: int, rounds: int) -> dict:
         "added_latency": round(single_ms / generate_ms - 1, 4),
         "single_client_tokens_per_s": round(single, 1), "concurrent_tokens_per_s": round(concurrent, 1),
         "speedup": round(concurrent / single, 2),
-    }
+    } | _cpu_figures(single_cpu, concurrent_cpu)
+
+
+def _cpu_figures(single: list[float], concurrent: list[float]) -> dict:
+    """Median server CPU milliseconds per token in each phase, and their ratio (None below a clock tick)."""
+    if not single:
+        return {}
+    one, many = statistics.median(single), statistics.median(concurrent)
+    return {"server_cpu_ms_per_token_single": round(one * 1e3, 2),
+            "server_cpu_ms_per_token_concurrent": round(many * 1e3, 2),
+            "cpu_speedup": round(one / many, 2) if many else None}
 
 
 def main(argv: list[str] | None = None) -> None:

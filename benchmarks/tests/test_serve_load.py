@@ -24,3 +24,5 @@ def test_bench_compares_the_server_with_generate_in_one_run(tiny) -> None:
     assert figures["clients"] == 4 and figures["tokens"] == 8 and figures["cpu"]
     assert figures["generate_ms_per_token"] > 0 and figures["server_ms_per_token"] > 0
     assert figures["concurrent_tokens_per_s"] > 0 and figures["speedup"] > 0  # ratios only: the machine is shared
+    assert figures["server_cpu_ms_per_token_single"] >= 0 and figures["server_cpu_ms_per_token_concurrent"] >= 0
+    assert figures["cpu_speedup"] is None or figures["cpu_speedup"] > 0
