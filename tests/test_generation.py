@@ -246,6 +246,21 @@ def test_one_options_object_or_its_fields_as_keywords() -> None:
     assert SamplingOptions is GenerationOptions
 
 
+@pytest.mark.parametrize("pos", component_names("pos"))
+def test_rows_that_finish_leave_and_the_others_decode_on_unchanged(pos: str) -> None:
+    """A sequence ending early (end-of-text) leaves the batch (the engine drops its row and cuts the
+    padding no row needs); every other sequence gets the tokens it gets when none ends."""
+    model = tiny(pos)
+    free = generate(model, PROMPTS, max_new_tokens=12, greedy=True, eos_token_id=None)
+    # an end-of-text that ends some sequences early and not others
+    eos = next(t for row in free for t in row.generated_ids[:8] if any(t not in r.generated_ids for r in free))
+    ended = generate(model, PROMPTS, max_new_tokens=12, greedy=True, eos_token_id=eos)
+    for a, b in zip(free, ended, strict=True):
+        cut = a.generated_ids.index(eos) + 1 if eos in a.generated_ids else len(a.generated_ids)
+        assert b.generated_ids == a.generated_ids[:cut]
+    assert any(len(b.generated_ids) < 12 for b in ended) and any(len(b.generated_ids) == 12 for b in ended)
+
+
 def test_samples_of_one_prompt_differ() -> None:
     samples = generate(tiny(), [5, 6], max_new_tokens=12, num_samples=3, seed=0)
     assert len({tuple(s.generated_ids) for s in samples}) == 3
