@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.workload import BenchSpec, best_time, check_context, hf_copy, torch_threads, workload
-from gpt2reg.errors import InputError
+from gpt2reg.errors import InputError, first_line
 
 
 @dataclass(frozen=True)
@@ -330,7 +330,7 @@ def _child_main() -> None:
         metrics = dict(_call(request["target"], BenchSpec(**request["spec"])))
         metrics.setdefault("peak_rss_mb", _peak_rss_mb())
     except Exception as exc:  # reported in the table, never a traceback in the middle of it
-        metrics = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+        metrics = {"error": first_line(exc, with_type=True)}
     print(json.dumps(metrics))
 
 
