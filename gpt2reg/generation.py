@@ -25,7 +25,7 @@ import numpy as np
 from .errors import InputError
 from .memory import check_fits
 from .numbers import check_number
-from .tokenizer import EOT_ID, EOT_TOKEN, get_tokenizer
+from .tokenizer import EOT_ID, EOT_TOKEN, encode, get_tokenizer
 
 if TYPE_CHECKING:
     from .decoding import Engine
@@ -92,12 +92,19 @@ class GenerationOptions:
 def filter_logits(logits: np.ndarray, options: GenerationOptions) -> np.ndarray:
     """Temperature-scaled logits (float64, last axis = vocabulary) with tokens outside top-k/top-p at -inf.
 
+    The row's maximum is subtracted before dividing by the temperature, so every score is <= 0 and the
+    best is exactly 0: a tiny temperature (1e-320) sends the others to -inf instead of overflowing to
+    inf - inf = NaN, which makes it the greedy choice it tends to (ties with the best share the mass),
+    and a huge one tends to uniform. Any accepted temperature therefore gives a valid distribution.
+
     top-k keeps ties with the k-th largest; top-p keeps the smallest set of most likely tokens whose
     probability reaches ``top_p`` (at least one token).
     """
     scores = np.array(logits, dtype=np.float64)
+    scores -= scores.max(axis=-1, keepdims=True)
     if options.temperature not in (0, 1):
-        scores /= options.temperature
+        with np.errstate(over="ignore", under="ignore"):  # -x / tiny -> -inf, tiny / huge -> -0.0: both wanted
+            scores /= options.temperature
     if options.top_k is not None and options.top_k < scores.shape[-1]:
         kth = -np.partition(-scores, options.top_k - 1, axis=-1)[..., options.top_k - 1 : options.top_k]
         scores[scores < kth] = -np.inf
@@ -236,7 +243,7 @@ def encode_prompts(prompt: Prompt | Sequence[Prompt], vocab_size: int) -> list[l
     for i, p in enumerate(prompts):
         label = "the prompt" if len(prompts) == 1 else f"prompt {i + 1}"
         if isinstance(p, str):
-            ids = get_tokenizer().encode(p, allowed_special={EOT_TOKEN})
+            ids = encode(p, special=True)
         elif hasattr(p, "tolist") or isinstance(p, Sequence):
             ids = p.tolist() if hasattr(p, "tolist") else list(p)
             if not all(_is_token_id(t) for t in ids):

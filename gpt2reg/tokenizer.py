@@ -2,11 +2,21 @@
 
 tiktoken's own ``get_encoding("gpt2")`` downloads its vocabulary at run time; this does not.
 The ranks file's origin and licence are in ``gpt2reg/assets/README.md``.
+
+Text is encoded through ``encode`` / ``encode_batch``, never the tiktoken object directly: they hand the
+tokenizer pieces of at most ``PIECE_CHARS`` characters. tiktoken's pre-tokenizer (fancy-regex) overflows
+its stack on a long run of whitespace (~1M spaces: a Rust panic, not an exception), so no piece may hold
+one. Pieces are cut where the split pattern always starts a new match - before a space that follows a
+non-space character - so on any text with such a place every ``PIECE_CHARS`` characters the tokens are
+exactly those of one unsplit encoding. Only a run with no such place (e.g. 32K spaces) is cut hard, and
+is then tokenized as consecutive runs of at most ``PIECE_CHARS``.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from importlib import resources
 
@@ -17,6 +27,12 @@ EOT_TOKEN = "<|endoftext|>"
 EOT_ID = 50256
 # GPT-2's pre-tokenizer split pattern, as in tiktoken's openai_public.gpt2.
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+# The longest text handed to tiktoken at once: whitespace runs 10x longer still tokenize (tested to 400K).
+PIECE_CHARS = 32_768
+# Unicode White_Space (what the pattern's \s is), then a character Python does not count as whitespace
+# either (str.isspace adds U+001C..U+001F): in reversed text, a place before which a new match begins.
+_WHITE_SPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_SAFE_CUT_REVERSED = re.compile(f"[{_WHITE_SPACE}][^\\s]")
 
 
 @lru_cache(maxsize=1)
@@ -32,6 +48,48 @@ def get_tokenizer() -> tiktoken.Encoding:
         special_tokens={EOT_TOKEN: EOT_ID},
         explicit_n_vocab=50257,
     )
+
+
+def encode(text: str, *, special: bool = False, piece_chars: int = PIECE_CHARS) -> list[int]:
+    """``text``'s tokens, encoded in bounded pieces (see the module docstring). With ``special``, the text
+    ``<|endoftext|>`` is the end-of-text token; otherwise it is ordinary text."""
+    tokenizer = get_tokenizer()
+    allowed = {EOT_TOKEN} if special else set()
+    out: list[int] = []
+    for piece in pieces(text, piece_chars):
+        out += tokenizer.encode(piece, allowed_special=allowed, disallowed_special=()) if special \
+            else tokenizer.encode_ordinary(piece)
+    return out
+
+
+def encode_batch(texts: Sequence[str], *, piece_chars: int = PIECE_CHARS) -> list[list[int]]:
+    """Each text's ordinary tokens (``<|endoftext|>`` is text), the pieces of all of them encoded in parallel."""
+    spans, flat = [], []
+    for text in texts:
+        start = len(flat)
+        flat.extend(pieces(text, piece_chars))
+        spans.append((start, len(flat)))
+    encoded = get_tokenizer().encode_ordinary_batch(flat)
+    return [[t for ids in encoded[a:b] for t in ids] for a, b in spans]
+
+
+def pieces(text: str, piece_chars: int = PIECE_CHARS) -> Iterator[str]:
+    """``text`` in consecutive pieces of at most ``piece_chars`` characters, each cut before a whitespace
+    character that follows a non-whitespace one (where GPT-2's split pattern always begins a new match),
+    or, where a window holds no such place, hard (never inside ``<|endoftext|>``)."""
+    start, n = 0, len(text)
+    while n - start > piece_chars:
+        end = start + piece_chars
+        # Searched backwards: text[end], text[end - 1], ... text[start]; a match is text[i] then text[i - 1].
+        found = _SAFE_CUT_REVERSED.search(text[end : start - 1 if start else None : -1])
+        cut = end - found.start() if found else end
+        if not found:
+            eot = text.find(EOT_TOKEN, max(start, end - len(EOT_TOKEN) + 1), end + len(EOT_TOKEN) - 1)
+            if eot != -1 and eot < end:
+                cut = eot if eot > start else eot + len(EOT_TOKEN)
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
 
 
 def hf_tokenizer_files() -> dict[str, str]:

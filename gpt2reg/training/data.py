@@ -15,14 +15,16 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..errors import InputError
 from ..files import write_bytes, write_json
-from ..tokenizer import EOT_ID, EOT_TOKEN, get_tokenizer
+from ..tokenizer import EOT_ID, EOT_TOKEN, encode_batch
 
 TOKENS_FILE = "tokens.bin"
 TOKENS_META = "tokens.json"
@@ -66,9 +68,8 @@ def read_documents(path: str | os.PathLike) -> list[str]:
 
 def tokenize_documents(documents: list[str]) -> np.ndarray:
     """One uint16 stream: each document's tokens followed by ``<|endoftext|>``."""
-    tokenizer = get_tokenizer()
     parts: list[np.ndarray] = []
-    for ids in tokenizer.encode_ordinary_batch(documents):
+    for ids in encode_batch(documents):
         parts.append(np.asarray(ids, dtype=np.uint16))
         parts.append(np.asarray([EOT_ID], dtype=np.uint16))
     return np.concatenate(parts)
@@ -83,11 +84,38 @@ def _fingerprint(files: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def cache_tokens(corpus: str | os.PathLike, cache_dir: str | os.PathLike, *, same_corpus: bool = False) -> Path:
+def other_text(corpus: str | os.PathLike, caches: list[Path]) -> list[Path]:
+    """The folders among ``caches`` whose token cache was made from another text than ``corpus`` is now.
+
+    Files with the fingerprint the cache recorded are the same; otherwise the corpus is tokenized once and
+    compared token for token (a copied or touched file is still the same text). Folders without a cache are
+    not listed."""
+    key = _fingerprint(text_files(corpus))
+    digest = None
+    other = []
+    for cache in caches:
+        try:
+            meta = json.loads((cache / TOKENS_META).read_text())
+            held = (cache / TOKENS_FILE).read_bytes() if meta.get("fingerprint") != key else None
+        except (OSError, ValueError):
+            continue
+        if held is None:
+            continue
+        if digest is None:
+            digest = hashlib.sha256(tokenize_documents(read_documents(corpus)).tobytes()).hexdigest()
+        if hashlib.sha256(held).hexdigest() != digest:
+            other.append(cache)
+    return other
+
+
+def cache_tokens(corpus: str | os.PathLike, cache_dir: str | os.PathLike, *, same_corpus: bool = False,
+                 check: Callable[[np.ndarray], Any] | None = None) -> Path:
     """Tokenize ``corpus`` into ``cache_dir/tokens.bin`` unless an up-to-date cache is already there.
 
     ``same_corpus`` (a resumed run): a cache made from other files, or from these files before they
     changed, is an error rather than silently replaced - the run would go on on another text.
+    ``check`` sees the tokens before anything is written, so a corpus it refuses (too small for one
+    window, say) leaves no cache behind.
     """
     files = text_files(corpus)
     cache = Path(cache_dir)
@@ -107,6 +135,8 @@ def cache_tokens(corpus: str | os.PathLike, cache_dir: str | os.PathLike, *, sam
                 f"text, or start a new run with -o NEW_FOLDER (--init {Path(cache_dir) / 'model'} continues from it)"
             )
     tokens = tokenize_documents(read_documents(corpus))
+    if check is not None:
+        check(tokens)
     write_bytes(bin_path, tokens.tobytes(), what="the token cache", option="--output")
     meta = {"format": _FORMAT, "dtype": "uint16", "tokens": int(tokens.size), "fingerprint": key,
             "source": str(Path(corpus).resolve()), "files": len(files)}

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from ..generation import generate
 from ..model import GPT
-from ..tokenizer import EOT_ID, get_tokenizer
+from ..tokenizer import EOT_ID, encode
 
 
 def sample_text(model: GPT, prompt: str = "", max_tokens: int = 64, *, seed: int = 0, temperature: float = 0.8,
                 top_k: int = 50) -> str:
     """Continue ``prompt`` (or a fresh document) by up to ``max_tokens`` tokens; stops at end-of-text."""
-    ids = get_tokenizer().encode_ordinary(prompt) if prompt else [EOT_ID]
+    ids = encode(prompt) if prompt else [EOT_ID]
     ids = ids[-(model.config.block_size - 1) :]  # the most recent tokens, quietly: a sample is a glimpse
     max_tokens = min(max_tokens, model.config.block_size - len(ids))
     sample = generate(model, ids, max_new_tokens=max_tokens, temperature=temperature, top_k=top_k, seed=seed)[0]
