@@ -24,18 +24,21 @@ from .options import ARCH_OPTIONS, TRAIN_FIELDS, architecture_options, training_
 @click.option("--baseline", help="The variant the others are compared with.  [default: the first]")
 @click.option("--match-params", is_flag=True, default=None,
               help="Resize the MLP of gated activations (swiglu, ...) to the ungated variants' parameter count.")
-@click.option("--jobs", type=click.IntRange(1), default=1, show_default=True,
+@click.option("--jobs", type=click.IntRange(1, 256), default=1, show_default=True,
               help="Runs at once: on a CPU they split the cores; with GPUs one GPU each.")
-@click.option("--nproc-per-node", type=click.IntRange(1), default=1, show_default=True,
+@click.option("--nproc-per-node", type=click.IntRange(1, 1024), default=1, show_default=True,
               help="Processes per run under torchrun (data parallel).")
 @click.option("--deploy", is_flag=True, help="Also export each variant to ONNX, validate it under onnxruntime and "
                                              "time decoding.")
 @click.option("--print-commands", is_flag=True, help="Print the gpt2reg train command of every run; train nothing.")
 @click.option("--report-only", is_flag=True, help="Rebuild the report from the run folders in -o; train nothing.")
+@click.option("--allow-changed-data", is_flag=True,
+              help="Go on when the corpus is no longer the text earlier runs in -o were trained on (the report "
+                   "says which runs saw which data); without it that is an error.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.pass_context
 def compare(ctx, out_dir, preset, variants, config_file, seeds, baseline, match_params, jobs, nproc_per_node,
-            deploy, print_commands, report_only, as_json, compile_, **options) -> None:
+            deploy, print_commands, report_only, allow_changed_data, as_json, compile_, **options) -> None:
     """Train model variants on the same data and budget; report which is better, by how much, and whether
     the difference is real (Welch's t-test over seeds).
 
@@ -55,6 +58,7 @@ def compare(ctx, out_dir, preset, variants, config_file, seeds, baseline, match_
     if report_only:
         results = report.build_report(out_dir, baseline)
         _show(results, out_dir, as_json)
+        _check_same_data(results, out_dir, allow_changed_data)
         return
     options["compile"] = compile_
     param_names = {"compile": "compile_"}
@@ -88,14 +92,25 @@ def compare(ctx, out_dir, preset, variants, config_file, seeds, baseline, match_
     from ..compare import run_comparison
 
     results = run_comparison(comparison, jobs=jobs, nproc_per_node=nproc_per_node, deploy=deploy,
-                             echo=lambda line: click.echo(line, err=True))
+                             echo=lambda line: click.echo(line, err=True), allow_changed_data=allow_changed_data)
     _show(results, out_dir, as_json)
+    _check_same_data(results, out_dir, allow_changed_data)
     if results["interrupted"]:
         click.echo("interrupted: run the same command again to continue", err=True)
         ctx.exit(130)
     if results["failed"]:
         raise click.ClickException(f"{len(results['failed'])} run(s) failed: {', '.join(results['failed'])}; "
                                    f"see {out_dir}/logs/")
+
+
+def _check_same_data(results: dict, out_dir: str, allow: bool) -> None:
+    """Runs of one seed that did not train or evaluate on the same data make the comparison unfair: an
+    error (exit 1), not only a line in the report, unless --allow-changed-data."""
+    mixed = [seed for seed, d in results["same_data"].items() if not (d["same_batches"] and d["same_val_windows"])]
+    if mixed and not allow:
+        raise click.ClickException(f"the runs of seed(s) {', '.join(mixed)} did not all see the same data (the "
+                                   f"corpus changed between runs?); see {out_dir}/report.md; retrain them on one "
+                                   "text, or pass --allow-changed-data to accept the report as it is")
 
 
 def _show(results: dict, out_dir: str, as_json: bool) -> None:

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..files import write_bytes, write_json, write_text
+from ..files import write_bytes, write_text
 from ..training.metrics import METRICS_FILE, read_metrics
 from . import stats
-from .spec import RUNS_DIR, read_plan
+from .spec import RUNS_DIR, check_plan, check_records, check_run, read_plan
 
 RESULTS_JSON = "results.json"
 RESULTS_CSV = "results.csv"
@@ -33,14 +33,21 @@ DEPLOY_DIR = "deploy"
 
 
 def run_state(run_dir: Path) -> dict[str, Any]:
-    """What a run folder holds: status (pending, partial, finished, diverged), its records and settings."""
+    """What a run folder holds: status (pending, partial, finished, diverged), its records and settings.
+
+    A loss that is not a finite number (NaN, an infinity: a diverged run, or an edited log) makes the run
+    diverged, wherever it is: such a run never counts as finished, so never as the best."""
     try:
         run = json.loads((run_dir / "run.json").read_text())
-    except (FileNotFoundError, ValueError):
+    except FileNotFoundError:
         return {"status": "pending", "records": [], "run": None}
-    records = read_metrics(run_dir / METRICS_FILE)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{run_dir / 'run.json'}: unreadable ({exc}); fix or remove that run folder") from None
+    run = check_run(run, run_dir / "run.json")
+    records = check_records(read_metrics(run_dir / METRICS_FILE), run_dir / METRICS_FILE)
     last = records[-1] if records else {}
-    if last.get("diverged"):
+    if last.get("diverged") or any(not math.isfinite(r[k]) for r in records for k in ("loss", "val_loss")
+                                   if r.get(k) is not None):
         status = "diverged"
     elif last.get("step", 0) >= run["train"]["max_steps"] and (run_dir / "model").is_dir():
         status = "finished"
@@ -65,7 +72,8 @@ def _plan_or_discover(out_dir: Path) -> dict[str, Any]:
         match = re.match(r"^(.+)-s(\d+)$", run_dir.name)
         variant, seed = (match.group(1), int(match.group(2))) if match else (run_dir.name, 0)
         if variant not in variants:
-            model = json.loads((run_dir / "run.json").read_text())["model"]
+            state = run_state(run_dir)
+            model = state["run"]["model"] if state["run"] else {}
             try:
                 from ..config import GPTConfig
 
@@ -74,8 +82,10 @@ def _plan_or_discover(out_dir: Path) -> dict[str, Any]:
                 params = None
             variants[variant] = {"name": variant, "settings": {}, "model": model, "params": params, "note": ""}
         plan_runs.append({"name": run_dir.name, "variant": variant, "seed": seed, "dir": f"{RUNS_DIR}/{run_dir.name}"})
-    return {"format": "gpt2reg-compare", "baseline": next(iter(variants)), "variants": list(variants.values()),
-            "runs": plan_runs, "seeds": sorted({r["seed"] for r in plan_runs}), "settings": {}}
+    plan = {"format": "gpt2reg-compare", "baseline": next(iter(variants)), "variants": list(variants.values()),
+            "runs": plan_runs, "settings": {}}
+    plan = check_plan(plan, f"{out_dir / RUNS_DIR} (the run folders' names)")
+    return {**plan, "seeds": sorted({r["seed"] for r in plan_runs})}
 
 
 def collect(out_dir: str | os.PathLike, baseline: str | None = None) -> dict[str, Any]:
@@ -165,7 +175,7 @@ def _diff_cells(v: dict[str, Any]) -> tuple[str, str]:
     cmp = v["vs_baseline"]
     if cmp is None:
         return "baseline", ""
-    ci = f" [{cmp['ci95'][0]:+.4f}, {cmp['ci95'][1]:+.4f}]" if cmp["ci95"] else ""
+    ci = f" [{cmp['ci95'][0]:+.4f}, {cmp['ci95'][1]:+.4f}]" if cmp["ci95"] and None not in cmp["ci95"] else ""
     return (_fmt(cmp["diff"], "+.4f") + ci, cmp["verdict"])
 
 
@@ -322,13 +332,35 @@ def write_csv(results: dict[str, Any]) -> str:
     return buffer.getvalue()
 
 
+def finite(results: dict[str, Any]) -> dict[str, Any]:
+    """``results`` as strict JSON can hold it: every NaN or infinity (Welch's t of two runs with no spread,
+    the loss of a diverged run) becomes null, and ``non_finite`` lists where and what each was."""
+    found: list[str] = []
+
+    def clean(value: Any, where: str) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            found.append(f"{where}: {value}")
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return value
+
+    out = clean({k: v for k, v in results.items() if k != "non_finite"}, "")
+    out["non_finite"] = found  # null in this file where the value was not a finite number
+    return out
+
+
 def build_report(out_dir: str | os.PathLike, baseline: str | None = None) -> dict[str, Any]:
-    """Collect the results from ``out_dir``'s run folders and write every report file; returns the results."""
+    """Collect the results from ``out_dir``'s run folders and write every report file; returns the results
+    as written to ``results.json``: strict JSON, nulls where a number was not finite (see ``finite``)."""
     out_dir = Path(out_dir)
     results = collect(out_dir, baseline)
     png = plot(results)
     write_bytes(out_dir / PLOT_FILE, png, what="the loss plot")
-    write_json(out_dir / RESULTS_JSON, results, what="the results")
+    results = finite(results)
+    write_text(out_dir / RESULTS_JSON, json.dumps(results, indent=2, allow_nan=False) + "\n", what="the results")
     write_text(out_dir / RESULTS_CSV, write_csv(results), what="the results")
     write_text(out_dir / REPORT_MD, render_markdown(results), what="the report")
     write_text(out_dir / REPORT_HTML, render_html(results, png), what="the report")

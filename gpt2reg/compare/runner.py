@@ -26,10 +26,12 @@ from typing import Any
 
 from ..errors import ConfigError, InputError
 from ..files import write_json
+from ..numbers import check_number
 from .report import DEPLOY_DIR, build_report, run_state
 from .spec import PLAN_FILE, Comparison, Run, format_command, train_command
 
 LOCK_FILE = ".compare.lock"
+MAX_JOBS = 256  # runs at once: more is a typo (each is a process, and a slot is set up for each)
 LOGS_DIR = "logs"
 REPORT_EVERY_S = 60.0  # while runs go, the report is also rebuilt this often
 _IGNORED = ("out_dir", "progress")  # run.json settings that do not change what a run computes
@@ -122,25 +124,44 @@ def _last_line(log_path: Path) -> str:
     return lines[-1].strip() if lines else ""
 
 
+def _check(comparison: Comparison, runs: list[Run], jobs: int, nproc: int, allow_changed_data: bool
+           ) -> tuple[dict[str, dict[str, Any]], list[dict[str, str]]]:
+    """Everything that can refuse a comparison, before it writes anything: the runs' states, the slots."""
+    states = {run.name: run_state(run.dir) for run in runs}
+    for run in runs:  # a folder trained with other settings: stop before anything trains
+        if states[run.name]["run"] is not None:
+            diff = _mismatch(run, states[run.name]["run"])
+            if diff:
+                raise ConfigError(f"{run.dir} holds a run with other settings ({diff}); use another -o "
+                                  "or remove that folder")
+    if not allow_changed_data:
+        from ..training.data import other_text
+
+        other = other_text(comparison.settings["data"], [r.dir for r in runs if r.dir.is_dir()])
+        if other:
+            raise InputError(f"{comparison.settings['data']} is not the text run(s) {', '.join(p.name for p in other)} "
+                             "were trained on (it changed since): restore it, or use another -o, or pass "
+                             "--allow-changed-data to train the others on the new text (the report then says "
+                             "which runs saw which data)")
+    return states, _slots(comparison, jobs, nproc)
+
+
 def run_comparison(comparison: Comparison, *, jobs: int = 1, nproc_per_node: int = 1, deploy: bool = False,
-                   echo: Callable[[str], None] | None = None) -> dict[str, Any]:
+                   echo: Callable[[str], None] | None = None, allow_changed_data: bool = False) -> dict[str, Any]:
     """Train every run not yet finished, then report; returns the results (see ``report.collect``) plus
-    ``failed`` (run -> last line of its log) and ``interrupted``."""
+    ``failed`` (run -> last line of its log) and ``interrupted``.
+
+    A corpus that is no longer the text the folder's runs were trained on is an error before anything
+    trains, unless ``allow_changed_data``. Every refusal comes before the first file is written."""
     say = echo or (lambda line: None)
-    if jobs < 1 or nproc_per_node < 1:
-        raise ConfigError("jobs and nproc_per_node must be at least 1")
+    for name, value, high in (("jobs", jobs, MAX_JOBS), ("nproc_per_node", nproc_per_node, 1024)):
+        check_number(name, value, 1, high, integer=True, error=ConfigError)
     out = comparison.out_dir
-    out.mkdir(parents=True, exist_ok=True)
     runs = comparison.runs()
+    states, slots = _check(comparison, runs, jobs, nproc_per_node, allow_changed_data)
+    out.mkdir(parents=True, exist_ok=True)
     with _locked(out) as lock_fd:
-        states = {run.name: run_state(run.dir) for run in runs}
-        for run in runs:  # a folder trained with other settings: stop before anything trains
-            if states[run.name]["run"] is not None:
-                diff = _mismatch(run, states[run.name]["run"])
-                if diff:
-                    raise ConfigError(f"{run.dir} holds a run with other settings ({diff}); use another -o "
-                                      "or remove that folder")
-        slots = _slots(comparison, jobs, nproc_per_node)
+        states = {run.name: run_state(run.dir) for run in runs}  # as found under the lock
         plan = {**comparison.to_dict(), "jobs": jobs, "nproc_per_node": nproc_per_node}
         write_json(out / PLAN_FILE, plan, what="the comparison plan")
         (out / LOGS_DIR).mkdir(exist_ok=True)

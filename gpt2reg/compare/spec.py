@@ -8,6 +8,11 @@ batches, the same validation windows and the same number of tokens.
 
 Each variant x seed is an ordinary ``gpt2reg train`` run in ``DIR/runs/<variant>-s<seed>``, and
 ``train_command`` is exactly the command that trains it.
+
+One schema checks what a comparison is given, wherever it comes from (options, a TOML file, the API, the
+``compare.json`` that ``--report-only`` reads back), before anything runs, with the CLI's rules: seeds are
+a count >= 1 or distinct seeds in ``SEED_RANGE`` (a seed given twice would count one run twice), a bool is
+a real true/false (not 1, not "no"), axes are lists of distinct component names, variants are tables.
 """
 
 from __future__ import annotations
@@ -39,6 +44,9 @@ TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not
 SHARED_ONLY = ("data", "max_steps", "batch_size", "grad_accum", "seq_len", "val_fraction", "eval_interval",
                "eval_batches", "seed", "device")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*$")
+SEED_RANGE = (0, 2**63 - 1)  # as the CLI's --seed: torch.manual_seed and numpy take it
+MAX_SEEDS = 10_000  # runs per variant: a count above this is a typo, not a plan
+TOML_KEYS = ("seeds", "baseline", "match_params", "settings", "axes", "variant")
 _FIELD_TYPES = {**{f.name: f.type for f in dataclasses.fields(GPTConfig)},
                 **{f.name: f.type for f in dataclasses.fields(TrainConfig)}}
 
@@ -60,6 +68,9 @@ def parse_value(key: str, value: Any, where: str = "") -> Any:
             return None
         raise ConfigError(f"{key}=none{context}: {key} needs a value")
     base = kind.replace(" | None", "")
+    if not isinstance(value, (str, int, float)):  # a TOML list, table or date
+        raise ConfigError(f"{key}={value!r}{context}: expected {'true/false' if base == 'bool' else base}, "
+                          f"not {_type_name(value)}")
     try:
         if base == "bool":
             if isinstance(value, bool):
@@ -79,7 +90,7 @@ def parse_value(key: str, value: Any, where: str = "") -> Any:
                 raise ValueError
             return float(value)
         return str(value)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise ConfigError(f"{key}={value!r}{context}: expected {'true/false' if base == 'bool' else base}") from None
 
 
@@ -104,6 +115,62 @@ def _auto_name(settings: dict[str, Any], raw: dict[str, Any] | None = None) -> s
     return "-".join(parts)
 
 
+def _type_name(value: Any) -> str:
+    return {bool: "true/false", int: "an integer", float: "a number", str: "text", list: "a list",
+            dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def check_seeds(seeds: Any, where: str = "seeds") -> int | list[int]:
+    """A count of seeds (>= 1) or a list of distinct seeds, as ``--seeds`` and ``--seed`` take them."""
+    low, high = SEED_RANGE
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        if not 1 <= seeds <= MAX_SEEDS:
+            raise ConfigError(f"{where}={seeds}: a count of seeds must be in [1, {MAX_SEEDS}] (or give a list of seeds)")
+        return seeds
+    if not isinstance(seeds, list):
+        raise ConfigError(f"{where}={seeds!r}: give a count (seeds = 3) or a list of seeds (seeds = [0, 1, 2]), "
+                          f"not {_type_name(seeds)}")
+    if not seeds:
+        raise ConfigError(f"{where}=[]: need at least one seed")
+    if len(seeds) > MAX_SEEDS:
+        raise ConfigError(f"{where}: {len(seeds)} seeds; at most {MAX_SEEDS}")
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not low <= seed <= high:
+            raise ConfigError(f"{where}: seed {seed!r} is not an integer in [{low}, {high}]")
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    if twice:
+        raise ConfigError(f"{where}: seed(s) {', '.join(map(str, twice))} given twice; each seed is one run, "
+                          "and a run counted twice fakes a spread of zero")
+    return list(seeds)
+
+
+def check_bool(value: Any, where: str) -> bool:
+    """A real true/false: TOML's ``"no"`` or ``1`` is a mistake, not a truth value."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}={value!r}: must be true or false, not {_type_name(value)}")
+    return value
+
+
+def check_axes(axes: Any, where: str) -> dict[str, list[str]]:
+    """``{kind: [component, ...]}`` with known kinds and distinct, non-empty component names."""
+    if not isinstance(axes, dict):
+        raise ConfigError(f"{where}: must be a table of lists, e.g. pos = [\"learned\", \"rope\"], "
+                          f"not {_type_name(axes)}")
+    out = {}
+    for kind, values in axes.items():
+        if kind not in AXES:
+            raise ConfigError(f"{where}: unknown axis '{kind}'; axes: {', '.join(AXES)} (other settings: use "
+                              "variants)")
+        if not isinstance(values, list) or not values or not all(isinstance(v, str) and v.strip() for v in values):
+            raise ConfigError(f"{where}.{kind}: must be a non-empty list of component names, e.g. "
+                              f"[\"learned\", \"rope\"], not {values!r}")
+        twice = sorted({v for v in values if values.count(v) > 1})
+        if twice:
+            raise ConfigError(f"{where}.{kind}: {', '.join(twice)} given twice")
+        out[kind] = [v.strip() for v in values]
+    return out
+
+
 def parse_variant(text: str) -> Variant:
     """``"pos=rope,act=swiglu,lr=3e-3"`` (optionally ``name=...``) as a Variant."""
     raw: dict[str, str] = {}
@@ -125,9 +192,7 @@ def parse_variant(text: str) -> Variant:
 def grid(axes: dict[str, list[str]]) -> list[Variant]:
     """Every combination of the axes' values (first values first: the first variant is the baseline).
     Axes with one value are not part of the names (they are shared settings)."""
-    for kind in axes:
-        if kind not in AXES:
-            raise ConfigError(f"unknown axis '{kind}'; axes: {', '.join(AXES)} (other settings: use variants)")
+    axes = check_axes(axes, "axes")
     named = [k for k, values in axes.items() if len(values) > 1]
     variants = []
     for combo in itertools.product(*axes.values()):
@@ -155,23 +220,40 @@ def load_toml(path: str | os.PathLike) -> dict[str, Any]:
         raise InputError(f"{path}: no such file") from None
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{path}: not valid TOML ({exc})") from None
-    unknown = sorted(set(data) - {"seeds", "baseline", "match_params", "settings", "axes", "variant"})
+    unknown = sorted(set(data) - set(TOML_KEYS))
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; "
                           "keys: seeds, baseline, match_params, [settings], [axes], [[variant]]")
-    axes = data.get("axes", {})
-    for kind, values in axes.items():
-        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-            raise ConfigError(f"{path}: axes.{kind} must be a list of component names")
+    out: dict[str, Any] = {"seeds": None, "baseline": None, "match_params": None}
+    if "seeds" in data:
+        out["seeds"] = check_seeds(data["seeds"], f"{path}: seeds")
+    if "baseline" in data:
+        if not isinstance(data["baseline"], str) or not data["baseline"]:
+            raise ConfigError(f"{path}: baseline={data['baseline']!r}: must be a variant's name")
+        out["baseline"] = data["baseline"]
+    if "match_params" in data:
+        out["match_params"] = check_bool(data["match_params"], f"{path}: match_params")
+    out["axes"] = check_axes(data.get("axes", {}), f"{path}: [axes]")
+    tables = data.get("variant", [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError(f"{path}: variant must be tables ([[variant]] with name = ... and settings), "
+                          f"not {_type_name(tables)}")
     variants = []
-    for i, table in enumerate(data.get("variant", [])):
+    for i, table in enumerate(tables):
         table = dict(table)
         name = table.pop("name", None)
+        if name is not None and not isinstance(name, str):
+            raise ConfigError(f"{path}: variant {i + 1}: name={name!r} must be text")
         settings = check_settings(table, f"{path} variant {name or i + 1}")
-        variants.append(Variant(str(name) if name else _auto_name(settings), settings))
-    settings = check_settings(data.get("settings", {}), f"{path} [settings]", shared=True)
-    return {"seeds": data.get("seeds"), "baseline": data.get("baseline"), "match_params": data.get("match_params"),
-            "settings": settings, "axes": axes, "variants": variants}
+        if not settings:
+            raise ConfigError(f"{path}: variant {name or i + 1} sets nothing besides its name")
+        variants.append(Variant(name or _auto_name(settings), settings))
+    shared = data.get("settings", {})
+    if not isinstance(shared, dict):
+        raise ConfigError(f"{path}: settings must be a table ([settings]), not {_type_name(shared)}")
+    out["settings"] = check_settings(shared, f"{path} [settings]", shared=True)
+    out["variants"] = variants
+    return out
 
 
 @dataclass(frozen=True)
@@ -224,15 +306,22 @@ class Comparison:
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ConfigError(f"variant name(s) given twice: {', '.join(duplicates)}; name them with name=...")
-        self.seeds = list(range(settings.get("seed", 0), settings.get("seed", 0) + seeds)) if isinstance(seeds, int) \
-            else list(seeds)
-        if not self.seeds:
-            raise ConfigError("seeds: need at least one")
+        seeds = check_seeds(seeds)
+        if isinstance(seeds, int):
+            first = settings.get("seed", 0)
+            if first + seeds - 1 > SEED_RANGE[1]:
+                raise ConfigError(f"seeds: {seeds} seeds from seed {first} pass the largest seed, {SEED_RANGE[1]}")
+            seeds = list(range(first, first + seeds))
+        self.seeds = seeds
+        check_bool(match_params, "match_params")
         if baseline is not None and baseline not in names:
             raise ConfigError(f"baseline '{baseline}' is not a variant; variants: {', '.join(names)}")
         if baseline is not None:  # the baseline goes first
             variants = sorted(variants, key=lambda v: v.name != baseline)
-        self.out_dir = Path(out_dir)
+        from ..files import check_folder
+
+        # A comparison folder is reused (to resume); only where it goes is checked: read-only, a file, a name.
+        self.out_dir = check_folder(out_dir, what="the comparison", reusable=lambda _: True)
         self.preset = preset
         self.settings = settings
         self.variants = variants
@@ -330,13 +419,97 @@ class Comparison:
 
 
 def read_plan(out_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The plan ``compare`` saved in ``out_dir`` (None if there is none), checked by ``check_plan``."""
     path = Path(out_dir) / PLAN_FILE
     try:
-        return json.loads(path.read_text())
+        plan = json.loads(path.read_text())
     except FileNotFoundError:
         return None
-    except ValueError as exc:
+    except (ValueError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: unreadable ({exc})") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    return check_plan(plan, path)
+
+
+def _plan_error(path: Any, what: str) -> InputError:
+    return InputError(f"{path}: {what}; not a plan gpt2reg compare wrote (edited?): fix it, or remove it and "
+                      f"the report is rebuilt from the {RUNS_DIR}/<variant>-s<seed> folders")
+
+
+def _is_int(value: Any, low: int = 0, high: int = 2**63 - 1) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def check_plan(plan: Any, path: Any = PLAN_FILE) -> dict[str, Any]:
+    """A ``compare.json`` (``Comparison.to_dict``) whose every field the report reads has its type: variants
+    with distinct names, runs of known variants in their own ``runs/`` folders, each variant x seed once."""
+    if not isinstance(plan, dict) or plan.get("format") != "gpt2reg-compare":
+        raise _plan_error(path, "no \"format\": \"gpt2reg-compare\"")
+    variants, runs = plan.get("variants"), plan.get("runs")
+    if not isinstance(variants, list) or not variants or not all(isinstance(v, dict) for v in variants):
+        raise _plan_error(path, "\"variants\" is not a non-empty list of objects")
+    names = []
+    for v in variants:
+        name = v.get("name")
+        if not isinstance(name, str) or not _NAME_RE.match(name) or name in names:
+            raise _plan_error(path, f"variant name {name!r} is not a distinct folder-safe name")
+        if not isinstance(v.get("settings", {}), dict) or not isinstance(v.get("model"), dict):
+            raise _plan_error(path, f"variant '{name}': \"settings\" and \"model\" must be objects")
+        if v.get("params") is not None and not _is_int(v["params"]):
+            raise _plan_error(path, f"variant '{name}': \"params\"={v['params']!r} is not a count")
+        if not isinstance(v.get("note", ""), str):
+            raise _plan_error(path, f"variant '{name}': \"note\" is not text")
+        names.append(name)
+    if plan.get("baseline") not in names:
+        raise _plan_error(path, f"baseline {plan.get('baseline')!r} is not one of its variants")
+    if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
+        raise _plan_error(path, "\"runs\" is not a list of objects")
+    seen: set[tuple[str, int]] = set()
+    for r in runs:
+        name, variant, seed, folder = r.get("name"), r.get("variant"), r.get("seed"), r.get("dir")
+        if variant not in names or not _is_int(seed, *SEED_RANGE) or not isinstance(name, str):
+            raise _plan_error(path, f"run {name!r}: variant {variant!r} or seed {seed!r} is not valid")
+        if folder != f"{RUNS_DIR}/{name}" or not _NAME_RE.match(name):
+            raise _plan_error(path, f"run {name!r}: its folder must be {RUNS_DIR}/<name>, not {folder!r}")
+        if (variant, seed) in seen:
+            raise _plan_error(path, f"variant '{variant}' seed {seed} is listed twice (one run counted twice)")
+        seen.add((variant, seed))
+    if "seeds" in plan:
+        seeds = plan["seeds"]
+        if not isinstance(seeds, list) or not all(_is_int(s, *SEED_RANGE) for s in seeds) or len(set(seeds)) != len(seeds):
+            raise _plan_error(path, f"\"seeds\"={seeds!r} is not a list of distinct seeds")
+    if not isinstance(plan.get("settings", {}), dict):
+        raise _plan_error(path, "\"settings\" is not an object")
+    if plan.get("jobs") is not None and not _is_int(plan["jobs"], 1):
+        raise _plan_error(path, f"\"jobs\"={plan['jobs']!r} is not a count")
+    return plan
+
+
+def check_run(run: Any, path: Any) -> dict[str, Any]:
+    """A run folder's ``run.json`` as far as the report reads it: its model and its step budget."""
+    train = run.get("train") if isinstance(run, dict) else None
+    if not isinstance(train, dict) or not _is_int(train.get("max_steps"), 1) or not isinstance(run.get("model"), dict):
+        raise InputError(f"{path}: not the run.json of a gpt2reg train run (no model, or no train.max_steps >= 1; "
+                         "edited?): fix or remove that run folder")
+    return run
+
+
+_NUMBERS = ("loss", "val_loss", "tokens_per_s", "lr", "grad_norm", "elapsed_s")
+
+
+def check_records(records: list[Any], path: Any) -> list[dict[str, Any]]:
+    """A run's ``metrics.jsonl`` records with the types the report computes with (a count for step and
+    tokens, a number or null for the losses and speeds; NaN and infinities are numbers here - a run with one
+    counts as diverged, see ``report.run_state``)."""
+    for i, record in enumerate(records, start=1):
+        bad = not isinstance(record, dict) or not _is_int(record.get("step")) or not _is_int(record.get("tokens"))
+        bad = bad or any(record.get(k) is not None and (isinstance(record[k], bool) or not isinstance(record[k], (int, float)))
+                         for k in _NUMBERS)
+        if bad:
+            raise InputError(f"{path}: record {i} is not a gpt2reg metrics record (step and tokens counts, losses "
+                             "numbers or null; edited?): fix or remove that run folder")
+    return records
 
 
 def _flag(key: str) -> str:
