@@ -10,6 +10,11 @@ Environment:
   distribution names); set but empty loads the built-ins only. Plugins left out are listed as disabled.
 - ``GPT2REG_STRICT_PLUGINS=1``: a plugin that fails to import or register is an error instead of a
   warning on stderr.
+- ``GPT2REG_PLUGIN_IMPORT_TIMEOUT``: seconds a plugin's import may take (default 30); a slower one is
+  skipped as failed, so a plugin that hangs at import cannot hang ``components``, ``train`` or ``serve``.
+
+Each plugin is imported in a thread of its own (that is how its time is limited), and what it prints
+while importing goes to stderr: stdout stays the command's, machine-readable with ``--json``.
 
 Name collisions, whatever the load order: a name registered by two plugins is an error for the later
 one (built-ins, then entry points by name, then in-process plugins), naming both, and that plugin's
@@ -23,6 +28,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -39,6 +45,7 @@ ENTRY_POINT_GROUP = "gpt2reg"
 BUILTIN_MODULE = "gpt2reg.components"
 DISTRIBUTION = "gpt2reg"
 HOOKS = tuple(hook for hook, _label in KINDS.values())
+IMPORT_TIMEOUT_S = 30.0  # GPT2REG_PLUGIN_IMPORT_TIMEOUT overrides it
 
 
 @dataclass
@@ -160,7 +167,83 @@ def _entry_points() -> list[metadata.EntryPoint]:
     return sorted(eps, key=lambda ep: ep.name)
 
 
+def _import_timeout() -> float:
+    text = os.environ.get("GPT2REG_PLUGIN_IMPORT_TIMEOUT", "").strip()
+    if not text:
+        return IMPORT_TIMEOUT_S
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < 1e6:
+        raise PluginError(f"GPT2REG_PLUGIN_IMPORT_TIMEOUT={text!r}: give the seconds a plugin's import may take "
+                          f"(a number > 0; default {IMPORT_TIMEOUT_S:g})")
+    return seconds
+
+
+class _ImportOutput:
+    """``sys.stdout`` while plugins import: a plugin-import thread's writes go to stderr, others' to stdout."""
+
+    def __init__(self, stdout: Any) -> None:
+        self.stdout = stdout
+        self.importers: set[int] = set()
+
+    def _target(self) -> Any:
+        return sys.stderr if threading.get_ident() in self.importers else self.stdout
+
+    def write(self, text: str) -> int:
+        return self._target().write(text)
+
+    def flush(self) -> None:
+        self._target().flush()
+
+    def __getattr__(self, name: str) -> Any:  # encoding, buffer, isatty...: the real stdout's
+        return getattr(self.stdout, name)
+
+
+@contextmanager
+def _quiet_imports() -> Iterator[_ImportOutput]:
+    """Divert what plugin imports print; left in place for an import still running (it timed out)."""
+    output = _ImportOutput(sys.stdout)
+    sys.stdout = output
+    try:
+        yield output
+    finally:
+        if sys.stdout is output and not output.importers:
+            sys.stdout = output.stdout
+
+
+def _timed_load(ep: metadata.EntryPoint, output: _ImportOutput, timeout: float) -> Any:
+    """``ep.load()`` in a thread of its own, at most ``timeout`` seconds; raises what the import raised, or
+    ``TimeoutError`` (the thread is left to finish or hang on its own: a daemon, it does not hold exit)."""
+    result: dict[str, Any] = {}
+
+    def load() -> None:
+        output.importers.add(threading.get_ident())
+        try:
+            result["plugin"] = ep.load()
+        except BaseException as exc:  # SystemExit too: a plugin must not end the CLI
+            result["error"] = exc
+        finally:
+            output.importers.discard(threading.get_ident())
+
+    thread = threading.Thread(target=load, name=f"gpt2reg-plugin-{ep.name}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise TimeoutError
+    if "error" in result:
+        raise result["error"]
+    return result["plugin"]
+
+
 def _load_entry_points(pm: pluggy.PluginManager, infos: dict[str, PluginInfo]) -> None:
+    timeout = _import_timeout()
+    with _quiet_imports() as output:
+        _load_each(pm, infos, output, timeout)
+
+
+def _load_each(pm: pluggy.PluginManager, infos: dict[str, PluginInfo], output: _ImportOutput, timeout: float) -> None:
     allow = _allow_list()
     matched = {DISTRIBUTION}  # the built-ins always load; naming them in the allow-list is harmless
     builtin_loaded = False
@@ -184,7 +267,10 @@ def _load_entry_points(pm: pluggy.PluginManager, infos: dict[str, PluginInfo]) -
                 continue
             matched |= keys
         try:
-            plugin = ep.load()
+            plugin = _timed_load(ep, output, timeout)
+        except TimeoutError:
+            _fail(info, f"import of '{ep.value}' took longer than {timeout:g} s (GPT2REG_PLUGIN_IMPORT_TIMEOUT)")
+            continue
         except (Exception, SystemExit) as exc:  # a broken plugin must not take the CLI down with it
             _fail(info, f"import of '{ep.value}' failed: {type(exc).__name__}: {exc}")
             continue
