@@ -60,6 +60,7 @@ def places(tmp_path_factory):
     corpus.write_text("The quick brown fox jumps over the lazy dog. " * 400)
     other = root / "other.txt"
     other.write_text("Another text entirely, about something else. " * 400)
+    (root / "small.txt").write_text("Too short for one window of 64 tokens.")
     broken = root / "nan_model"  # a diverged model: every weight NaN
     with torch.no_grad():
         for parameter in model.parameters():
@@ -69,7 +70,7 @@ def places(tmp_path_factory):
     done = CliRunner().invoke(cli, ["train", *[a.format(corpus=corpus) for a in TRAIN], "-o", str(run)])
     assert done.exit_code == 0, done.output
     paths = {"tiny": str(tiny), "corpus": str(corpus), "other": str(other), "root": str(root), "nan_model": str(broken),
-             "run": str(run)}
+             "run": str(run), "small": str(root / "small.txt")}
     mounts = []
     if os.geteuid() == 0 and shutil.which("mount"):
         for name, options in (("ro", "ro,size=1m"), ("full", "size=2m")):
@@ -287,8 +288,7 @@ def test_full_disk_during_training_leaves_no_temporary(places, tmp_path, monkeyp
                                       "-o", str(run)])
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.exit_code == 1 and len(lines) == 1 and "no space left" in lines[0].lower() or "disk full" in lines[0]
-    assert not [p for p in run.rglob("*") if ".tmp" in p.name]
-    shutil.rmtree(run)
+    assert not run.exists(), "a run folder without a checkpoint was left"
 
 
 def test_staged_write_removes_everything_on_any_error(tmp_path) -> None:
@@ -420,7 +420,7 @@ API_CASES = [
       for k, values in {
           "lr": [NAN, INF, 0.0, -1.0, "0.1"], "min_lr": [NAN, -1.0, 1.0], "weight_decay": [NAN, INF, -0.1],
           "grad_clip": [NAN, INF, -1.0], "val_fraction": [NAN, 1.0, -0.1], "max_steps": [0, 1.5, NAN],
-          "batch_size": [0, 2.0], "grad_accum": [0], "warmup_steps": [-1], "seed": [-1, 0.5], "seq_len": [0],
+          "batch_size": [0, 2.0], "grad_accum": [0, 10**11], "warmup_steps": [-1], "seed": [-1, 0.5], "seq_len": [0],
           "checkpoint_interval": [0], "keep_checkpoints": [0], "eval_batches": [0], "sample_tokens": [-1],
           "device": [0],
       }.items() for v in values],
@@ -597,3 +597,516 @@ def test_plugin_components_takes_the_distribution_name() -> None:
     if "alibi" not in get_registry().names("pos"):
         pytest.skip("the example plugin gpt2reg-alibi is not installed")
     assert plugin_components("gpt2reg-alibi") == plugin_components("alibi") == plugin_components("gpt2reg_alibi")
+
+
+# -- sampling: every accepted temperature, top-k and top-p gives a distribution ---------------------
+
+TINY_T, HUGE_T = (1e-320, 5e-324, 1e-300, 1e-8), (1e300, sys.float_info.max)
+SAMPLING = [(t, k, p) for t in (*TINY_T, 0.7, *HUGE_T)
+            for k, p in ((None, None), (1, None), (5, None), (10**9, None), (None, 5e-324), (None, 0.5), (3, 0.999999))]
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", SAMPLING, ids=[f"t={t:g},k={k},p={p}" for t, k, p in SAMPLING])
+def test_any_accepted_sampling_options_give_a_distribution(temperature, top_k, top_p) -> None:
+    """The numpy sampler every path uses (torch, ONNX, the server): finite, non-negative, sums to one; a
+    tiny temperature is the greedy choice (a tie for the best shares it), a huge one spreads the mass."""
+    import numpy as np
+
+    from gpt2reg.generation import Sampler, SamplingOptions, probabilities
+
+    logits = np.random.default_rng(0).normal(0, 8, size=(3, 50304)).astype(np.float32)
+    logits[1, :2] = logits[1].max() + 1  # row 1: two tokens tie for the best
+    options = SamplingOptions(temperature, top_k, top_p)
+    probs = probabilities(logits, options)
+    assert np.isfinite(probs).all() and (probs >= 0).all() and np.allclose(probs.sum(-1), 1)
+    best = logits.max(-1, keepdims=True)
+    if temperature in TINY_T:
+        assert (probs[logits < best] == 0).all() and (probs[[0, 2], logits[[0, 2]].argmax(-1)] == 1).all()
+    tokens = Sampler(options, [0, 1, 2], seed=0)(logits)
+    assert all(probs[i, t] > 0 for i, t in enumerate(tokens))
+
+
+def test_a_tiny_temperature_generates_the_greedy_text(places, tmp_path, monkeypatch) -> None:
+    """1e-320 used to overflow to NaN and end every sample at once with end-of-text (finish_reason stop)."""
+    monkeypatch.chdir(tmp_path)
+    args = ["generate", places["tiny"], "-p", "Hello", "-n", "12", "--seed", "0", "--json"]
+    greedy = CliRunner().invoke(cli, [*args, "--greedy"])
+    tiny = CliRunner().invoke(cli, [*args, "-t", "1e-320"])
+    assert greedy.exit_code == tiny.exit_code == 0, tiny.output
+    import json
+
+    ours, theirs = json.loads(tiny.stdout)[0], json.loads(greedy.stdout)[0]
+    assert ours["generated_ids"] == theirs["generated_ids"] and ours["finish_reason"] == "length", ours
+
+
+# -- text input: the tokenizer never sees a pathological run in one piece ---------------------------
+
+PATHOLOGICAL = {
+    "1M-spaces": " " * 1_000_000,
+    "1M-newlines": "\n" * 1_000_000,
+    "1M-mixed-whitespace": " \t\n\r" * 250_000,
+    "1M-no-break-spaces": "\xa0" * 1_000_000,
+    "1M-ideographic-spaces": "\u3000" * 500_000,
+    "1M-letters": "a" * 1_000_000,
+    "runs-between-words": ("word" + " " * 200_000) * 5,
+    "end-of-text-run": "<|endoftext|>" * 80_000,
+}
+
+
+@pytest.mark.parametrize("name", list(PATHOLOGICAL))
+def test_pathological_text_tokenizes_in_bounded_pieces(name) -> None:
+    from gpt2reg.tokenizer import PIECE_CHARS, encode, encode_batch, get_tokenizer, pieces
+
+    text = PATHOLOGICAL[name]
+    assert max(len(p) for p in pieces(text)) <= PIECE_CHARS
+    tok = get_tokenizer()
+    assert tok.decode(encode(text)) == text and encode_batch([text, "x"])[0] == encode(text)
+    special = encode(text, special=True)
+    assert tok.decode(special) == text and (50256 in special) == ("<|endoftext|>" in text)
+
+
+def test_the_unbounded_tokenizer_really_fails_on_them() -> None:
+    """Keeps the table above honest: tiktoken itself panics on one of its rows (a Rust stack overflow)."""
+    code = "from gpt2reg.tokenizer import get_tokenizer; get_tokenizer().encode_ordinary(' ' * 1_000_000)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "panicked" in proc.stderr
+
+
+def _varied_text(seed: int) -> str:
+    import random
+
+    rng = random.Random(seed)
+    words = ["hello", "World", "don't", "we'll", "I'm", "123", "4.56", "!!", "...", "Ünïcödé", "日本語", "😀", "—",
+             "<|endoftext|>", "x", "'s", "e=mc²", "\"quoted\"", "(paren)", "\x1c", "tab\there"]
+    gaps = [" ", "\n", "  ", " \n", "\t", "\r\n", "\n\n", " \u3000", "\xa0", "   "]
+    return "".join(rng.choice(words) + rng.choice(gaps) for _ in range(rng.randint(0, 120)))
+
+
+@pytest.mark.parametrize("piece_chars", [24, 40, 64, 4096])
+def test_bounded_pieces_give_the_unsplit_tokens_on_normal_text(piece_chars) -> None:
+    """Cut only where the split pattern starts a new match anyway: on text with such a place in every window,
+    the tokens are those of one unsplit encoding, ordinary and with <|endoftext|> special."""
+    from gpt2reg.tokenizer import encode, encode_batch, get_tokenizer
+
+    tok = get_tokenizer()
+    texts = [_varied_text(seed) for seed in range(300)]
+    for text in texts:
+        assert encode(text, piece_chars=piece_chars) == tok.encode_ordinary(text), text
+        assert encode(text, special=True, piece_chars=piece_chars) == tok.encode(text, allowed_special={"<|endoftext|>"})
+    assert encode_batch(texts, piece_chars=piece_chars) == tok.encode_ordinary_batch(texts)
+
+
+def test_bounded_pieces_give_the_unsplit_tokens_on_this_repository() -> None:
+    """Real text (the package's sources and README, ~1 MB): cut at the default size, tokens unchanged."""
+    from gpt2reg.tokenizer import PIECE_CHARS, encode, get_tokenizer, pieces
+
+    root = Path(__file__).resolve().parents[1]
+    text = "\n".join(p.read_text() for p in sorted([*root.glob("gpt2reg/**/*.py"), *root.glob("*.md")]))
+    assert len(list(pieces(text))) > len(text) // PIECE_CHARS
+    assert encode(text) == get_tokenizer().encode_ordinary(text)
+
+
+@pytest.fixture(scope="module")
+def spaces_corpus(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("spaces") / "spaces.txt"
+    path.write_text("Some words first. " * 300 + " " * 1_000_000 + "And words after. " * 300)
+    return path
+
+
+def test_train_and_eval_take_a_million_spaces(spaces_corpus, tmp_path, monkeypatch) -> None:
+    """train end to end; eval up to its scoring (scoring a million tokens is slow and not what is tested)."""
+    from gpt2reg.training import eval as evaluation
+
+    monkeypatch.chdir(tmp_path)
+    train = CliRunner().invoke(cli, ["train", *[a.format(corpus=spaces_corpus) for a in TRAIN], "-o", "run"])
+    assert train.exit_code == 0 and "Traceback" not in train.output, train.output
+    scored = []
+    monkeypatch.setattr(evaluation, "evaluate_tokens", lambda model, tokens, **kw: scored.append(tokens) or {})
+    evaluation.evaluate(str(tmp_path / "run" / "model"), spaces_corpus)
+    assert scored[0].size > 1_000_000 // 2 and (scored[0] == 220).sum() > 0  # " " is token 220
+
+
+def test_a_prompt_of_a_million_spaces_is_encoded(places) -> None:
+    """What generate and the server's prompt parsing call (gpt2reg.generation.encode_prompts)."""
+    from gpt2reg.generation import encode_prompts
+
+    (ids,) = encode_prompts(" " * 1_000_000 + "<|endoftext|>", 50257)
+    assert len(ids) > 1 and ids[-1] == 50256
+
+
+# -- compare: study files, options and report inputs, one schema ----------------------------------
+
+COMPARE = ["compare", "--data", "{corpus}", *TINY, "--max-steps", "2", "--batch-size", "2", "--eval-interval", "2",
+           "--sample-tokens", "0"]
+_STUDY_TAIL = '[[variant]]\nname = "a"\npos = "rope"\n'
+STUDIES = {  # file name -> TOML text; each is refused before anything is written
+    "seeds-twice": "seeds = [5, 5]\n" + _STUDY_TAIL,
+    "seeds-zero": "seeds = 0\n" + _STUDY_TAIL,
+    "seeds-empty": "seeds = []\n" + _STUDY_TAIL,
+    "seeds-true": "seeds = true\n" + _STUDY_TAIL,
+    "seeds-float": "seeds = 1.5\n" + _STUDY_TAIL,
+    "seeds-text": 'seeds = "3"\n' + _STUDY_TAIL,
+    "seeds-negative": "seeds = [0, -1]\n" + _STUDY_TAIL,
+    "seeds-bool-in-list": "seeds = [0, true]\n" + _STUDY_TAIL,
+    "seeds-too-many": "seeds = 100000000000\n" + _STUDY_TAIL,
+    "match-params-text": 'match_params = "no"\n' + _STUDY_TAIL,
+    "match-params-int": "match_params = 1\n" + _STUDY_TAIL,
+    "baseline-int": "baseline = 4\n" + _STUDY_TAIL,
+    "baseline-unknown": 'baseline = "b"\n' + _STUDY_TAIL,
+    "variant-int": "variant = 5\n",
+    "variant-name-int": "[[variant]]\nname = 3\npos = \"rope\"\n",
+    "variant-empty": '[[variant]]\nname = "a"\n',
+    "variant-list-value": '[[variant]]\nname = "a"\nlr = [1, 2]\n',
+    "variant-shared-key": '[[variant]]\nname = "a"\nmax_steps = 3\n',
+    "variant-unknown-key": '[[variant]]\nname = "a"\nspeed = 3\n',
+    "variant-int-for-text": "[[variant]]\npos = 5\n",
+    "variants-same-name": _STUDY_TAIL * 2,
+    "axes-int": "axes = 5\n",
+    "axes-list-of-ints": "[axes]\npos = [1, 2]\n",
+    "axes-empty-list": "[axes]\npos = []\n",
+    "axes-twice": '[axes]\npos = ["learned", "learned"]\n',
+    "axes-unknown-kind": '[axes]\nlr = ["1", "2"]\n',
+    "axes-unknown-component": '[axes]\npos = ["learned", "nope"]\n',
+    "settings-int": "settings = 3\n" + _STUDY_TAIL,
+    "setting-float-for-int": "[settings]\nn_layer = 2.5\n" + _STUDY_TAIL,
+    "setting-bool-for-int": "[settings]\nn_layer = true\n" + _STUDY_TAIL,
+    "setting-huge-float": "[settings]\nn_layer = 1e400\n" + _STUDY_TAIL,
+    "setting-nan": "[settings]\nlr = nan\n" + _STUDY_TAIL,
+    "setting-date": "[settings]\nlr = 1970-01-01\n" + _STUDY_TAIL,
+    "setting-bool-text": '[settings]\nbias = "maybe"\n' + _STUDY_TAIL,
+    "unknown-key": "speed = 3\n" + _STUDY_TAIL,
+    "not-toml": "seeds = [\n",
+}
+STUDY_EXPECT = {"seeds-twice": "given twice", "seeds-zero": "seeds=0", "seeds-empty": "at least one seed",
+                "seeds-true": "not true/false", "seeds-float": "not a number", "seeds-text": "not text",
+                "seeds-negative": "seed -1", "seeds-bool-in-list": "seed True", "seeds-too-many": "seeds=100000000000",
+                "match-params-text": "match_params='no'", "match-params-int": "match_params=1",
+                "baseline-int": "baseline=4", "baseline-unknown": "baseline 'b' is not a variant",
+                "variant-int": "variant must be tables", "variant-name-int": "name=3 must be text",
+                "variant-empty": "sets nothing", "variant-list-value": "not a list",
+                "variant-shared-key": "every variant shares it", "variant-unknown-key": "unknown setting 'speed'",
+                "variant-int-for-text": "unknown positional encoding", "variants-same-name": "given twice",
+                "axes-int": "must be a table of lists", "axes-list-of-ints": "non-empty list of component names",
+                "axes-empty-list": "non-empty list", "axes-twice": "learned given twice",
+                "axes-unknown-kind": "unknown axis 'lr'", "axes-unknown-component": "nope",
+                "settings-int": "settings must be a table", "setting-float-for-int": "expected int",
+                "setting-bool-for-int": "expected int", "setting-huge-float": "expected int", "setting-nan": "lr=nan",
+                "setting-date": "not date", "setting-bool-text": "expected true/false",
+                "unknown-key": "unknown key(s) speed", "not-toml": "not valid TOML"}
+COMPARE_CASES = (
+    *[Case(f"study-{name}", [*COMPARE, "--config", f"{{studies}}/{name}.toml", "-o", "cmp"], STUDY_EXPECT[name])
+      for name in STUDIES],
+    *[Case(f"study-{name}-print-commands", [*COMPARE, "--config", f"{{studies}}/{name}.toml", "-o", "cmp",
+                                            "--print-commands"], STUDY_EXPECT[name])
+      for name in ("seeds-twice", "match-params-text", "variant-int")],
+    Case("compare-jobs-huge", [*COMPARE, "--variant", "pos=rope", "--jobs", "99999999999999999999", "-o", "cmp"],
+         "--jobs"),
+    Case("compare-jobs-over-max", [*COMPARE, "--variant", "pos=rope", "--jobs", "257", "-o", "cmp"], "--jobs"),
+    Case("compare-seeds-zero", [*COMPARE, "--variant", "pos=rope", "--seeds", "0", "-o", "cmp"], "--seeds"),
+    Case("compare-o-is-a-file", [*COMPARE, "--variant", "pos=rope", "-o", "{corpus}"], "is a file"),
+    Case("compare-o-read-only", [*COMPARE, "--variant", "pos=rope", "-o", "{ro}/cmp"], "read-only", needs=("root",)),
+    Case("compare-print-commands-read-only", [*COMPARE, "--variant", "pos=rope", "-o", "{ro}/cmp",
+                                              "--print-commands"], "read-only", needs=("root",)),
+    Case("compare-report-only-nothing-there", ["compare", "-o", "{root}/nothing", "--report-only"], "no comparison here"),
+)
+
+
+@pytest.fixture(scope="module")
+def studies(places) -> str:
+    folder = Path(places["root"]) / "studies"
+    folder.mkdir()
+    for name, text in STUDIES.items():
+        (folder / f"{name}.toml").write_text(text)
+    return str(folder)
+
+
+@cases(*COMPARE_CASES)
+def test_compare_inputs_are_checked_before_anything_runs(case: Case, places, studies, tmp_path, monkeypatch) -> None:
+    run_case(case, {**places, "studies": studies}, tmp_path, monkeypatch)
+
+
+def _study(places, folder: Path) -> Path:
+    """A finished comparison folder without training: the plan compare writes, and the fixture's finished run
+    as each of its runs (its model folder linked). Variant 'twin' scores 0.1 worse at every evaluation."""
+    import json
+
+    args = [a.format(**places) for a in COMPARE]
+    made = CliRunner().invoke(cli, [*args, "--variant", "pos=learned", "--variant", "name=twin,pos=learned",
+                                    "--seeds", "2", "--print-commands", "-o", str(folder)])
+    assert made.exit_code == 0, made.output
+    run = Path(places["run"])
+    for name in ("learned-s0", "learned-s1", "twin-s0", "twin-s1"):
+        target = folder / "runs" / name
+        target.mkdir(parents=True)
+        for file in ("run.json", "tokens.json"):
+            shutil.copy(run / file, target / file)
+        (target / "model").symlink_to(run / "model")
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        for r in records:
+            if name.startswith("twin") and r.get("val_loss") is not None:
+                r["val_loss"] += 0.1
+        (target / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return folder
+
+
+def _edit_json(name: str, change):
+    def edit(folder: Path) -> None:
+        import json
+
+        path = folder / name
+        data = json.loads(path.read_text())
+        change(data)  # in place
+        path.write_text(json.dumps(data))
+    return edit
+
+
+def _write(name: str, text: str):
+    return lambda folder: (folder / name).write_text(text)
+
+
+def _records(name: str, change):
+    def edit(folder: Path) -> None:
+        import json
+
+        path = folder / name
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        records[-1] = change(records[-1])
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return edit
+
+
+def _rename_runs(folder: Path) -> None:
+    (folder / "compare.json").unlink()  # run folders' names: learned-s1 and learned-s01 are one seed twice
+    (folder / "runs" / "twin-s0").rename(folder / "runs" / "learned-s01")
+
+
+PLAN = "compare.json"
+REPORT_INPUTS = [  # (id, how the study is edited, the words of the error)
+    ("plan-not-json", _write(PLAN, "{"), "unreadable"),
+    ("plan-not-utf8", lambda f: (f / PLAN).write_bytes(b"\xff\xfe{"), "unreadable"),
+    ("plan-a-list", _write(PLAN, "[]"), "gpt2reg-compare"),
+    ("plan-no-format", _edit_json(PLAN, lambda d: d.pop("format")), "gpt2reg-compare"),
+    ("plan-no-variants", _edit_json(PLAN, lambda d: d.update(variants=[])), "non-empty list"),
+    ("plan-variant-not-object", _edit_json(PLAN, lambda d: d.update(variants=[5])), "non-empty list of objects"),
+    ("plan-variant-name-number", _edit_json(PLAN, lambda d: d["variants"][0].update(name=5)), "variant name 5"),
+    ("plan-variant-name-path", _edit_json(PLAN, lambda d: d["variants"][0].update(name="../x")), "folder-safe"),
+    ("plan-variant-twice", _edit_json(PLAN, lambda d: d["variants"].append(d["variants"][0])), "distinct"),
+    ("plan-variant-model-missing", _edit_json(PLAN, lambda d: d["variants"][0].pop("model")), '"model"'),
+    ("plan-params-text", _edit_json(PLAN, lambda d: d["variants"][0].update(params="many")), "params"),
+    ("plan-baseline-unknown", _edit_json(PLAN, lambda d: d.update(baseline="nope")), "baseline 'nope'"),
+    ("plan-runs-not-list", _edit_json(PLAN, lambda d: d.update(runs={})), '"runs"'),
+    ("plan-run-unknown-variant", _edit_json(PLAN, lambda d: d["runs"][0].update(variant="nope")), "variant 'nope'"),
+    ("plan-run-seed-true", _edit_json(PLAN, lambda d: d["runs"][0].update(seed=True)), "seed True"),
+    ("plan-run-seed-float", _edit_json(PLAN, lambda d: d["runs"][0].update(seed=0.5)), "seed 0.5"),
+    ("plan-run-dir-escapes", _edit_json(PLAN, lambda d: d["runs"][0].update(dir="../../etc")), "its folder must be"),
+    ("plan-run-twice", _edit_json(PLAN, lambda d: d["runs"].append(dict(d["runs"][0], name="again",
+                                                                           dir="runs/again"))), "listed twice"),
+    ("plan-seeds-twice", _edit_json(PLAN, lambda d: d.update(seeds=[0, 0])), "distinct seeds"),
+    ("plan-settings-list", _edit_json(PLAN, lambda d: d.update(settings=[])), '"settings"'),
+    ("plan-jobs-text", _edit_json(PLAN, lambda d: d.update(jobs="2")), '"jobs"'),
+    ("run-json-not-json", _write("runs/learned-s0/run.json", "{"), "run.json: unreadable"),
+    ("run-json-a-list", _write("runs/learned-s0/run.json", "[]"), "not the run.json"),
+    ("run-json-max-steps-text", _edit_json("runs/learned-s0/run.json", lambda d: d["train"].update(max_steps="2")),
+     "train.max_steps"),
+    ("run-json-no-model", _edit_json("runs/learned-s0/run.json", lambda d: d.pop("model")), "not the run.json"),
+    ("metrics-step-text", _records("runs/twin-s1/metrics.jsonl", lambda r: {**r, "step": "2"}), "record 2"),
+    ("metrics-record-a-number", _records("runs/twin-s1/metrics.jsonl", lambda r: 5), "record 2"),
+    ("metrics-loss-text", _records("runs/twin-s1/metrics.jsonl", lambda r: {**r, "val_loss": "low"}), "record 2"),
+    ("metrics-loss-bool", _records("runs/twin-s1/metrics.jsonl", lambda r: {**r, "loss": True}), "record 2"),
+    ("names-one-seed-twice", _rename_runs, "listed twice"),
+]
+
+
+@pytest.mark.parametrize("edit,expect", [c[1:] for c in REPORT_INPUTS], ids=[c[0] for c in REPORT_INPUTS])
+def test_report_only_checks_what_it_reads(edit, expect, places, tmp_path, monkeypatch) -> None:
+    study = _study(places, tmp_path / "study")
+    edit(study)
+    case = Case("report-only", ["compare", "-o", str(study), "--report-only"], expect)
+    run_case(case, places, tmp_path, monkeypatch)
+
+
+def _strict_json(path: Path):
+    import json
+
+    def refuse(constant):
+        raise AssertionError(f"{path} holds {constant}: not strict JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
+def test_a_non_finite_loss_is_diverged_never_finished_nor_best(value, places, tmp_path) -> None:
+    """An edited (or broken) log: the run is diverged; results.json stays strict JSON, nulls said where."""
+    study = _study(places, tmp_path / "study")
+    path = study / "runs" / "twin-s0" / "metrics.jsonl"
+    path.write_text(path.read_text().replace('"val_loss": ', f'"val_loss": {value}, "was": '))
+    result = CliRunner().invoke(cli, ["compare", "-o", str(study), "--report-only", "--json"])
+    assert result.exit_code == 0, result.output
+    results = _strict_json(study / "results.json")
+    import json
+
+    assert json.loads(result.stdout, parse_constant=lambda c: pytest.fail(c)) == results
+    twin = next(v for v in results["variants"] if v["name"] == "twin")
+    assert [r["status"] for r in twin["runs"]] == ["diverged", "finished"] and twin["val_loss"]["n"] == 1
+    assert any(p.startswith("variants[1].runs[0].curve") for p in results["non_finite"]), results["non_finite"]
+    assert "best final validation loss: the baseline" in (study / "report.md").read_text()
+
+
+def test_no_spread_gives_null_not_infinity(places, tmp_path) -> None:
+    """Two seeds with equal losses per variant: Welch's t is infinite; results.json says null, and where."""
+    study = _study(places, tmp_path / "study")
+    result = CliRunner().invoke(cli, ["compare", "-o", str(study), "--report-only"])
+    assert result.exit_code == 0, result.output
+    results = _strict_json(study / "results.json")
+    assert results["variants"][1]["vs_baseline"]["t"] is None
+    assert results["non_finite"] == ["variants[1].vs_baseline.t: inf"]
+
+
+def test_a_changed_corpus_is_an_error_before_training(places, tmp_path, monkeypatch) -> None:
+    """A finished run in the folder was trained on the corpus before it changed: more seeds would train on
+    another text. Refused before anything is written; --allow-changed-data goes on (not tested: it trains)."""
+    corpus = tmp_path / "corpus.txt"
+    shutil.copy(places["corpus"], corpus)
+    study = _study({**places, "corpus": str(corpus)}, tmp_path / "study")
+    for name in ("learned-s0", "learned-s1", "twin-s0", "twin-s1"):  # the runs' token caches, of this corpus
+        shutil.copy(Path(places["run"]) / "tokens.bin", study / "runs" / name / "tokens.bin")
+    (study / "runs" / "twin-s0" / "run.json").write_text(
+        (study / "runs" / "twin-s0" / "run.json").read_text().replace(places["corpus"], str(corpus)))
+    corpus.write_text(Path(places["other"]).read_text())
+    for name in ("learned-s0", "learned-s1", "twin-s1"):
+        shutil.rmtree(study / "runs" / name)
+    args = [a.format(**{**places, "corpus": str(corpus)}) for a in COMPARE]
+    case = Case("changed-corpus", [*args, "--variant", "pos=learned", "--variant", "name=twin,pos=learned",
+                                   "--seeds", "2", "-o", str(study)], "is not the text run(s) twin-s0")
+    run_case(case, places, tmp_path, monkeypatch)
+
+
+def test_runs_that_saw_other_data_fail_the_report(places, tmp_path) -> None:
+    """Seed 0 of one variant trained on another text: the report says so, and so do the console and the exit code."""
+    import json
+
+    study = _study(places, tmp_path / "study")
+    path = study / "runs" / "twin-s0" / "metrics.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps({**r, "batch_sha256": "0" * 16}) + "\n" for r in records))
+    result = CliRunner().invoke(cli, ["compare", "-o", str(study), "--report-only"])
+    assert result.exit_code == 1 and result.stderr.strip().splitlines()[-1].startswith("Error: the runs of seed(s) 0")
+    assert "WARNING the runs did not see the same data" in (study / "report.md").read_text()
+    allowed = CliRunner().invoke(cli, ["compare", "-o", str(study), "--report-only", "--allow-changed-data"])
+    assert allowed.exit_code == 0, allowed.output
+
+
+# -- plugins that print or hang at import ----------------------------------------------------------
+
+NOISY_PLUGINS = {  # dist name: (entry-point name, module source)
+    "chatty-plugin": ("chatty", "print('hello from chatty, imported')\nimport sys\nsys.stdout.write('more\\n')\n"),
+    "hanging-plugin": ("hanging", "import time\nprint('about to hang')\ntime.sleep(3600)\n"),
+}
+
+
+@pytest.fixture(scope="module")
+def noisy_site(tmp_path_factory) -> Path:
+    from test_plugins import _install
+
+    root = tmp_path_factory.mktemp("noisy_site")
+    for dist, (ep_name, source) in NOISY_PLUGINS.items():
+        _install(root, dist, ep_name, source)
+    return root
+
+
+PLUGIN_IMPORTS = [  # (id, args, extra environment)
+    ("components-json", ["components", "--json"], {}),
+    ("plugins-json", ["plugins", "--json"], {}),
+    ("info-json", ["info", "{tiny}", "--json"], {}),
+    ("generate-json", ["generate", "{tiny}", "-p", "Hi", "-n", "2", "--seed", "0", "--json"], {}),
+]
+
+
+@pytest.mark.parametrize("args,env", [c[1:] for c in PLUGIN_IMPORTS], ids=[c[0] for c in PLUGIN_IMPORTS])
+def test_plugin_imports_neither_print_to_stdout_nor_hang(args, env, noisy_site, places) -> None:
+    """Machine-readable stdout stays JSON; the hanging import is skipped after the documented limit, with a
+    warning naming the setting; the command finishes well within the time the plugin hangs."""
+    import json
+    import time
+
+    from test_plugins import gpt2reg_cli
+
+    start = time.monotonic()
+    result = gpt2reg_cli(noisy_site, *[a.format(**places) for a in args], GPT2REG_PLUGIN_IMPORT_TIMEOUT="2", **env)
+    assert result.returncode == 0, result.stderr
+    json.loads(result.stdout)  # nothing the plugins printed
+    assert "hello from chatty" in result.stderr and "more" in result.stderr
+    assert "'hanging' (hanging-plugin) failed and was skipped: import of 'hanging_plugin' took longer than 2 s " \
+           "(GPT2REG_PLUGIN_IMPORT_TIMEOUT)" in result.stderr
+    assert time.monotonic() - start < 60
+
+
+@pytest.mark.parametrize("args", [["components"], ["build", *TINY, "-o", "{work}/m"]], ids=["components", "build"])
+def test_a_hanging_plugin_is_an_error_in_strict_mode(args, noisy_site, tmp_path) -> None:
+    from test_plugins import gpt2reg_cli
+
+    args = [a.format(work=tmp_path) for a in args]
+    result = gpt2reg_cli(noisy_site, *args, GPT2REG_PLUGIN_IMPORT_TIMEOUT="1", GPT2REG_STRICT_PLUGINS="1",
+                         GPT2REG_LOAD_PLUGINS="hanging")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and lines[-1].startswith("Error: plugin 'hanging'") and "took longer than 1 s" \
+        in lines[-1], result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-1", "nan", "inf"])
+def test_a_bad_import_timeout_is_a_one_line_error(value, noisy_site) -> None:
+    from test_plugins import gpt2reg_cli
+
+    result = gpt2reg_cli(noisy_site, "components", GPT2REG_PLUGIN_IMPORT_TIMEOUT=value)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1 and "GPT2REG_PLUGIN_IMPORT_TIMEOUT" in lines[0], result.stderr
+
+
+# -- training: work sizes bounded, and a refused run leaves nothing -------------------------------
+
+TRAINING = (
+    Case("train-grad-accum-huge", ["train", *TRAIN, "--grad-accum", "100000000000", "-o", "run"], "--grad-accum"),
+    Case("train-val-fraction-0.999999", ["train", *TRAIN, "--val-fraction", "0.999999", "-o", "run"],
+         "too few for windows"),
+    Case("train-val-fraction-0.999999-seq-len", ["train", *TRAIN, "--val-fraction", "0.999999", "--seq-len", "8",
+                                                 "-o", "{work}/a/b/run"], "too few for windows"),
+    Case("train-corpus-too-small", ["train", *TRAIN[2:], "--data", "{small}", "-o", "run"], "too few for windows"),
+    Case("train-validation-too-small", ["train", *TRAIN, "--val-fraction", "0.001", "-o", "run"],
+         "fewer than one window"),
+    Case("compare-grad-accum-huge", [*COMPARE, "--variant", "pos=rope", "--grad-accum", "100000000000", "-o", "cmp"],
+         "--grad-accum"),
+    Case("compare-study-grad-accum-huge", [*COMPARE, "--variant", "pos=rope,grad_accum=100000000000", "-o", "cmp"],
+         "grad_accum"),
+)
+
+
+@cases(*TRAINING)
+def test_training_refusals_leave_nothing(case: Case, places, tmp_path, monkeypatch) -> None:
+    run_case(case, places, tmp_path, monkeypatch)
+
+
+def test_a_refused_run_in_an_empty_folder_leaves_it_empty(places, tmp_path, monkeypatch) -> None:
+    (tmp_path / "run").mkdir()
+    case = Case("train-small-into-empty-folder", ["train", *TRAIN[2:], "--data", "{small}", "-o", "run"],
+                "too few for windows")
+    run_case(case, places, tmp_path, monkeypatch)
+    assert list((tmp_path / "run").iterdir()) == []
+
+
+def test_many_micro_batches_make_the_same_step_as_one_batch(places, tmp_path, monkeypatch) -> None:
+    """The step's batches are made (and digested) one micro-batch at a time now: same digests as before."""
+    import json
+
+    from gpt2reg.training.loop import _arrays_digest
+
+    monkeypatch.chdir(tmp_path)
+    args = [a.format(**places) for a in TRAIN]
+    done = CliRunner().invoke(cli, ["train", *args, "--grad-accum", "3", "--max-steps", "1", "-o", "run"])
+    assert done.exit_code == 0, done.output
+    from gpt2reg.training.data import TokenData, load_tokens
+
+    data = TokenData(load_tokens(tmp_path / "run" / "tokens.bin"), 64, 0.1, 0)
+    expected = _arrays_digest(*(a for micro in range(3) for a in data.batch(2, 0, micro)))
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["batch_sha256"] == expected

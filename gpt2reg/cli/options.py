@@ -92,7 +92,7 @@ _TRAINING_DECORATORS = (
     click.option("--max-steps", type=click.IntRange(1), default=_default("max_steps"), show_default=True),
     click.option("--batch-size", type=click.IntRange(1), default=_default("batch_size"), show_default=True,
                  help="Sequences per micro-batch, per process."),
-    click.option("--grad-accum", type=click.IntRange(1), default=_default("grad_accum"), show_default=True,
+    click.option("--grad-accum", type=click.IntRange(1, 65536), default=_default("grad_accum"), show_default=True,
                  help="Micro-batches per optimizer step."),
     click.option("--seq-len", type=click.IntRange(1), help="Training window in tokens.  [default: the model's block size]"),
     click.option("--lr", type=Real(min=0, min_open=True), default=_default("lr"), show_default=True,

@@ -9,6 +9,9 @@ from typing import Any
 from ..errors import ConfigError
 from ..numbers import check_number
 
+# Micro-batches per step: a bound so that a typo (1e11) is refused instead of a first step that never ends.
+MAX_GRAD_ACCUM = 65536
+
 
 @dataclass
 class TrainConfig:
@@ -45,8 +48,9 @@ class TrainConfig:
         def check(name: str, low: float | None = None, high: float | None = None, **kw: Any) -> None:
             check_number(name, getattr(self, name), low, high, error=ConfigError, **kw)
 
-        for name in ("max_steps", "batch_size", "grad_accum", "eval_interval", "eval_batches", "keep_checkpoints"):
+        for name in ("max_steps", "batch_size", "eval_interval", "eval_batches", "keep_checkpoints"):
             check(name, 1, integer=True)
+        check("grad_accum", 1, MAX_GRAD_ACCUM, integer=True)
         for name in ("seq_len", "checkpoint_interval"):
             if getattr(self, name) is not None:
                 check(name, 1, integer=True)

@@ -27,6 +27,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -120,8 +121,19 @@ def train(config: TrainConfig, model: ModelSpec = None, *, resume: bool = False)
     device = resolve_device(config.device)
     owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     group = distributed.init(device)
+    run_dir = Path(config.out_dir)
+    existed = run_dir.is_dir()
+    new = not resume and (not run_dir.exists() or (existed and not any(run_dir.iterdir())))
     try:
         return _Trainer(config, model, resume, device, group).run()
+    except Exception:
+        # A new run that failed (a full disk, a bad corpus) before its first checkpoint: nothing worth
+        # resuming, so nothing is left that looks like a run (an empty folder given with -o stays).
+        if new and group.is_main and run_dir.is_dir() and not checkpoint_paths(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)
+            if existed:
+                run_dir.mkdir(exist_ok=True)
+        raise
     finally:
         if owns_group:
             distributed.shutdown(group)
@@ -269,7 +281,8 @@ class _Trainer:
         if self.group.is_main:
             try:
                 remove_stale_temporaries(self.run_dir)
-                cache_tokens(cfg.data, self.run_dir, same_corpus=self.resume)
+                cache_tokens(cfg.data, self.run_dir, same_corpus=self.resume,
+                             check=lambda tokens: TokenData(tokens, self.seq_len, cfg.val_fraction, cfg.seed))
             except InputError as exc:
                 error = str(exc)
         # Every rank raises the main rank's error instead of waiting forever for it.
@@ -398,9 +411,12 @@ class _Trainer:
         for param_group in self.optimizer.param_groups:
             param_group["lr"] = lr
         total = torch.zeros((), device=self.device)
-        batches = [self.data.batch(cfg.batch_size, step, micro, group.rank) for micro in range(cfg.grad_accum)]
+        digest = hashlib.sha256()  # of this step's windows, in order: as _arrays_digest of them all
         try:
-            for micro, batch in enumerate(batches):
+            for micro in range(cfg.grad_accum):  # made one at a time: never grad_accum batches in memory
+                batch = self.data.batch(cfg.batch_size, step, micro, group.rank)
+                for array in batch:
+                    digest.update(array.tobytes())
                 x, y = (torch.from_numpy(a).to(self.device, non_blocking=True) for a in batch)
                 last_micro = micro == cfg.grad_accum - 1
                 sync = contextlib.nullcontext() if last_micro or not group.enabled else step_model.no_sync()
@@ -422,8 +438,7 @@ class _Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         # One collective for both: the mean loss over ranks, and whether any rank was asked to stop.
         flags = group.sum(torch.stack([total.float(), torch.tensor(float(self.stop_requested), device=self.device)]))
-        digest = _arrays_digest(*(a for batch in batches for a in batch))
-        return flags[0].item() / group.world_size, grad_norm, bool(flags[1].item()), digest
+        return flags[0].item() / group.world_size, grad_norm, bool(flags[1].item()), digest.hexdigest()[:16]
 
     @torch.no_grad()
     def _validation_loss(self) -> float:
