@@ -9,6 +9,7 @@ weights are never held twice. Pickle files are only ever read with ``weights_onl
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import pickle
@@ -176,6 +177,15 @@ def load_model(
 def _read(source: str | Path) -> _Checkpoint:
     path = Path(source).expanduser()
     if not path.exists():
+        if path.is_symlink():  # there, but leading nowhere: not a name to look up on the Hub
+            try:
+                os.stat(path)
+                reason = "it cannot be followed"
+            except OSError as exc:
+                reason = ("it is a loop of links" if exc.errno == errno.ELOOP
+                          else f"its target {os.readlink(path)} does not exist")
+            raise CheckpointError(f"{source} is a symbolic link that leads nowhere: {reason}; point it at a model "
+                                  "folder or file")
         if _looks_like_hub_id(str(source)):
             return _read_dir(_download(str(source)))
         raise CheckpointError(f"no such file or directory: {source}")

@@ -126,7 +126,7 @@ WRITES = (
          "no space left on device", needs=("root",)),
     Case("build-o-full-disk-deep", ["build", "--n-layer", "2", "--n-head", "2", "--n-embd", "64", "-o",
                                     "{full}/x/y/m"], "no space left on device", needs=("root",)),
-    Case("export-o-directory", ["export", "{tiny}", "-o", "{root}", "--no-validate"], "is a directory"),
+    Case("export-o-directory", ["export", "{tiny}", "-o", "{root}", "--no-validate"], "is a folder"),
     Case("export-o-existing-file", ["export", "{tiny}", "-o", "{corpus}", "--no-validate"], "--force"),
     Case("export-o-long-name", ["export", "{tiny}", "-o", f"{LONG_NAME}.onnx", "--no-validate"], "shorter name"),
     Case("export-o-under-a-file", ["export", "{tiny}", "-o", "{corpus}/x.onnx"], "is a file, not a folder"),
