@@ -1110,3 +1110,77 @@ def test_many_micro_batches_make_the_same_step_as_one_batch(places, tmp_path, mo
     expected = _arrays_digest(*(a for micro in range(3) for a in data.batch(2, 0, micro)))
     record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     assert record["batch_sha256"] == expected
+
+
+# -- loading: model folders, links and ONNX files that are not what they claim ----------------------
+
+MISFITS = {"wider": {"n_embd": 64}, "deeper": {"n_layer": 3}, "shallower": {"n_layer": 1}, "longer": {"block_size": 128},
+           "rope": {"pos": "rope"}, "swiglu": {"act": "swiglu"}, "rmsnorm": {"norm": "rmsnorm"},
+           "padded-vocab": {"vocab_size": 50304}, "no-bias": {"bias": False}, "untied": {"tie_embeddings": False},
+           "mlp-ratio": {"mlp_ratio": 2.0}}
+
+
+@pytest.fixture(scope="module")
+def loading(places) -> dict[str, str]:
+    """Model folders whose config disagrees with their tensors (the tiny model's weights, linked), links that
+    lead nowhere, a folder named like an ONNX file, and ONNX files under a real export's metadata whose
+    graphs are not ours."""
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    from gpt2reg.ort.metadata import GRAPH_KV, OnnxDescription
+
+    root = Path(places["root"]) / "loading"
+    root.mkdir()
+    tiny = Path(places["tiny"])
+    meta = json.loads((tiny / "gpt2reg.json").read_text())
+    for name, change in MISFITS.items():
+        folder = root / name
+        folder.mkdir()
+        (folder / "gpt2reg.json").write_text(json.dumps({**meta, "config": {**meta["config"], **change}}))
+        (folder / "model.safetensors").symlink_to(tiny / "model.safetensors")
+    (root / "loop1").symlink_to(root / "loop2")
+    (root / "loop2").symlink_to(root / "loop1")
+    (root / "dangling").symlink_to(root / "nothing-there")
+    (root / "x.onnx").mkdir()
+    props = OnnxDescription(GRAPH_KV, meta["config"]).to_props()
+    for name, inputs in (("relu", ["x"]), ("ids-only", ["input_ids"])):
+        values = [helper.make_tensor_value_info(i, TensorProto.FLOAT, ["b", "s"]) for i in inputs]
+        out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["b", "s"])
+        graph = helper.make_graph([helper.make_node("Relu", [inputs[0]], ["logits"])], name, values, [out])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 9
+        helper.set_model_props(model, props)
+        onnx.save(model, root / f"{name}.onnx")
+    return {"loading": str(root)}
+
+
+LOADING = (
+    *[Case(f"{command}-config-{name}", [command, f"{{loading}}/{name}", *extra], "does not fit its config")
+      for name in MISFITS
+      for command, extra in (("info", []), ("generate", ["-p", "Hi", "-n", "2"]))],
+    Case("eval-config-wider", ["eval", "{loading}/wider", "--data", "{corpus}"], "does not fit its config"),
+    Case("export-config-wider", ["export", "{loading}/wider", "-o", "x.onnx"], "does not fit its config"),
+    Case("bench-config-wider", ["bench", "{loading}/wider"], "does not fit its config"),
+    *[Case(f"{command}-{link}", [command, f"{{loading}}/{link}", *extra], words)
+      for link, words in (("loop1", "a loop of links"), ("dangling", "nothing-there does not exist"))
+      for command, extra in (("info", []), ("generate", ["-p", "Hi"]), ("eval", ["--data", "{corpus}"]),
+                             ("export", ["-o", "x.onnx"]), ("bench", []))],
+    *[Case(f"{command}-foreign-graph-{name}", args, "are not those of a gpt2reg export")
+      for name in ("relu", "ids-only")
+      for command, args in (("generate", ["generate", "--onnx", f"{{loading}}/{name}.onnx", "-p", "Hi"]),
+                            ("validate", ["validate", f"{{loading}}/{name}.onnx", "{tiny}"]),
+                            ("eval", ["eval", f"{{loading}}/{name}.onnx", "--data", "{corpus}"]))],
+    Case("validate-onnx-folder", ["validate", "{loading}/x.onnx", "{tiny}"], "is a directory"),
+    Case("generate-onnx-folder", ["generate", "--onnx", "{loading}/x.onnx", "-p", "Hi"], "is a directory"),
+    Case("eval-onnx-folder", ["eval", "{loading}/x.onnx", "--data", "{corpus}"], "is not a file"),
+    Case("export-o-without-suffix", ["export", "{tiny}", "-o", "name", "--no-validate"], "use -o name.onnx"),
+    Case("export-o-other-suffix", ["export", "{tiny}", "-o", "name.onx", "--no-validate"], "ends in .onnx"),
+)
+
+
+@cases(*LOADING)
+def test_loading_what_is_not_what_it_claims(case: Case, places, loading, tmp_path, monkeypatch) -> None:
+    run_case(case, {**places, **loading}, tmp_path, monkeypatch)

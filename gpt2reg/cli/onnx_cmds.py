@@ -61,6 +61,9 @@ def export(model_source, fmt, output, kv_cache, opset, dtype, quantize, validate
     path = output if output is not None else default_export_path(model_source, kv_cache=kv_cache, dtype=dtype, quantize=quantize)
     # Before the model is loaded and exported: a read-only or taken location fails at once.
     check_file(path, what="the ONNX file", force=force, owned=is_export)
+    if output and not str(output).endswith(".onnx"):  # eval, serve and bench tell an export from a model by it
+        raise click.UsageError(f"-o {output}: an ONNX file's name ends in .onnx (eval, serve and bench take a path "
+                               f"without it for a model folder); use -o {output}.onnx")
     model = load_model(model_source)
     reports, timing = [], {"validation": 0.0}
 

@@ -288,6 +288,10 @@ def validate_onnx(
     else:
         info = create_session(str(onnx_path), provider, huge_pages=False)
         session, actual, note = info.session, info.provider, info.note
+        try:
+            description.check_io(session, str(onnx_path))
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
     report = ValidationReport(
         passed=False, max_abs_diff=float("nan"), mean_abs_diff=float("nan"), top1_agreement=float("nan"),
         provider=actual, atol=atol, min_top1=tolerance.min_top1, variant=description.variant,

@@ -136,6 +136,27 @@ class OnnxDescription:
         } | ({"gpt2reg.kv_in_place": "true"} if self.kv_in_place else {}) | (
             {"gpt2reg.kv_extend_rows": str(self.kv_extend_rows)} if self.kv_extend_rows is not None else {})
 
+    def check_io(self, session: Any, source: str = "the file") -> None:
+        """``ValueError`` (one line) unless ``session``'s graph has the inputs and outputs a gpt2reg export of
+        this config has: a foreign graph under copied metadata would otherwise fail deep inside onnxruntime."""
+        inputs = [i.name for i in session.get_inputs()]
+        outputs = [o.name for o in session.get_outputs()]
+        try:
+            want = io_layout(self.graph, self.config, self.dtype, logits_to_keep=LOGITS_TO_KEEP in inputs)
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+            raise ValueError(f"{source} has damaged gpt2reg metadata: its config lacks {exc}") from None
+        for kind, have, need in (("inputs", inputs, want["inputs"]), ("outputs", outputs, want["outputs"])):
+            need_names = [x["name"] for x in need]
+            if sorted(have) != sorted(need_names):
+                missing = [n for n in need_names if n not in have]
+                extra = [n for n in have if n not in need_names]
+                raise ValueError(
+                    f"{source}: its graph's {kind} are not those of a gpt2reg export of its config "
+                    f"({self.graph}, n_layer={self.config.get('n_layer')})"
+                    + (f"; missing: {', '.join(missing[:4])}" + (" ..." if len(missing) > 4 else "") if missing else "")
+                    + (f"; not ours: {', '.join(extra[:4])}" + (" ..." if len(extra) > 4 else "") if extra else "")
+                    + "; export it again with gpt2reg export")
+
     @classmethod
     def from_props(cls, props: dict[str, str], source: str = "the file") -> OnnxDescription:
         """Parse metadata; ``ValueError`` naming ``source`` when it is not a gpt2reg export."""

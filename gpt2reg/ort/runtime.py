@@ -58,6 +58,7 @@ class OnnxGPT:
         props = dict(self.session.get_modelmeta().custom_metadata_map)
         try:
             self.description = OnnxDescription.from_props(props, self.path)
+            self.description.check_io(self.session, self.path)
         except ValueError as exc:
             raise InputError(str(exc)) from None
         if self.description.tokenizer != "gpt2":

@@ -122,8 +122,11 @@ def train(config: TrainConfig, model: ModelSpec = None, *, resume: bool = False)
     owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     group = distributed.init(device)
     run_dir = Path(config.out_dir)
-    existed = run_dir.is_dir()
-    new = not resume and (not run_dir.exists() or (existed and not any(run_dir.iterdir())))
+    try:
+        existed = run_dir.is_dir()
+        new = not resume and (not run_dir.exists() or (existed and not any(run_dir.iterdir())))
+    except OSError:  # a name the file system cannot hold (check_run_dir says so): nothing to clean up
+        existed = new = False
     try:
         return _Trainer(config, model, resume, device, group).run()
     except Exception:
