@@ -39,9 +39,10 @@ print(json.dumps(time.perf_counter() - start))
 
 
 def _export(model: str, path: Path, quantize: str | None, opset: int) -> float:
-    root = str(Path(__file__).resolve().parents[2])
+    """Export in a child of its own, in the caller's working folder (where a relative MODEL is found; the
+    child inherits the PYTHONPATH that finds benchmarks/ and gpt2reg)."""
     proc = subprocess.run([sys.executable, "-c", _EXPORT, model, str(path), quantize or "", str(opset)],
-                          capture_output=True, text=True, cwd=root)
+                          capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError("export failed: " + (proc.stderr.strip().splitlines() or ["no output"])[-1])
     return float(proc.stdout.strip().splitlines()[-1])

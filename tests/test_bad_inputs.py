@@ -1184,3 +1184,73 @@ LOADING = (
 @cases(*LOADING)
 def test_loading_what_is_not_what_it_claims(case: Case, places, loading, tmp_path, monkeypatch) -> None:
     run_case(case, {**places, **loading}, tmp_path, monkeypatch)
+
+
+# -- smaller: bench's rows and MODEL, serve's --max-tokens ----------------------------------------
+
+SMALLER = (
+    Case("bench-rows-empty", ["bench", "{tiny}", "--rows", ""], "names no row"),
+    Case("bench-rows-only-commas", ["bench", "{tiny}", "--rows", " , "], "names no row"),
+    Case("bench-no-model", ["bench"], "Missing argument 'MODEL'"),
+    Case("bench-unknown-row", ["bench", "{tiny}", "--rows", "nope"], "nope"),
+)
+
+
+@cases(*SMALLER)
+def test_smaller_refusals(case: Case, places, tmp_path, monkeypatch) -> None:
+    run_case(case, places, tmp_path, monkeypatch)
+
+
+def test_bench_lists_its_rows_without_a_model(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["bench", "--list-rows"])
+    assert result.exit_code == 0 and result.stdout.splitlines()[0] == "gpt2reg", result.output
+
+
+@pytest.mark.slow
+def test_bench_onnx_rows_work_from_another_folder(places, tmp_path, monkeypatch) -> None:
+    """The export child ran in another working folder: a relative MODEL was looked up on the Hub."""
+    import json
+
+    shutil.copytree(places["tiny"], tmp_path / "tiny")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    result = CliRunner().invoke(cli, ["bench", "../tiny", "--rows", "onnxruntime", "--rounds", "1", "--repeats", "1",
+                                      "--new-tokens", "2", "--prompt-tokens", "4", "--prefill-tokens", "8", "--json"])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)["rows"]
+    assert row["metrics"] and not row.get("note"), row
+
+
+def test_serve_refuses_max_tokens_beyond_the_context(places, tmp_path) -> None:
+    """Not quietly lowered to the context: one error line, exit 1."""
+    proc = subprocess.run([sys.executable, "-m", "gpt2reg", "serve", places["tiny"], "--max-tokens", "100000",
+                           "--port", "0", "--log-level", "warning"], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and lines[-1].startswith("Error: cannot serve") and "--max-tokens 100000" in lines[-1]
+    assert "Traceback" not in proc.stderr and "(63," in lines[-1], proc.stderr
+
+
+def test_the_server_samples_at_a_tiny_temperature_and_takes_long_whitespace(places) -> None:
+    """The server's request path (in process, the torch engine): temperature 1e-320 is the greedy text, not
+    end-of-text; a prompt with a long whitespace run is encoded (it was a 500)."""
+    from starlette.testclient import TestClient
+
+    from gpt2reg.serve.app import ServerOptions, create_app
+    from gpt2reg.serve.server import _load_torch
+
+    with TestClient(create_app(lambda: _load_torch(places["tiny"], "cpu"), "tiny", ServerOptions())) as client:
+        import time
+
+        deadline = time.monotonic() + 60
+        while client.get("/health").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        body = {"prompt": "Hello", "max_tokens": 8, "seed": 0}
+        greedy = client.post("/v1/completions", json={**body, "temperature": 0}).json()
+        tiny = client.post("/v1/completions", json={**body, "temperature": 1e-320}).json()
+        assert tiny["choices"][0]["text"] == greedy["choices"][0]["text"], tiny
+        assert tiny["choices"][0]["finish_reason"] == "length"
+        spaces = client.post("/tokenize", json={"prompt": "a" + " " * 200 + "b"})
+        assert spaces.status_code == 200 and spaces.json()["count"] > 2

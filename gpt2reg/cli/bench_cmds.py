@@ -8,7 +8,7 @@ import click
 
 
 @click.command()
-@click.argument("model", metavar="MODEL")
+@click.argument("model", metavar="MODEL", required=False)
 @click.option("--rows", help="Comma-separated rows to run (see --list-rows).  [default: all]")
 @click.option("--list-rows", is_flag=True, help="List the available rows and exit.")
 @click.option("--rounds", type=click.IntRange(min=1), default=2, show_default=True,
@@ -48,9 +48,15 @@ def bench(model, rows, list_rows, rounds, repeats, prompt_tokens, new_tokens, pr
             needs = f"  needs {', '.join(row.requires)}" if row.requires else ""
             click.echo(f"{row.name}{extra}{needs}")
         return
+    if model is None:
+        raise click.UsageError("Missing argument 'MODEL' (only --list-rows runs without one)")
+    named = None if rows is None else [r.strip() for r in rows.split(",") if r.strip()]
+    if named == []:
+        raise click.UsageError(f"--rows {rows!r} names no row; name at least one (see --list-rows), or leave --rows "
+                               "out for the default rows")
     report = run_bench(
         model,
-        rows=[r.strip() for r in rows.split(",") if r.strip()] if rows else None,
+        rows=named,
         rounds=rounds,
         repeats=repeats,
         prompt_tokens=prompt_tokens,

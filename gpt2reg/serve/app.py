@@ -43,6 +43,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..decoding import Engine
+from ..errors import InputError
 from ..tokenizer import EOT_TOKEN, get_tokenizer
 from .batcher import Batcher, Closed, Failure, Job, PromptEvent, QueueFull, TokenEvent
 from .chat import PLAIN_TEMPLATE, ChatTemplate, chat_body, chat_logprobs, chat_messages, parse_chat
@@ -160,7 +161,11 @@ class _Server:
             if self._stopping:
                 return
             block = model.engine.block_size
-            max_tokens = min(self.options.max_tokens or block - 1, block - 1)
+            if (self.options.max_tokens or 0) > block - 1:  # refused, not quietly lowered
+                raise InputError(f"--max-tokens {self.options.max_tokens} is more than {self.model_id}'s context of "
+                                 f"{block} tokens allows ({block - 1}, leaving one for the prompt); lower it or "
+                                 "leave it out")
+            max_tokens = self.options.max_tokens or block - 1
             self.limits = Limits(self.model_names, model.engine.vocab_size, block, max_tokens, self.options.max_batch)
             self.batcher = Batcher(model.engine, max_batch=self.options.max_batch, max_queue=self.options.max_queue)
             get_tokenizer()
