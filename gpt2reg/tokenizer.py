@@ -51,15 +51,18 @@ def get_tokenizer() -> tiktoken.Encoding:
 
 
 def encode(text: str, *, special: bool = False, piece_chars: int = PIECE_CHARS) -> list[int]:
-    """``text``'s tokens, encoded in bounded pieces (see the module docstring). With ``special``, the text
-    ``<|endoftext|>`` is the end-of-text token; otherwise it is ordinary text."""
+    """``text``'s tokens, encoded in bounded pieces (see the module docstring), several at once. With
+    ``special``, the text ``<|endoftext|>`` is the end-of-text token; otherwise it is ordinary text."""
     tokenizer = get_tokenizer()
-    allowed = {EOT_TOKEN} if special else set()
-    out: list[int] = []
-    for piece in pieces(text, piece_chars):
-        out += tokenizer.encode(piece, allowed_special=allowed, disallowed_special=()) if special \
-            else tokenizer.encode_ordinary(piece)
-    return out
+    parts = list(pieces(text, piece_chars))
+    if len(parts) == 1:  # most text: no thread pool for one piece
+        return tokenizer.encode(text, allowed_special={EOT_TOKEN}, disallowed_special=()) if special \
+            else tokenizer.encode_ordinary(text)
+    if special:
+        encoded = tokenizer.encode_batch(parts, allowed_special={EOT_TOKEN}, disallowed_special=())
+    else:
+        encoded = tokenizer.encode_ordinary_batch(parts)
+    return [t for ids in encoded for t in ids]
 
 
 def encode_batch(texts: Sequence[str], *, piece_chars: int = PIECE_CHARS) -> list[list[int]]:
