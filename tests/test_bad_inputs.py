@@ -1019,11 +1019,12 @@ PLUGIN_IMPORTS = [  # (id, args, extra environment)
     ("plugins-json", ["plugins", "--json"], {}),
     ("info-json", ["info", "{tiny}", "--json"], {}),
     ("generate-json", ["generate", "{tiny}", "-p", "Hi", "-n", "2", "--seed", "0", "--json"], {}),
+    ("train-json", ["train", *TRAIN, "-o", "{work}/run", "--json"], {}),
 ]
 
 
 @pytest.mark.parametrize("args,env", [c[1:] for c in PLUGIN_IMPORTS], ids=[c[0] for c in PLUGIN_IMPORTS])
-def test_plugin_imports_neither_print_to_stdout_nor_hang(args, env, noisy_site, places) -> None:
+def test_plugin_imports_neither_print_to_stdout_nor_hang(args, env, noisy_site, places, tmp_path) -> None:
     """Machine-readable stdout stays JSON; the hanging import is skipped after the documented limit, with a
     warning naming the setting; the command finishes well within the time the plugin hangs."""
     import json
@@ -1032,13 +1033,28 @@ def test_plugin_imports_neither_print_to_stdout_nor_hang(args, env, noisy_site, 
     from test_plugins import gpt2reg_cli
 
     start = time.monotonic()
-    result = gpt2reg_cli(noisy_site, *[a.format(**places) for a in args], GPT2REG_PLUGIN_IMPORT_TIMEOUT="2", **env)
+    args = [a.format(**places, work=tmp_path) for a in args]
+    result = gpt2reg_cli(noisy_site, *args, GPT2REG_PLUGIN_IMPORT_TIMEOUT="2", **env)
     assert result.returncode == 0, result.stderr
     json.loads(result.stdout)  # nothing the plugins printed
     assert "hello from chatty" in result.stderr and "more" in result.stderr
     assert "'hanging' (hanging-plugin) failed and was skipped: import of 'hanging_plugin' took longer than 2 s " \
            "(GPT2REG_PLUGIN_IMPORT_TIMEOUT)" in result.stderr
     assert time.monotonic() - start < 60
+
+
+def test_serve_of_a_model_folder_gets_ready_despite_a_hanging_plugin(noisy_site, places, monkeypatch) -> None:
+    """/health said loading forever: the model folder's components come from the registry, which waited."""
+    from test_serve import Server
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(noisy_site), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("GPT2REG_PLUGIN_IMPORT_TIMEOUT", "2")
+    server = Server(Path(places["tiny"]), torch_ok=True)
+    try:
+        assert server.health()["status"] == "ok"
+        assert "took longer than 2 s" in server.output()
+    finally:
+        server.stop()
 
 
 @pytest.mark.parametrize("args", [["components"], ["build", *TINY, "-o", "{work}/m"]], ids=["components", "build"])
