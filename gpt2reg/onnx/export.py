@@ -7,8 +7,8 @@ symbolic: the example input uses sizes >= 2 that differ from each other, so the 
 specialise them, and the validator checks other sizes.
 
 The tied output projection reads the token embedding (``MatMul(x, Transpose(wte))``), so the table is
-stored once. For int8 and int4 the projection gets its own pre-transposed copy: the quantizers only
-quantize a MatMul whose weight is an initializer, and the 50257-wide head is the largest one.
+stored once. For int8 and int4 the projection gets its own pre-transposed copy, which the quantizer
+(``quantize``) needs and then makes the only copy: the token lookup reads the quantized head's weights.
 
 Defaults are the fastest forms that validate, measured on onnxruntime's CPU provider (README, "ONNX
 export"): opset 23, whose standard ``Attention`` op onnxruntime runs fused; int8 and int4 as
@@ -24,7 +24,6 @@ import logging
 import os
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -49,38 +48,10 @@ from ..ort.metadata import (
     present_names,
 )
 from .fusions import fuse_attention, fuse_group_query_attention, fuse_skip_layer_norm
+from .quantize import quantize_file
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
-
-@dataclass(frozen=True)
-class NBitsRecipe:
-    """One ``MatMulNBits`` quantization: weights in blocks along the input dimension, one fp32 scale per
-    block (and a zero point unless symmetric); accuracy level 4 lets onnxruntime's CPU kernel quantize
-    the activations to int8 and multiply in int8 (levels 0/1 multiply in fp32)."""
-
-    bits: int
-    block: int = 128  # the largest block; see block_for
-    symmetric: bool = True
-    accuracy_level: int = 4
-
-    def block_for(self, input_sizes: list[int]) -> int:
-        """``block``, halved (down to 16) until it divides every weight's input size: a row's last
-        partial block is padded to full size, bytes stored and read for nothing."""
-        block = self.block
-        while block > 16 and any(k % block for k in input_sizes):
-            block //= 2
-        return block
-
-
-# Measured on the 124M model (README, "ONNX export"; AMD EPYC Zen 4, onnxruntime 1.31, one thread, CPU
-# time): 8-bit blocks of 128 decode 1.2-1.5x faster than onnxruntime's dynamic quantization
-# (MatMulInteger, per-tensor weights) and move the logits half as much; 8-bit blocks of 32 or 64 are
-# slower, of 256 no faster, accuracy level 0 (fp32 compute on 8-bit weights) ~50x slower. 4-bit
-# blocks of 256 (onnxruntime's largest) decode 1.15-1.3x faster than blocks of 128, and those 1.4x
-# faster than blocks of 32: the kernel's per-block work, not the scales' few bytes, decides.
-# Symmetric is as fast as asymmetric and was as good or better on the trained poem model.
-RECIPES: dict[str, NBitsRecipe] = {"int8": NBitsRecipe(bits=8, block=128), "int4": NBitsRecipe(bits=4, block=256)}
 
 TWO_GB = 2**31
 PRODUCER = "gpt2reg"
@@ -146,7 +117,7 @@ def _example_inputs(model: nn.Module, kv_cache: bool):
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet():
     """The exporter's warnings (axis renames, torchvision absent, deprecations) are not the user's business."""
     # onnxruntime's quantizers log their advice (and MatMulNBits every node) on the root logger.
     loggers = [logging.getLogger("torch.onnx"), logging.getLogger()]
@@ -297,46 +268,11 @@ def _check_loads(path: Path, opset: int) -> None:
                          f"({detail}); nothing was written; use a lower --opset (default {DEFAULT_OPSET})") from None
 
 
-def _quantize_nbits(recipe: NBitsRecipe, src: Path, dst: Path, large: bool) -> None:
-    """onnxruntime's block-wise weight-only quantization: every constant-weight MatMul -> ``MatMulNBits``."""
-    import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
-
-    model = onnx.load(str(src))
-    weights = {t.name: t for t in model.graph.initializer}
-    sizes = [weights[n.input[1]].dims[0] for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
-    config = DefaultWeightOnlyQuantConfig(block_size=recipe.block_for(sizes), is_symmetric=recipe.symmetric,
-                                          bits=recipe.bits, accuracy_level=recipe.accuracy_level,
-                                          op_types_to_quantize=("MatMul",))
-    quantizer = MatMulNBitsQuantizer(model, algo_config=config)
-    with _quiet():  # after the import, whose logging.basicConfig(level=INFO) would undo it
-        quantizer.process()
-        quantizer.model.save_model_to_file(str(dst), use_external_data_format=large)
-
-
 def _quantize(quantize: str, src: Path, dst: Path, props: dict[str, str], external_data: bool | None) -> None:
-    """Quantize the fp32 file ``src`` into ``dst``, with ``props`` as its metadata."""
-    import onnx
-
+    """Quantize the fp32 file ``src`` into ``dst``; weights in ``<dst>.data`` as ``export_onnx`` says."""
     data = Path(f"{src}.data")
     large = src.stat().st_size + (data.stat().st_size if data.exists() else 0) > TWO_GB
-    _quantize_nbits(RECIPES[quantize], src, dst, large)
-    model = onnx.load(str(dst))
-    if any(node.op_type == "If" for node in model.graph.node):
-        # The quantizer sorts the nodes by their inputs, not by what an If's branches read from
-        # outside (GroupQueryAttention's fallback): sort again, so the file stays valid ONNX.
-        import onnx_ir as ir
-
-        sorted_model = ir.from_proto(model)
-        sorted_model.graph.sort()
-        model = ir.to_proto(sorted_model)
-    model.producer_name = PRODUCER
-    del model.metadata_props[:]
-    for key, value in props.items():
-        model.metadata_props.add(key=key, value=value)
-    external = large if external_data is None else external_data
-    location = f"{dst.name}.data"
-    onnx.save_model(model, str(dst), save_as_external_data=external, all_tensors_to_one_file=True, location=location)
+    quantize_file(quantize, src, dst, props, external=large if external_data is None else external_data)
 
 
 _GENERIC_STEMS = {"ckpt", "model", "pytorch_model", "gpt2reg"}
@@ -374,7 +310,7 @@ def export_onnx(
 
     ``kv_cache`` picks the decoder-with-cache graph (default) or the full-sequence one; ``dtype`` is
     ``fp32`` or ``fp16``; ``quantize="int8"`` / ``"int4"`` quantizes an fp32 export's MatMul weights
-    to block-wise 8- / 4-bit ``MatMulNBits`` (``RECIPES``). ``opset`` 23 (the
+    to block-wise 8- / 4-bit ``MatMulNBits`` (``quantize.RECIPES``). ``opset`` 23 (the
     default) exports attention as the standard ``Attention`` op; 18 suits runtimes without it.
     Weights go to ``<path>.data`` when ``external_data`` is True, or, by default (None),
     when the file would pass protobuf's 2 GB limit. ``model_name`` is recorded in the metadata.
@@ -411,7 +347,7 @@ def export_onnx(
     inputs = ["input_ids"] + (["attention_mask", "position_ids", *past_names(n_layer)] if kv_cache else [])
     outputs = ["logits"] + (present_names(n_layer) if kv_cache else []) + [_HEAD_INPUT]
     try:
-        with _quiet(), torch.no_grad():
+        with quiet(), torch.no_grad():
             program = torch.onnx.export(
                 wrapper,
                 args,
@@ -455,11 +391,11 @@ def export_onnx(
     with staged(path.parent, what="the ONNX file") as stage:
         tmp = stage.path(path.name)
         if quantize is None:
-            with _quiet():
+            with quiet():
                 program.save(tmp, external_data=external_data)
         else:
             fp32 = stage.extra(f"{tmp.stem}-fp32.onnx")
-            with _quiet():
+            with quiet():
                 program.save(fp32)
             _quantize(quantize, fp32, tmp, props, external_data)
         _check_loads(tmp, opset)
