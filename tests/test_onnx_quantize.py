@@ -80,3 +80,20 @@ def test_untied_model_keeps_its_fp32_table_and_quantizes_its_head(tmp_path: Path
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
     assert "GatherBlockQuantized" not in ops and ops.count("MatMulNBits") == 4 * SMALL["n_layer"] + 1
     assert validate_onnx(path, model, provider="cpu", cases=3).passed
+
+
+def test_weights_from_map_bytes_go_to_a_data_file_that_onnxruntime_maps(tmp_path: Path, monkeypatch) -> None:
+    import gpt2reg.onnx.export as export_module
+
+    model = build_model(**SMALL, seed=7)
+    weights = 4 * model.num_parameters()
+    for quantize in (None, "int8"):
+        monkeypatch.setattr(export_module, "MAP_BYTES", weights + 1)
+        one = export_onnx(model, tmp_path / "one" / "m.onnx", quantize=quantize)
+        monkeypatch.setattr(export_module, "MAP_BYTES", weights)
+        two = export_onnx(model, tmp_path / "two" / "m.onnx", quantize=quantize)
+        assert [p.name for p in one.parent.iterdir()] == ["m.onnx"]
+        assert sorted(p.name for p in two.parent.iterdir()) == ["m.onnx", "m.onnx.data"]
+        moved = Path(f"{two}.data").stat().st_size  # the weights (onnx's default: tensors over 1 KB)
+        assert moved > 10_000 and one.stat().st_size - two.stat().st_size >= 0.9 * moved
+        assert validate_onnx(two, model, provider="cpu", cases=2).passed
