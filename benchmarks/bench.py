@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks.workload import BenchSpec, best_time, check_context, hf_copy, torch_threads, workload
+from benchmarks.workload import BenchSpec, best_time, check_context, decode_rss_mb, hf_copy, torch_threads, workload
 from gpt2reg.errors import InputError, first_line
 
 
@@ -62,6 +62,7 @@ METRICS: list[Metric] = [
     Metric("load_s", "load s", "{:.2f}", False),
     Metric("pages_s", "huge pages s", "{:.2f}", False),  # after the load: a session's memory moved (gpt2reg.ort.pages)
     Metric("peak_rss_mb", "peak RSS MB", "{:.0f}", False),
+    Metric("decode_rss_mb", "decode RSS MB", "{:.0f}", False),  # a fresh process: load + the decode alone
     Metric("prefill_s", "prefill s", "{:.3f}", False, ratio=True),
     Metric("decode_tps", "decode tok/s", "{:.1f}", True, ratio=True),
     Metric("weight_bytes", "weights MB/tok", "{:.0f}", False, scale=1e-6),
@@ -302,7 +303,7 @@ def _merge(row: Row, measured: dict[str, Any]) -> None:
             value = float(measured[metric.key])
             old = row.metrics.get(metric.key)
             better = old is None or (value > old if metric.higher_is_better else value < old)
-            if metric.key == "peak_rss_mb":
+            if metric.key in ("peak_rss_mb", "decode_rss_mb"):
                 better = old is None or value > old  # report the worst peak seen, not the best
             if better:
                 row.metrics[metric.key] = value
@@ -337,16 +338,9 @@ def _child_main() -> None:
 def _peak_rss_mb() -> float:
     """This process's peak resident memory. Linux: VmHWM, which starts afresh at exec; ru_maxrss would
     carry over the parent's peak (a bench that loaded the model itself made every row look as big)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**10  # kB
-    except (OSError, ValueError, IndexError):
-        pass
-    import resource
+    from gpt2reg.memory import resident
 
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return rss / (2**20 if sys.platform == "darwin" else 2**10)
+    return resident()[1] / 2**20
 
 
 # -- the bandwidth bound ------------------------------------------------------------------------
@@ -469,8 +463,9 @@ def gpt2reg_row(spec: BenchSpec, tuned: bool = True) -> dict[str, float]:
         prefill_s = best_time(lambda: model.forward_cached(ids, last_only=True), spec.repeats, sync)
     # a position encoding's parameters are per-position tables; the token table is read in full as a tied head
     tables = [*model.pos.parameters(), *([model.wte.weight] if model.lm_head is not None else [])]
+    decode_rss = decode_rss_mb(spec, "torch" if tuned else "torch-untuned", spec.model) if spec.device == "cpu" else None
     return {"load_s": load_s, "decode_tps": spec.new_tokens / decode_s, "prefill_s": prefill_s, "threads": threads,
-            "weight_bytes": decode_weight_bytes(model, tables),
+            "weight_bytes": decode_weight_bytes(model, tables), **({"decode_rss_mb": decode_rss} if decode_rss else {}),
             "info": f"linear kernels: {describe_kernels()}" if tuned else "untuned: PyTorch's own kernels, ordinary pages"}
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.workload import BenchSpec, check_context, hf_copy, torch_threads
+from benchmarks.workload import BenchSpec, check_context, hf_copy, run_measured, torch_threads, workload
 from gpt2reg.errors import InputError
 
 ENV = "GPT2REG_LLAMA_CPP"
@@ -175,9 +174,17 @@ def _row(spec: BenchSpec, kind: str) -> dict[str, Any]:
         threads = torch_threads(spec)  # --threads, else torch's default, as the torch rows have it
         command = [str(build.bench), "-m", str(path), "-t", str(threads), "-r", str(spec.repeats), "-o", "json",
                    "-p", str(spec.prefill_tokens), "-n", "0", "-pg", f"{spec.prompt_tokens},{spec.new_tokens}"]
-        out, peak_rss_mb = _run_measured(command, "llama-bench")
-        return {**parse_llama_bench(out, spec), "export_s": export_s, "file_mb": path.stat().st_size / 1e6,
-                "peak_rss_mb": peak_rss_mb, "weight_bytes": gguf_weight_bytes(path, gguf)}
+        out, peak_rss_mb = run_measured(command, "llama-bench")
+        measured = {**parse_llama_bench(out, spec), "export_s": export_s, "file_mb": path.stat().st_size / 1e6,
+                    "peak_rss_mb": peak_rss_mb, "weight_bytes": gguf_weight_bytes(path, gguf)}
+        simple = build.tool("llama-simple")
+        if simple is not None:  # the decode alone, as the other rows' decode RSS (workload.decode_rss_mb)
+            from gpt2reg.tokenizer import get_tokenizer
+
+            prompt = get_tokenizer().decode(workload(spec, 50257)[0])
+            measured["decode_rss_mb"] = run_measured([str(simple), "-m", str(path), "-n", str(spec.new_tokens), prompt],
+                                                     "llama-simple")[1]
+        return measured
 
 
 def convert(build: LlamaCppBuild, model: str, directory: Path, kind: str = "f32") -> Path:
@@ -186,12 +193,12 @@ def convert(build: LlamaCppBuild, model: str, directory: Path, kind: str = "f32"
         raise InputError(f"GGUF type {kind!r}: choose from {', '.join(TYPES)}")
     hf_dir = _hf_with_tokenizer(model, directory / "hf")
     f32 = directory / "model-f32.gguf"
-    _run_measured([sys.executable, str(build.converter), str(hf_dir), "--outfile", str(f32), "--outtype", "f32"],
+    run_measured([sys.executable, str(build.converter), str(hf_dir), "--outfile", str(f32), "--outtype", "f32"],
                   CONVERTER)
     if kind == "f32":
         return f32
     out = directory / f"model-{kind}.gguf"
-    _run_measured([str(build.quantize), str(f32), str(out), kind.upper()], "llama-quantize")
+    run_measured([str(build.quantize), str(f32), str(out), kind.upper()], "llama-quantize")
     f32.unlink()
     return out
 
@@ -212,32 +219,6 @@ def _hf_with_tokenizer(model: str, directory: Path) -> Path:
         for name, text in hf_tokenizer_files().items():
             (directory / name).write_text(text, encoding="utf-8")
     return directory
-
-
-# Runs a command and writes its peak RSS (KiB) to argv[1]. A process forked from the bench's row
-# (torch loaded, the model read) would inherit that process's peak in ru_maxrss across exec; forked
-# from this small interpreter, the figure is the command's own (within this interpreter's ~10 MB).
-_MEASURE = """
-import os, sys
-pid = os.fork() or os.execv(sys.argv[2], sys.argv[2:])
-_, status, usage = os.wait4(pid, 0)
-with open(sys.argv[1], "w") as f:
-    f.write(str(usage.ru_maxrss))
-sys.exit(os.waitstatus_to_exitcode(status))
-"""
-
-
-def _run_measured(command: list[str], what: str) -> tuple[str, float]:
-    """Run ``command``; its stdout and its own peak resident memory in MB. A failure: its last stderr line."""
-    with tempfile.TemporaryDirectory(prefix="gpt2reg-rss-") as tmp:
-        rss_file = Path(tmp) / "rss"
-        proc = subprocess.run([sys.executable, "-c", _MEASURE, str(rss_file), *command], capture_output=True,
-                              stdin=subprocess.DEVNULL)
-        stdout, stderr = proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
-        if proc.returncode:
-            tail = (stderr.strip().splitlines() or stdout.strip().splitlines() or ["no output"])[-1]
-            raise RuntimeError(f"{what} failed (exit {proc.returncode}): {tail}")
-        return stdout, int(rss_file.read_text()) / 2**10  # KiB on Linux
 
 
 def _gguf_module(build: LlamaCppBuild) -> Any:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.workload import BenchSpec, best_time, check_context, workload
+from benchmarks.workload import BenchSpec, best_time, check_context, decode_rss_mb, workload
 from gpt2reg.onnx.weights import weight_bytes_per_token
 from gpt2reg.ort.metadata import DEFAULT_OPSET
 
@@ -77,8 +77,9 @@ def _row(spec: BenchSpec, quantize: str | None, opset: int = DEFAULT_OPSET) -> d
         long = np.array([long_ids], dtype=np.int64)
         prefill_s = best_time(lambda: model.run(long, logits_to_keep=1), spec.repeats, no_sync)
         weight_bytes = weight_bytes_per_token(path)
+        memory = {"decode_rss_mb": decode_rss_mb(spec, "onnx", str(path))} if provider == "cpu" else {}
     return {"threads": _threads(model.session), "load_s": load_s, "pages_s": pages_s, "decode_tps": spec.new_tokens / decode_s, "prefill_s": prefill_s,
-            "export_s": export_s, "file_mb": size / 1e6, "weight_bytes": weight_bytes}
+            "export_s": export_s, "file_mb": size / 1e6, "weight_bytes": weight_bytes, **memory}
 
 
 def _threads(session) -> int:

@@ -5,9 +5,13 @@ each other."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -93,3 +97,62 @@ def check_context(spec: BenchSpec, block_size: int) -> None:
             f"the workload does not fit the model's context of {block_size} tokens "
             f"(prefill {spec.prefill_tokens}, prompt {spec.prompt_tokens} + {spec.new_tokens} new)"
         )
+
+
+# Runs a command and writes its peak RSS (KiB) to argv[1]. A process forked from the bench's row
+# (torch loaded, the model read) would inherit that process's peak in ru_maxrss across exec; forked
+# from this small interpreter, the figure is the command's own (within this interpreter's ~10 MB).
+_MEASURE = """
+import os, sys
+pid = os.fork() or os.execv(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def run_measured(command: list[str], what: str) -> tuple[str, float]:
+    """Run ``command``; its stdout and its own peak resident memory in MB. A failure: its last stderr line."""
+    with tempfile.TemporaryDirectory(prefix="gpt2reg-rss-") as tmp:
+        rss_file = Path(tmp) / "rss"
+        root = str(Path(__file__).resolve().parent.parent)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        proc = subprocess.run([sys.executable, "-c", _MEASURE, str(rss_file), *command], capture_output=True,
+                              stdin=subprocess.DEVNULL, env=env)
+        stdout, stderr = proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
+        if proc.returncode:
+            tail = (stderr.strip().splitlines() or stdout.strip().splitlines() or ["no output"])[-1]
+            raise RuntimeError(f"{what} failed (exit {proc.returncode}): {tail}")
+        return stdout, int(rss_file.read_text()) / 2**10  # KiB on Linux
+
+
+# A decode alone, in a fresh process: the model loaded as its users load it, the bench's prompt, its
+# new tokens greedy. argv: onnx|torch, the file or model, then the BenchSpec as JSON.
+_DECODE = """
+import json, sys
+from benchmarks.workload import BenchSpec, workload
+kind, model, spec = sys.argv[1], sys.argv[2], BenchSpec(**json.loads(sys.argv[3]))
+if kind == "onnx":
+    from gpt2reg.ort.runtime import OnnxGPT
+    engine = OnnxGPT(model, provider="cpu", threads=spec.threads)
+    generate, vocab = engine.generate, engine.vocab_size
+else:
+    import torch
+    from gpt2reg.accel import tune
+    from gpt2reg.checkpoints import load_model
+    from gpt2reg.generation import generate as generate_text
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    engine = tune(load_model(model)) if kind == "torch" else load_model(model)
+    generate, vocab = (lambda *a, **k: generate_text(engine, *a, **k)), engine.config.vocab_size
+out = generate(workload(spec, vocab)[0], max_new_tokens=spec.new_tokens, greedy=True, eos_token_id=None)
+assert len(out[0].generated_ids) == spec.new_tokens
+"""
+
+
+def decode_rss_mb(spec: BenchSpec, kind: str, model: str) -> float:
+    """Peak resident memory of a process that loads ``model`` and decodes the bench's workload, nothing
+    else: the memory a deployment needs (``kind``: ``onnx`` a file, ``torch`` a model tuned as the CLI
+    does, ``torch-untuned``). The llama.cpp rows measure ``llama-simple`` the same way."""
+    return run_measured([sys.executable, "-c", _DECODE, kind, model, json.dumps(asdict(spec))], "the decode")[1]

@@ -62,6 +62,26 @@ def check_fits(needed: float, what: str, advice: str, *, free: int | None = None
         raise InputError(f"{what} needs about {_size(needed)} of memory, {_size(free)} {source}; {advice}")
 
 
+def resident() -> tuple[int | None, int | None]:
+    """This process's resident memory now and at its peak, in bytes (Linux: VmRSS and VmHWM; elsewhere
+    the peak from ``getrusage`` only)."""
+    values: dict[str, int] = {}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):
+                    values[key] = int(value.split()[0]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    if "VmHWM" not in values:
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        values["VmHWM"] = peak if sys.platform == "darwin" else peak * 1024
+    return values.get("VmRSS"), values["VmHWM"]
+
+
 def _size(n: float) -> str:
     return f"{n / GB:.1f} GB" if n >= 0.1 * GB else f"{n / 1e6:.0f} MB"
 

@@ -191,6 +191,8 @@ def test_health_models_and_page(server: Server) -> None:
     health = server.health()
     assert health["status"] == "ok" and health["model"] == "tiny" and health["context"] == 1024
     assert health["max_tokens"] == 200 and set(health["batch"]) >= {"batch", "max_batch_seen", "queued", "tokens"}
+    memory = health["memory"]  # the server's own resident memory (MB): torch and a tiny model, no more
+    assert 20 < memory["rss_mb"] <= memory["peak_rss_mb"] < 4000
     models = httpx.get(f"{server.url}/v1/models", headers=AUTH).json()
     assert models["object"] == "list" and [m["id"] for m in models["data"]] == ["tiny", "org/tiny-alias"]
     page = httpx.get(server.url)

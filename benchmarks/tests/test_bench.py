@@ -128,12 +128,19 @@ print(json.dumps([{"n_threads": int(arg("-t")), "n_prompt": p, "n_gen": n, "n_de
 """
 
 
+# a decode that holds 150 MB (every page written), so its measured peak is known
+FAKE_LLAMA_SIMPLE = """
+memory = bytearray(150 * 2**20)
+memory[::4096] = bytes(len(range(0, len(memory), 4096)))
+"""
+
+
 def _fake_llama_cpp(root: Path) -> Path:
     """A llama.cpp build whose llama-bench reports the -t it was given (and a tiny GGUF to read)."""
     (root / "bin").mkdir(parents=True)
     (root / "src").mkdir()
     (root / "src" / "convert_hf_to_gguf.py").write_text(FAKE_CONVERTER)
-    for name, code in (("llama-bench", FAKE_LLAMA_BENCH), ("llama-quantize", "")):
+    for name, code in (("llama-bench", FAKE_LLAMA_BENCH), ("llama-quantize", ""), ("llama-simple", FAKE_LLAMA_SIMPLE)):
         tool = root / "bin" / name
         tool.write_text(f"#!{sys.executable}\n{code}")
         tool.chmod(0o755)
@@ -155,6 +162,10 @@ def test_threads_option_reaches_every_row(tmp_path: Path, monkeypatch: pytest.Mo
                        prefill_tokens=16, train_batch=1, train_seq=8, threads=3,
                        llama_cpp=str(_fake_llama_cpp(tmp_path / "llama.cpp")))
     assert {row.name: (row.note, row.metrics.get("threads")) for row in report.rows} == {name: ("", 3) for name in rows}
+    # the decode alone, in a fresh process, measured the same way for each engine's decode rows
+    decode = {row.name: row.metrics.get("decode_rss_mb") for row in report.rows if "decode_tps" in row.metrics}
+    assert decode["transformers"] is None and 150 < decode["llama.cpp-f32"] < 190  # the fake decode's 150 MB
+    assert all(20 < decode[name] < 2000 for name in ("gpt2reg", "onnxruntime")), decode
     assert report.read_threads == 3 and report.machine["threads"] == 3
     assert "threads: 3 in every row (--threads)" in report.format()
     assert report.to_dict()["machine"]["threads"] == 3

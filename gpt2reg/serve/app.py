@@ -194,7 +194,7 @@ class _Server:
             "status": "ok", "model": self.model_id, "backend": self.model.backend,
             "context": self.limits.block_size, "max_tokens": self.limits.max_tokens,
             "max_batch": self.options.max_batch, "max_queue": self.options.max_queue,
-            "batch": self.batcher.stats.to_dict(),
+            "batch": self.batcher.stats.to_dict(), "memory": _memory(),
         })
 
     def _card(self, name: str) -> dict[str, Any]:
@@ -438,6 +438,15 @@ class _HostCheck:
                 await JSONResponse(error.body(), status_code=400)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def _memory() -> dict[str, float | None]:
+    """The server process's resident memory (MB), now and at its peak: the model, its sessions or
+    kernels, and the KV caches of the batch."""
+    from ..memory import resident
+
+    now, peak = resident()
+    return {"rss_mb": round(now / 2**20, 1) if now else None, "peak_rss_mb": round(peak / 2**20, 1) if peak else None}
 
 
 def _client(request: Request) -> str:
