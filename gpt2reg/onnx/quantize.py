@@ -58,14 +58,6 @@ def quantize_file(quantize: str, src: Path, dst: Path, props: dict[str, str], *,
     model = _quantize_nbits(RECIPES[quantize], model)
     if tied is not None:
         _share_tied_table(model.graph, *tied)
-    if any(node.op_type == "If" for node in model.graph.node):
-        # The quantizer sorts the nodes by their inputs, not by what an If's branches read from
-        # outside (GroupQueryAttention's fallback): sort again, so the file stays valid ONNX.
-        import onnx_ir as ir
-
-        sorted_model = ir.from_proto(model)
-        sorted_model.graph.sort()
-        model = ir.to_proto(sorted_model)
     model.producer_name = PRODUCER
     del model.metadata_props[:]
     for key, value in props.items():
