@@ -38,7 +38,8 @@ def _lookups(path: Path, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]
         embedding = node.output[0]
     graph.output.append(helper.make_value_info(embedding, helper.make_tensor_type_proto(onnx.TensorProto.FLOAT, None)))
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(ids.shape[1])[None]}
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(ids.shape[1])[None],
+            "logits_to_keep": np.array(1, np.int64)}
     feed.update({i.name: np.zeros([d if isinstance(d, int) else (1 if d == "batch_size" else 0) for d in i.shape],
                                   np.float32) for i in session.get_inputs() if i.name.startswith("past_key_values")})
     return session.run([embedding], feed)[0], table, attrs

@@ -36,6 +36,7 @@ from ..config import GPTConfig
 from ..errors import CheckpointError, InputError
 from ..files import check_folder, staged
 from ..hf_tokenizer import tokenizer_config, tokenizer_json
+from ..memory import model_bytes
 from ..ort.metadata import DEFAULT_OPSET
 from ..tokenizer import EOT_ID
 from .export import export_onnx, is_export
@@ -92,8 +93,11 @@ def export_folder(
         if not (folder / "onnx").is_dir():
             (folder / "onnx").mkdir()
             created.append(folder / "onnx")
+        # One file unless protobuf's 2 GB limit says otherwise: transformers.js looks for model.onnx_data, not
+        # the single-file export's mapped model.onnx.data.
+        embedded = model_bytes(model.config, 2 if dtype == "fp16" else 4) < 2**31
         export_onnx(model, stage.path(f"onnx/{name}"), dtype=dtype, quantize=quantize, opset=opset,
-                    model_name=model_name, verify=check, logits_to_keep=False)
+                    model_name=model_name, verify=check, logits_to_keep=False, external_data=not embedded)
         in_place = _kv_in_place(stage.temp / "onnx" / name)
         report = reports[0] if reports else None
         config = model.config.to_dict()
