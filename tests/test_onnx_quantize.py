@@ -88,6 +88,7 @@ def test_weights_from_map_bytes_go_to_a_data_file_that_onnxruntime_maps(tmp_path
 
     model = build_model(**SMALL, seed=7)
     weights = 4 * model.num_parameters()
+    monkeypatch.setattr(export_module, "MAPPED_TENSOR_BYTES", 1024)  # the tiny model's matrices: 4-16 KB
     for quantize in (None, "int8"):
         monkeypatch.setattr(export_module, "MAP_BYTES", weights + 1)
         one = export_onnx(model, tmp_path / "one" / "m.onnx", quantize=quantize)
@@ -95,6 +96,6 @@ def test_weights_from_map_bytes_go_to_a_data_file_that_onnxruntime_maps(tmp_path
         two = export_onnx(model, tmp_path / "two" / "m.onnx", quantize=quantize)
         assert [p.name for p in one.parent.iterdir()] == ["m.onnx"]
         assert sorted(p.name for p in two.parent.iterdir()) == ["m.onnx", "m.onnx.data"]
-        moved = Path(f"{two}.data").stat().st_size  # the weights (onnx's default: tensors over 1 KB)
+        moved = Path(f"{two}.data").stat().st_size  # the weights
         assert moved > 10_000 and one.stat().st_size - two.stat().st_size >= 0.9 * moved
         assert validate_onnx(two, model, provider="cpu", cases=2).passed

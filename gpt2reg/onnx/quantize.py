@@ -48,10 +48,10 @@ RECIPES: dict[str, NBitsRecipe] = {"int8": NBitsRecipe(bits=8, block=128), "int4
 
 def quantize_file(quantize: str, src: Path, dst: Path, props: dict[str, str], *, external: bool) -> None:
     """Quantize the fp32 file ``src`` into ``dst`` (``RECIPES[quantize]``), with ``props`` as its metadata;
-    ``external`` puts the weights in ``<dst>.data``."""
+    ``external`` puts its large tensors in ``<dst>.data`` (``export.MAPPED_TENSOR_BYTES``)."""
     import onnx
 
-    from .export import PRODUCER, quiet
+    from .export import MAPPED_TENSOR_BYTES, PRODUCER, quiet
 
     model = onnx.load(str(src))
     tied = _tied_table(model.graph)
@@ -64,7 +64,7 @@ def quantize_file(quantize: str, src: Path, dst: Path, props: dict[str, str], *,
         model.metadata_props.add(key=key, value=value)
     with quiet():
         onnx.save_model(model, str(dst), save_as_external_data=external, all_tensors_to_one_file=True,
-                        location=f"{dst.name}.data")
+                        location=f"{dst.name}.data", size_threshold=MAPPED_TENSOR_BYTES)
 
 
 def _quantize_nbits(recipe: NBitsRecipe, model):
