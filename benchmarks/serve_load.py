@@ -180,7 +180,7 @@ def _cpu_figures(single: list[float], concurrent: list[float]) -> dict:
     one, many = statistics.median(single), statistics.median(concurrent)
     return {"server_cpu_ms_per_token_single": round(one * 1e3, 2),
             "server_cpu_ms_per_token_concurrent": round(many * 1e3, 2),
-            "cpu_speedup": round(one / many, 2) if many else None}
+            "cpu_speedup": round(one / many, 2) if one and many else None}  # below /proc's tick: unmeasured
 
 
 def main(argv: list[str] | None = None) -> None:

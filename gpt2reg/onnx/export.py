@@ -306,6 +306,7 @@ def export_onnx(
     force: bool = False,
     verify: Callable[[Path], None] | None = None,
     logits_to_keep: bool = True,
+    shared_table: bool = True,
 ) -> Path:
     """Export ``model`` (a ``GPT``) to ``path`` and return it; the caller's model is left unchanged.
 
@@ -321,6 +322,8 @@ def export_onnx(
     before it is moved into place (e.g. validation); if it raises, nothing is written either.
     ``logits_to_keep=False`` leaves that input out (every position's logits): Optimum's
     ``ORTModelForCausalLM`` feeds only the inputs it knows and refuses a graph with any other.
+    ``shared_table=False`` keeps a quantized file's fp32 token lookup instead of reading the head's
+    quantized table (``GatherBlockQuantized``, which onnxruntime-web's WASM build does not implement).
     """
     if dtype not in DTYPES:
         raise InputError(f"unknown dtype '{dtype}'; choose one of: {', '.join(DTYPES)}")
@@ -406,7 +409,7 @@ def export_onnx(
             fp32 = stage.extra(f"{tmp.stem}-fp32.onnx")
             with quiet():
                 program.save(fp32)
-            quantize_file(quantize, fp32, tmp, props, external=external_data)
+            quantize_file(quantize, fp32, tmp, props, external=external_data, shared_table=shared_table)
         _check_loads(tmp, opset)
         if verify is not None:
             verify(tmp)

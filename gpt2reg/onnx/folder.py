@@ -96,8 +96,11 @@ def export_folder(
         # One file unless protobuf's 2 GB limit says otherwise: transformers.js looks for model.onnx_data, not
         # the single-file export's mapped model.onnx.data.
         embedded = model_bytes(model.config, 2 if dtype == "fp16" else 4) < 2**31
+        # The quantized token lookup stays fp32 here: onnxruntime-web's WASM build (the browser's
+        # transformers.js) has no GatherBlockQuantized kernel, so the table is not shared with the head.
         export_onnx(model, stage.path(f"onnx/{name}"), dtype=dtype, quantize=quantize, opset=opset,
-                    model_name=model_name, verify=check, logits_to_keep=False, external_data=not embedded)
+                    model_name=model_name, verify=check, logits_to_keep=False, external_data=not embedded,
+                    shared_table=False)
         in_place = _kv_in_place(stage.temp / "onnx" / name)
         report = reports[0] if reports else None
         config = model.config.to_dict()

@@ -46,15 +46,17 @@ class NBitsRecipe:
 RECIPES: dict[str, NBitsRecipe] = {"int8": NBitsRecipe(bits=8, block=128), "int4": NBitsRecipe(bits=4, block=256)}
 
 
-def quantize_file(quantize: str, src: Path, dst: Path, props: dict[str, str], *, external: bool) -> None:
+def quantize_file(quantize: str, src: Path, dst: Path, props: dict[str, str], *, external: bool,
+                  shared_table: bool = True) -> None:
     """Quantize the fp32 file ``src`` into ``dst`` (``RECIPES[quantize]``), with ``props`` as its metadata;
-    ``external`` puts its large tensors in ``<dst>.data`` (``export.MAPPED_TENSOR_BYTES``)."""
+    ``external`` puts its large tensors in ``<dst>.data`` (``export.MAPPED_TENSOR_BYTES``); ``shared_table``
+    stores a tied token table once (else the lookup keeps its fp32 table)."""
     import onnx
 
     from .export import MAPPED_TENSOR_BYTES, PRODUCER, quiet
 
     model = onnx.load(str(src))
-    tied = _tied_table(model.graph)
+    tied = _tied_table(model.graph) if shared_table else None
     model = _quantize_nbits(RECIPES[quantize], model)
     if tied is not None:
         _share_tied_table(model.graph, *tied)
