@@ -53,12 +53,12 @@ TEST_PATHS := tests benchmarks/tests plugins/gpt2reg-alibi/tests
 # The default tier: every component, every positional encoding with every quantization, pairs across kinds.
 test: install
 	$(BIN)/ruff check gpt2reg tests plugins benchmarks
-	$(BIN)/python -m pytest -q -n 2 -m "not slow" $(TEST_PATHS)
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m "not slow" $(TEST_PATHS)
 
 # Everything, the slow tier included (124M checks, the full component product, subprocess benchmarks).
 test-all: install
 	$(BIN)/ruff check gpt2reg tests plugins benchmarks
-	$(BIN)/python -m pytest -q -n 2 $(TEST_PATHS)
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal $(TEST_PATHS)
 
 lint: install
 	$(BIN)/ruff check .
