@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ import torch
 from torch.nn import functional as F
 
 import gpt2reg
+from gpt2reg.accel import guard as load_guard
 from gpt2reg.accel import kernels, tune
 from gpt2reg.accel.machine import cpu_name
 from gpt2reg.testing import TINY, component_names
@@ -34,6 +36,7 @@ def fresh(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     monkeypatch.delenv("GPT2REG_KERNELS", raising=False)
     monkeypatch.setattr(kernels, "_memory", {})
     monkeypatch.setattr(kernels, "_used", {})
+    monkeypatch.setattr(kernels, "_guards", [])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield cache
@@ -290,3 +293,106 @@ def test_measure_interleaves_rounds_and_marks_preempted_ones(monkeypatch) -> Non
     monkeypatch.setattr(kernels, "_preemptions", lambda: next(counter))
     result = kernels.measure(found, [("16x24+bias", weight, bias)], 1)["16x24+bias"]
     assert not any(result.clean) and not result.settled
+
+
+# -- the load guard: a tuned one-row kernel only while it beats plain -----------------------------
+
+
+class Contended:
+    """The guard's clock, playing a CPU: each guarded call takes ``cost[kernel]`` seconds (tuned: True)."""
+
+    def __init__(self, guard: load_guard.KernelGuard) -> None:
+        self.guard, self.now, self.reads, self.cost = guard, 0.0, 0, {True: 1.0, False: 1.7}
+
+    def __call__(self) -> float:
+        self.reads += 1
+        if self.reads % 2 == 0:  # the read after a call
+            self.now += self.cost[self.guard.tuned]
+        return self.now
+
+
+def guarded_model(monkeypatch: pytest.MonkeyPatch) -> tuple[gpt2reg.GPT, load_guard.KernelGuard, list[int]]:
+    """A tiny model tuned to a candidate ("onednn", here F.linear counting its calls); its guard; the count."""
+    used = [0]
+
+    def counting(x, weight, bias=None):
+        used[0] += 1
+        return F.linear(x, weight, bias)
+
+    measured_as(monkeypatch, fast=0.6, clean=True)
+    monkeypatch.setattr(kernels, "candidates", lambda: {"plain": F.linear, "onednn": counting})
+    model = tune(tiny())
+    guards = {m.kernel.guard for m in model.modules() if isinstance(getattr(m, "kernel", None), kernels.LinearKernel)}
+    assert len(guards) == 1 and None not in guards  # one guard for every one-row tuned layer
+    return model, guards.pop(), used
+
+
+def decode(model: gpt2reg.GPT, steps: int) -> list[torch.Tensor]:
+    """``steps`` one-row decode steps (a new sequence every 32 tokens), their logits."""
+    out, past = [], None
+    with torch.inference_mode():
+        for step in range(steps):
+            logits, past = model.forward_cached(torch.tensor([[step % 90 + 1]]), None if step % 32 == 0 else past)
+            out.append(logits)
+    return out
+
+
+def test_guard_falls_back_to_plain_under_load_and_returns_when_quiet(monkeypatch) -> None:
+    """The burst after tuning (bench run 2 of 2026-12-06): the tuned kernel ~6x slower, plain ~2x. The guard
+    must run plain within a few passes, try tuned rarely while the load lasts, and return once it is gone."""
+    model, guard, used = guarded_model(monkeypatch)
+    clock = guard.clock = Contended(guard)
+    window = guard.window
+    assert window == 2 * 4 + 1  # every linear layer of the two blocks and the tied head
+
+    decode(model, 40)  # quiet: tuned throughout, plain never tried
+    assert used[0] == 40 * window and guard.plain_passes == 0
+
+    clock.cost = {True: 6.0, False: 2.0}  # a burst of other jobs: the two-thread kernel waits for its threads
+    before = used[0]
+    decode(model, 100)
+    tuned_passes = (used[0] - before) // window
+    assert not guard.tuned and guard.fallbacks == 1
+    # three slow passes to notice, then probes after 2, 4, 8, 16, 32 plain passes, each ended by its first pass
+    assert tuned_passes <= load_guard.SAMPLES + 6
+
+    clock.cost = {True: 1.0, False: 1.7}  # quiet again
+    before = used[0]
+    decode(model, 2**guard.backoff + 2 * load_guard.SAMPLES + 40)
+    assert guard.tuned and guard.backoff < load_guard.MAX_BACKOFF
+    assert used[0] - before >= 40 * window  # tuned for (at least) the last 40 passes
+
+
+def test_guard_ignores_noise_and_false_alarms() -> None:
+    guard = load_guard.KernelGuard(window=1)
+    for seconds in [1.0, 1.0, 9.0, 1.0, 1.0, 9.0, 1.0]:  # single preempted passes: the median of three holds
+        guard.end_pass(seconds)
+    assert guard.tuned and guard.plain_passes == 0
+    slow = 0
+    while guard.tuned and slow < load_guard.SAMPLES:  # slower by TRIGGER in most of the last passes: plain is tested
+        guard.end_pass(2.0)
+        slow += 1
+    assert not guard.tuned and guard.testing
+    guard.end_pass(3.5)  # ... and it is slower still (the load slows it as much): one pass, back to tuned
+    assert guard.tuned and not guard.testing and guard.fallbacks == 0 and guard.backoff == 0
+    for _ in range(2**load_guard.MAX_BACKOFF - 1):  # tested anyway now and then, at the cost of one plain pass
+        guard.end_pass(1.0)
+    assert guard.tuned
+    guard.end_pass(1.0)
+    assert not guard.tuned
+    guard.end_pass(1.7)
+    assert guard.tuned and guard.plain_passes == 2
+
+
+def test_guard_accounts_real_decode_steps_and_changes_no_result(monkeypatch) -> None:
+    """The real clock and kernel: a pass is a decode step, and whichever kernel runs, the logits are plain's."""
+    model = tiny()
+    plain = decode(model, 6)
+    measured_as(monkeypatch, fast=0.6, clean=True)
+    model = tune(model)
+    (guard,) = kernels._guards
+    tuned = decode(model, 6)
+    assert guard.passes == 6 and guard.clock is time.perf_counter
+    assert "load guard: plain in" in kernels.describe()
+    for chosen, reference in zip(tuned, plain, strict=True):
+        torch.testing.assert_close(chosen, reference, rtol=1e-5, atol=1e-5)

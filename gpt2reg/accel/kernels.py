@@ -57,6 +57,7 @@ from torch.nn import functional as F
 from ..errors import OutputError
 from ..files import write_json
 from ..model import GPT, TiedHead
+from .guard import KernelGuard
 from .machine import cpu_name
 
 log = logging.getLogger(__name__)
@@ -101,17 +102,21 @@ def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 class LinearKernel:
-    """Called like ``F.linear``: the kernel chosen for one row or for many where it applies, else F.linear."""
+    """Called like ``F.linear``: the kernel chosen for one row or for many where it applies, else F.linear.
 
-    __slots__ = ("one_row", "many_rows")
+    ``guard``, when set, runs the one-row calls (``gpt2reg.accel.guard``: plain while the CPU is contended)."""
 
-    def __init__(self, one_row: Kernel, many_rows: Kernel) -> None:
-        self.one_row, self.many_rows = one_row, many_rows
+    __slots__ = ("one_row", "many_rows", "guard")
+
+    def __init__(self, one_row: Kernel, many_rows: Kernel, guard: KernelGuard | None = None) -> None:
+        self.one_row, self.many_rows, self.guard = one_row, many_rows, guard
 
     def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         if not applies(x, weight):
             return F.linear(x, weight, bias)
-        return (self.one_row if x.numel() == x.shape[-1] else self.many_rows)(x, weight, bias)
+        if x.numel() != x.shape[-1]:
+            return self.many_rows(x, weight, bias)
+        return self.one_row(x, weight, bias) if self.guard is None else self.guard(self.one_row, x, weight, bias)
 
 
 class CalibratedLinear(nn.Linear):
@@ -172,6 +177,7 @@ def _eligible(weight: torch.Tensor) -> bool:
 
 
 _used: dict[str, dict[str, str]] = {}  # rows -> shape -> kernel name, for describe()
+_guards: list[KernelGuard] = []  # this process's, for describe()
 
 
 def describe() -> str:
@@ -182,6 +188,8 @@ def describe() -> str:
         for shape, name in shapes.items():
             by_kernel.setdefault(name, []).append(shape)
         parts.append(f"{rows}: " + "; ".join(f"{name} {', '.join(s)}" for name, s in sorted(by_kernel.items())))
+    if _guards:
+        parts.append("load guard: " + "; ".join(guard.describe() for guard in _guards))
     return " | ".join(parts) if parts else "plain (no CPU fp32 linear layer prepared)"
 
 
@@ -222,8 +230,13 @@ def _choose(groups: dict[str, list[Layer]]) -> dict[str, Kernel]:
         cache.save()
     _record(decided)
     one, many = decided["1 row"], decided[f"{MANY_ROWS} rows"]
+    # auto: a one-row kernel chosen at tuning time stays only while it beats plain (load may come later)
+    guarded = [shape for shape in groups if one[shape] != "plain"] if mode == "auto" else []
+    guard = KernelGuard(sum(len(groups[shape]) for shape in guarded)) if guarded else None
+    if guard is not None:
+        _guards.append(guard)
     return {
-        shape: LinearKernel(found[one[shape]], found[many[shape]])
+        shape: LinearKernel(found[one[shape]], found[many[shape]], guard if shape in guarded else None)
         for shape in groups
         if one[shape] != "plain" or many[shape] != "plain"
     }
