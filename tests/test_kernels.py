@@ -248,22 +248,24 @@ def test_a_candidate_that_wins_even_while_busy_is_cached(monkeypatch, fresh: Pat
     assert all(e["kernel"] == "onednn" and e["clean_rounds"] == "0/4" for e in entries.values())
 
 
-def test_an_overloaded_cpu_takes_plain_and_measures_nothing(monkeypatch, fresh: Path) -> None:
-    """There a multi-threaded kernel waits for its preempted threads: plain, even where a quieter CPU
-    chose another kernel, whose decision stays cached for later processes."""
+def test_an_overloaded_cpu_starts_plain_and_measures_nothing(monkeypatch, fresh: Path) -> None:
+    """There a multi-threaded kernel waits for its preempted threads: plain to start with, and no timing. What a
+    quieter CPU chose stays cached for later processes, and for one row the guard tries it once the load allows."""
     calls = measured_as(monkeypatch, fast=0.6, clean=True)
     overloaded = kernels.OVERLOADED * (os.cpu_count() or 1) + 1
     monkeypatch.setattr(kernels, "_load", lambda: overloaded)
-    assert routed_kernels(tune(tiny())) == {F.linear}
-    assert calls == [] and not fresh.exists()
+    assert routed_kernels(tune(tiny())) == {F.linear}  # nothing cached: plain, nothing to guard
+    assert calls == [] and not fresh.exists() and kernels._guards == []
 
     monkeypatch.setattr(kernels, "_load", lambda: 0.0)
     assert routed_kernels(tune(tiny())) == {kernels._onednn}
     cached = fresh.read_text()
     monkeypatch.setattr(kernels, "_load", lambda: overloaded)
     calls.clear()
-    assert routed_kernels(tune(tiny())) == {F.linear}
+    model = tune(tiny())
     assert calls == [] and fresh.read_text() == cached
+    assert routed_kernels(model) == {F.linear, kernels._onednn}  # many rows plain; one row guarded ...
+    assert not kernels._guards[-1].tuned  # ... starting plain
 
 
 def test_a_process_on_a_quieter_cpu_measures_again(monkeypatch, fresh: Path) -> None:
@@ -299,15 +301,19 @@ def test_measure_interleaves_rounds_and_marks_preempted_ones(monkeypatch) -> Non
 
 
 class Contended:
-    """The guard's clock, playing a CPU: each guarded call takes ``cost[kernel]`` seconds (tuned: True)."""
+    """The guard's clock and preemption count, playing a CPU: each guarded call takes ``cost[kernel]`` seconds
+    (tuned: True), and while ``preempting`` every call counts an involuntary context switch."""
 
     def __init__(self, guard: load_guard.KernelGuard) -> None:
-        self.guard, self.now, self.reads, self.cost = guard, 0.0, 0, {True: 1.0, False: 1.7}
+        self.guard, self.now, self.reads, self.switches = guard, 0.0, 0, 0
+        self.cost, self.preempting = {True: 1.0, False: 1.7}, False
+        guard.clock, guard.preemptions = self, lambda: self.switches
 
     def __call__(self) -> float:
         self.reads += 1
         if self.reads % 2 == 0:  # the read after a call
             self.now += self.cost[self.guard.tuned]
+            self.switches += self.preempting
         return self.now
 
 
@@ -341,30 +347,32 @@ def test_guard_falls_back_to_plain_under_load_and_returns_when_quiet(monkeypatch
     """The burst after tuning (bench run 2 of 2026-12-06): the tuned kernel ~6x slower, plain ~2x. The guard
     must run plain within a few passes, try tuned rarely while the load lasts, and return once it is gone."""
     model, guard, used = guarded_model(monkeypatch)
-    clock = guard.clock = Contended(guard)
+    cpu = Contended(guard)
     window = guard.window
     assert window == 2 * 4 + 1  # every linear layer of the two blocks and the tied head
 
-    decode(model, 40)  # quiet: tuned throughout, plain never tried
-    assert used[0] == 40 * window and guard.plain_passes == 0
+    def tuned_passes(steps: int) -> int:
+        before = used[0]
+        decode(model, steps)
+        return (used[0] - before) // window
 
-    clock.cost = {True: 6.0, False: 2.0}  # a burst of other jobs: the two-thread kernel waits for its threads
-    before = used[0]
-    decode(model, 100)
-    tuned_passes = (used[0] - before) // window
+    assert tuned_passes(40) == 40 and guard.plain_passes == 0  # quiet: tuned throughout, plain never tried
+
+    cpu.cost, cpu.preempting = {True: 6.0, False: 2.0}, True  # a burst: the two-thread kernel waits for its threads
+    assert tuned_passes(100) <= load_guard.SAMPLES  # noticed within three passes; no probe while preempted
     assert not guard.tuned and guard.fallbacks == 1
-    # three slow passes to notice, then probes after 2, 4, 8, 16, 32 plain passes, each ended by its first pass
-    assert tuned_passes <= load_guard.SAMPLES + 6
 
-    clock.cost = {True: 1.0, False: 1.7}  # quiet again
-    before = used[0]
-    decode(model, 2**guard.backoff + 2 * load_guard.SAMPLES + 40)
+    cpu.cost, cpu.preempting = {True: 4.0, False: 2.0}, False  # one core taken: plain runs unpreempted, tuned loses
+    assert tuned_passes(100) <= 7  # probes after 2, 4, 8, 16, 32, 64 passes, each ended by its first pass
+    assert not guard.tuned and guard.backoff >= 5
+
+    cpu.cost = {True: 1.0, False: 1.7}  # quiet again: back within 2**backoff passes, then tuned throughout
+    assert tuned_passes(2**guard.backoff + 2 * load_guard.SAMPLES + 40) >= 40
     assert guard.tuned and guard.backoff < load_guard.MAX_BACKOFF
-    assert used[0] - before >= 40 * window  # tuned for (at least) the last 40 passes
 
 
 def test_guard_ignores_noise_and_false_alarms() -> None:
-    guard = load_guard.KernelGuard(window=1)
+    guard = load_guard.KernelGuard(window=1, preemptions=lambda: 0)
     for seconds in [1.0, 1.0, 9.0, 1.0, 1.0, 9.0, 1.0]:  # single preempted passes: the median of three holds
         guard.end_pass(seconds)
     assert guard.tuned and guard.plain_passes == 0
@@ -396,3 +404,17 @@ def test_guard_accounts_real_decode_steps_and_changes_no_result(monkeypatch) -> 
     assert "load guard: plain in" in kernels.describe()
     for chosen, reference in zip(tuned, plain, strict=True):
         torch.testing.assert_close(chosen, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_a_guard_started_plain_tries_tuned_only_once_unpreempted() -> None:
+    switches = [0]
+    guard = load_guard.KernelGuard(window=1, tuned=False, preemptions=lambda: switches[0])
+    for _ in range(20):  # the decoding thread preempted in every pass: tuned never tried
+        switches[0] += 1
+        guard.end_pass(2.0)
+    assert not guard.tuned and guard.plain_passes == 20
+    guard.end_pass(1.7)  # a pass unpreempted: tuned is tried ...
+    assert guard.tuned and guard.testing
+    for _ in range(load_guard.SAMPLES):  # ... and kept, being faster
+        guard.end_pass(1.0)
+    assert guard.tuned and not guard.testing and guard.plain_passes == 21

@@ -9,15 +9,17 @@ of every guarded layer: a decode step's one-row products), and compares the two 
 
 - The kernel in use is *tested* against the other when its last ``SAMPLES`` passes are, in the median, ``TRIGGER``
   x slower than the fastest tuned pass seen (tuned), or every ``2**backoff`` passes (plain; tuned too, every
-  ``2**MAX_BACKOFF``, in case the fastest was itself measured under load).
+  ``2**MAX_BACKOFF``, in case the fastest was itself measured under load). Plain tests tuned only after a pass in
+  which the OS did not preempt the decoding thread (its involuntary context switches): while the load that made it
+  fall back lasts, a probe would only cost a slow pass.
 - A test runs the other kernel for ``SAMPLES`` passes and keeps it if their median beats the median of the last
   ``SAMPLES`` passes before it; a tested pass slower than ``ABORT`` x that median ends the test at once, so a clear
   loser costs one pass.
 - ``backoff`` grows by one (at most ``MAX_BACKOFF``) each time tuned loses a test and shrinks by one each time it
   wins, so a lasting load costs at most one slow pass in ``2**backoff``.
 
-Nothing else is read (no /proc, no load average): two clock reads per guarded call, a counter and, once per pass, a
-few comparisons. Passes are counted by calls (``window``: the number of guarded layers), which holds as long as every
+Two clock reads per guarded call, a counter and, once per pass, a few comparisons (and, while plain, one
+``getrusage``). Passes are counted by calls (``window``: the number of guarded layers), which holds as long as every
 guarded layer runs once per step, as in a GPT decode step. Only the one-row path is guarded; many rows (prefill,
 batches) keep their kernel.
 """
@@ -32,6 +34,13 @@ from collections.abc import Callable
 
 import torch
 from torch.nn import functional as F
+
+try:
+    import resource
+
+    RUSAGE_THREAD = getattr(resource, "RUSAGE_THREAD", None)  # Linux
+except ImportError:  # Windows
+    RUSAGE_THREAD = None
 
 log = logging.getLogger("gpt2reg.accel.kernels")
 
@@ -49,18 +58,21 @@ class KernelGuard:
     ``clock`` is injectable so that tests can play the timings they are about.
     """
 
-    __slots__ = ("window", "clock", "tuned", "calls", "spent", "fastest", "recent", "testing", "backoff",
-                 "countdown", "passes", "plain_passes", "fallbacks")
+    __slots__ = ("window", "clock", "preemptions", "tuned", "calls", "spent", "fastest", "recent", "testing",
+                 "backoff", "countdown", "switches", "started_tuned", "passes", "plain_passes", "fallbacks")
 
-    def __init__(self, window: int, clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(self, window: int, tuned: bool = True, clock: Callable[[], float] = time.perf_counter,
+                 preemptions: Callable[[], int] | None = None) -> None:
         self.window, self.clock = max(1, window), clock
-        self.tuned = True  # which kernel the current pass runs
+        self.preemptions = preemptions or thread_preemptions
+        self.tuned = self.started_tuned = tuned  # the current pass's kernel (plain to start on an overloaded CPU)
         self.calls, self.spent = 0, 0.0  # in the current pass
         self.fastest = math.inf  # the fastest tuned pass seen
         self.recent: dict[bool, list[float]] = {True: [], False: []}  # last passes per kernel (tuned: True)
         self.testing = False  # the kernel in use is on test (its recent passes are all test passes)
         self.backoff = 0
-        self.countdown = 2**MAX_BACKOFF  # passes until the kernel in use is tested anyway
+        self.countdown = 2**MAX_BACKOFF if tuned else 1  # passes until the kernel in use is tested anyway
+        self.switches = -1  # the decoding thread's involuntary context switches at the end of the last plain pass
         self.passes = self.plain_passes = self.fallbacks = 0  # for describe()
 
     def __call__(self, kernel: Kernel, x: torch.Tensor, weight: torch.Tensor,
@@ -87,12 +99,17 @@ class KernelGuard:
             self.fastest = min(self.fastest, seconds)
         if self.testing:
             self._test(seconds)
-        elif self.countdown <= 0 or (
-            self.tuned and len(recent) == SAMPLES and statistics.median(recent) > TRIGGER * self.fastest
-        ):
+        elif (self._unpreempted() and self.countdown <= 0) if not self.tuned else (self.countdown <= 0 or (
+            len(recent) == SAMPLES and statistics.median(recent) > TRIGGER * self.fastest
+        )):
             self.testing = True
             self.recent[not self.tuned].clear()
             self._switch(not self.tuned, "testing")
+
+    def _unpreempted(self) -> bool:
+        """Whether the OS left the decoding thread alone during this plain pass (read at the end of every one)."""
+        switches, self.switches = self.switches, self.preemptions()
+        return switches == self.switches
 
     def _test(self, seconds: float) -> None:
         """One more pass of the kernel on test: keep it, go back, or wait for the next pass."""
@@ -121,5 +138,11 @@ class KernelGuard:
         log.debug("kernel guard: %s (%s)", "tuned" if tuned else "plain", why)
 
     def describe(self) -> str:
-        """How often the guard ran plain: ``plain in 3 of 130 passes (1 fallback)``."""
-        return f"plain in {self.plain_passes} of {self.passes} passes ({self.fallbacks} fallbacks)"
+        """How often the guard ran plain: ``plain in 3 of 130 passes (1 fallbacks)``."""
+        start = "" if self.started_tuned else ", started plain: CPU overloaded"
+        return f"plain in {self.plain_passes} of {self.passes} passes ({self.fallbacks} fallbacks{start})"
+
+
+def thread_preemptions() -> int:
+    """The calling thread's involuntary context switches so far; 0 where the OS does not say (never preempted)."""
+    return resource.getrusage(RUSAGE_THREAD).ru_nivcsw if RUSAGE_THREAD is not None else 0

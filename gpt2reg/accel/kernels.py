@@ -18,7 +18,8 @@ count when enough others are clean, and "plain" from mostly preempted rounds is 
 only, never cached. Cached decisions, keyed by CPU model, torch version, thread count and layer shape
 in a JSON file, carry the load they were measured at, and a process that starts on a CPU quieter by
 ``QUIETER`` measures again. The calibration (a few hundred ms for GPT-2 small) is otherwise paid once
-per machine.
+per machine. Load that comes after the choice is the guard's (``gpt2reg.accel.guard``): while decoding, a
+tuned one-row kernel runs only while its timed passes beat plain's under the load of the moment.
 
 Environment:
   ``GPT2REG_KERNELS``        ``auto`` (default); ``plain``: PyTorch's kernel everywhere, nothing measured;
@@ -201,15 +202,19 @@ def _choose(groups: dict[str, list[Layer]]) -> dict[str, Kernel]:
         log.warning("GPT2REG_KERNELS=%s is not auto, plain or one of %s; using auto", mode, ", ".join(found))
         mode = "auto"
     load = _load()
+    overloaded = load is not None and load > OVERLOADED * (os.cpu_count() or 1)
     if mode != "auto" or len(found) == 1:
         name = mode if mode in found else "plain"
         decided = {rows: dict.fromkeys(groups, name) for rows in ROWS}
-    elif load is not None and load > OVERLOADED * (os.cpu_count() or 1):
-        # A multi-threaded kernel waits for its preempted threads here: plain now, whatever was measured
-        # on a quieter CPU (kept for later processes); and no timing, which would describe the load.
-        log.info("CPU overloaded (load %.1f on %d cores): PyTorch's own kernels in this process", load,
+    elif overloaded:
+        # A multi-threaded kernel waits for its preempted threads here: plain now, and no timing, which would
+        # describe the load. What a quieter CPU chose for one row stays cached, and the guard starts plain and
+        # tries it once the load lets the decoding thread run unpreempted.
+        log.info("CPU overloaded (load %.1f on %d cores): PyTorch's own kernels to start with", load,
                  os.cpu_count() or 1)
+        cache = _Cache()
         decided = {rows: dict.fromkeys(groups, "plain") for rows in ROWS}
+        decided["1 row"] = {shape: name if (name := cache.get(shape, "1 row")) in found else "plain" for shape in groups}
     else:
         cache = _Cache()
         decided = {rows: {shape: cache.get(shape, rows) for shape in groups} for rows in ROWS}
@@ -230,9 +235,9 @@ def _choose(groups: dict[str, list[Layer]]) -> dict[str, Kernel]:
         cache.save()
     _record(decided)
     one, many = decided["1 row"], decided[f"{MANY_ROWS} rows"]
-    # auto: a one-row kernel chosen at tuning time stays only while it beats plain (load may come later)
+    # auto: a one-row kernel chosen at tuning time runs only while it beats plain (load may come later)
     guarded = [shape for shape in groups if one[shape] != "plain"] if mode == "auto" else []
-    guard = KernelGuard(sum(len(groups[shape]) for shape in guarded)) if guarded else None
+    guard = KernelGuard(sum(len(groups[shape]) for shape in guarded), tuned=not overloaded) if guarded else None
     if guard is not None:
         _guards.append(guard)
     return {
