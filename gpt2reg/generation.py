@@ -137,16 +137,44 @@ def _outside_nucleus(row: np.ndarray, top_p: float) -> np.ndarray:
         m = min(2 * m, vocab)
 
 
-def probabilities(logits: np.ndarray, options: GenerationOptions) -> np.ndarray:
-    """The distribution a token is sampled from, after temperature, top-k and top-p (float64)."""
+def weights(logits: np.ndarray, options: GenerationOptions) -> np.ndarray:
+    """The distribution a token is sampled from, unnormalized (float64, the most likely token's weight
+    is 1): what ``probabilities`` divides by its sum, and all a sampler needs."""
     if options.is_greedy:
         probs = np.zeros(np.shape(logits), dtype=np.float64)
         np.put_along_axis(probs, np.argmax(logits, axis=-1)[..., None], 1.0, axis=-1)
         return probs
-    scores = filter_logits(logits, options)
-    scores -= scores.max(axis=-1, keepdims=True)
-    probs = np.exp(scores)
+    scores = filter_logits(logits, options)  # a new array whose best score is exactly 0
+    return np.exp(scores, out=scores)
+
+
+def probabilities(logits: np.ndarray, options: GenerationOptions) -> np.ndarray:
+    """The distribution a token is sampled from, after temperature, top-k and top-p (float64)."""
+    probs = weights(logits, options)
     return probs / probs.sum(axis=-1, keepdims=True)
+
+
+DRAW_BLOCK = 256  # tokens per block of the two-level inverse CDF (``draw``)
+
+
+def draw(w: np.ndarray, u: float) -> int:
+    """The token at quantile ``u`` in [0, 1) of the weights ``w`` (one row): inverse-CDF sampling.
+
+    Two levels: the blocks' sums, then the one block ``u`` falls in. A running sum over the whole
+    vocabulary is a chain of dependent additions (0.23 ms for 50k on the AMD EPYC, most of a row's
+    sampling); block sums vectorize. A token of weight 0 (filtered out) is never drawn.
+    """
+    starts = np.arange(0, len(w), DRAW_BLOCK)
+    blocks = np.cumsum(np.add.reduceat(w, starts))
+    target = u * blocks[-1]
+    b = min(int(np.searchsorted(blocks, target, side="right")), len(blocks) - 1)
+    while b and blocks[b] == blocks[b - 1]:  # rounding carried the target into an empty block
+        b -= 1
+    block = w[starts[b] : starts[b] + DRAW_BLOCK]
+    i = int(np.searchsorted(np.cumsum(block), target - (blocks[b - 1] if b else 0.0), side="right"))
+    if i >= len(block):  # rounding carried the target past the block's end: its last token with weight
+        i = int(np.flatnonzero(block)[-1])
+    return int(starts[b]) + i
 
 
 class Sampler:
@@ -163,12 +191,8 @@ class Sampler:
         """One token per row of ``logits`` (batch, vocab); row ``j`` is sequence ``rows[j]`` (default: ``j``)."""
         if self.options.is_greedy:
             return [int(t) for t in np.argmax(logits, axis=-1)]
-        tokens = []
-        for j, row in enumerate(logits):
-            cumulative = np.cumsum(probabilities(row, self.options))
-            u = self._rngs[j if rows is None else rows[j]].random() * cumulative[-1]
-            tokens.append(int(min(np.searchsorted(cumulative, u, side="right"), len(cumulative) - 1)))
-        return tokens
+        return [draw(weights(row, self.options), self._rngs[j if rows is None else rows[j]].random())
+                for j, row in enumerate(logits)]
 
 
 # -- text: stop strings and streaming -----------------------------------------------------------
@@ -439,6 +463,7 @@ __all__ = [
     "Continuation",
     "GenerationOptions",
     "decode",
+    "draw",
     "PromptTruncatedWarning",
     "Sample",
     "Sampler",
@@ -449,4 +474,5 @@ __all__ = [
     "generate",
     "probabilities",
     "sampling_vocab",
+    "weights",
 ]

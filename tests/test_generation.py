@@ -21,6 +21,7 @@ from gpt2reg.generation import (
     Sampler,
     TextStream,
     decode,
+    draw,
     filter_logits,
     generate,
     probabilities,
@@ -181,6 +182,24 @@ def test_top_k_and_temperature() -> None:
     probs = probabilities(L4, GenerationOptions(temperature=10, top_k=3, top_p=0.5))
     assert (probs > 0).tolist() == [True, True, False, False]
     assert probabilities(logits, GenerationOptions(temperature=0)).tolist() == [0, 1, 0, 0, 0]
+
+
+@pytest.mark.parametrize("vocab", [1, 255, 256, 257, 50257])
+def test_draw_is_the_inverse_cdf(vocab: int) -> None:
+    """The two-level draw picks what a running sum over the whole vocabulary picks (integer weights:
+    every sum exact), and never a token of weight 0, even at the top of [0, 1)."""
+    rng = np.random.default_rng(vocab)
+    w = rng.integers(0, 4, vocab).astype(np.float64)
+    w[rng.random(vocab) < 0.5] = 0
+    w[-min(vocab - 1, 300):] = 0  # a tail of empty blocks
+    w[0] = max(w[0], 1)
+    cumulative = np.cumsum(w)
+    for u in [*rng.random(500), 0.0, 1 - 2**-53, *(cumulative[:-1] / cumulative[-1])]:
+        expected = min(int(np.searchsorted(cumulative, u * cumulative[-1], side="right")), vocab - 1)
+        got = draw(w, u)
+        assert w[got] > 0
+        if w[expected] > 0:
+            assert got == expected, (u, got, expected)
 
 
 def test_sampler_draws_from_the_distribution() -> None:
