@@ -511,6 +511,44 @@ def test_the_batcher_survives_a_failing_step_and_a_client_that_cannot_take_token
         batcher.close()
 
 
+def test_lanes_share_the_batch_and_each_job_gets_its_own_tokens(reference: OnnxGPT) -> None:
+    """Two decode threads over one session: jobs beyond lane 0's ``lane_rows`` go to the emptier lane,
+    both lanes decode at once, and every job gets exactly what it gets alone with its seed."""
+    import queue
+
+    from gpt2reg.generation import GenerationOptions
+    from gpt2reg.ort.runtime import onnx_engine
+    from gpt2reg.serve.batcher import Batcher, Job
+
+    lanes = [onnx_engine(reference), onnx_engine(reference)]
+    rows_seen = [0, 0]
+    for lane, engine in enumerate(lanes):
+        def step(tokens, real=engine.step, lane=lane):
+            rows_seen[lane] = max(rows_seen[lane], len(tokens))
+            return real(tokens)
+        engine.step = step
+    prompts = [[1, 2, 3], [4, 5], [6, 7, 8, 9], [10], [11, 12]]
+    options = [GenerationOptions(max_new_tokens=6, seed=s, num_samples=1 + s % 2) for s in range(len(prompts))]
+    batcher = Batcher(lanes, max_batch=8, max_queue=8, lane_rows=2)
+    try:
+        inboxes = [queue.Queue() for _ in prompts]
+        for prompt, o, inbox in zip(prompts, options, inboxes, strict=True):
+            batcher.submit(Job([prompt], o, inbox.put))
+        for prompt, o, inbox in zip(prompts, options, inboxes, strict=True):
+            tokens: dict[int, list[int]] = {}
+            finished = 0
+            while finished < o.num_samples:
+                for event in inbox.get(timeout=60):
+                    tokens.setdefault(event.index, []).append(event.token)
+                    finished += event.finish_reason is not None
+            alone = reference.generate([prompt], o)
+            assert [tokens[i] for i in range(o.num_samples)] == [s.generated_ids for s in alone]
+        assert rows_seen[0] >= 2 and rows_seen[1] >= 2, rows_seen  # both lanes decoded several rows
+        assert batcher.stats.max_batch_seen > 2
+    finally:
+        batcher.close()
+
+
 # -- bad requests -------------------------------------------------------------------------------
 
 BAD = [

@@ -78,6 +78,7 @@ class LoadedModel:
     engine: Engine
     backend: str  # e.g. "onnxruntime CPUExecutionProvider", "torch cpu"
     eos_token_id: int | None
+    lanes: tuple[Engine, ...] = ()  # more engines over the same model, decoded on threads of their own
 
 
 @dataclass(frozen=True)
@@ -167,10 +168,11 @@ class _Server:
                                  "leave it out")
             max_tokens = self.options.max_tokens or block - 1
             self.limits = Limits(self.model_names, model.engine.vocab_size, block, max_tokens, self.options.max_batch)
-            self.batcher = Batcher(model.engine, max_batch=self.options.max_batch, max_queue=self.options.max_queue)
+            self.batcher = Batcher([model.engine, *model.lanes], max_batch=self.options.max_batch, max_queue=self.options.max_queue)
             get_tokenizer()
             self.model = model
-            log.info("ready: %s on %s (max batch %d)", self.model_id, model.backend, self.options.max_batch)
+            log.info("ready: %s on %s (max batch %d, %d lane(s))", self.model_id, model.backend, self.options.max_batch,
+                     len(self.batcher.engines))
         except Exception as exc:
             self.error = str(exc) or type(exc).__name__
             self._on_fatal(self.error)
@@ -194,7 +196,7 @@ class _Server:
             "status": "ok", "model": self.model_id, "backend": self.model.backend,
             "context": self.limits.block_size, "max_tokens": self.limits.max_tokens,
             "max_batch": self.options.max_batch, "max_queue": self.options.max_queue,
-            "batch": self.batcher.stats.to_dict(), "memory": _memory(),
+            "lanes": len(self.batcher.engines), "batch": self.batcher.stats.to_dict(), "memory": _memory(),
         })
 
     def _card(self, name: str) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,20 +119,35 @@ class BatchStats:
 
 
 class Batcher:
-    """Runs ``engine`` on a daemon thread; ``submit`` jobs, ``cancel`` them, ``close`` at shutdown."""
+    """Runs each engine on its own daemon thread (a lane); ``submit`` jobs, ``cancel`` them, ``close`` at shutdown.
 
-    def __init__(self, engine: Engine, *, max_batch: int, max_queue: int) -> None:
-        self.engine = engine
+    Lanes decode separate rows over one model (engines on one session): while one lane samples and
+    hands out its tokens, the other's model call keeps the cores busy. A job joins lane 0 while that
+    keeps it at ``lane_rows`` rows or fewer (a small batch is cheapest as one: every step streams the
+    weights once), else the lane with the fewest rows.
+    """
+
+    def __init__(self, engine: Engine | Sequence[Engine], *, max_batch: int, max_queue: int,
+                 lane_rows: int = 8) -> None:
+        self.engines = list(engine) if isinstance(engine, Sequence) else [engine]
+        self.engine = self.engines[0]
         self.max_batch = max_batch
         self.max_queue = max_queue
+        self.lane_rows = lane_rows
         self.stats = BatchStats()
-        self._vocab = sampling_vocab(engine.vocab_size)
+        self._vocab = sampling_vocab(self.engine.vocab_size)
         self._waiting: deque[Job] = deque()
         self._cond = threading.Condition()
         self._closed = False
-        self._running_rows = 0  # rows in the batch, as of the last step boundary
-        self._thread = threading.Thread(target=self._run, name="gpt2reg-decode", daemon=True)
-        self._thread.start()
+        self._rows = [0] * len(self.engines)  # each lane's rows, as of its last step boundary
+        self._threads = [threading.Thread(target=self._run, args=(lane,), name=f"gpt2reg-decode-{lane}", daemon=True)
+                         for lane in range(len(self.engines))]
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def _running_rows(self) -> int:
+        return sum(self._rows)
 
     def submit(self, job: Job) -> None:
         """Queue ``job``; raises ``QueueFull`` or ``Closed`` instead when it cannot be taken."""
@@ -147,7 +162,7 @@ class Batcher:
             self._waiting.append(job)
             self.stats.queued = len(self._waiting)
             self.stats.requests += 1
-            self._cond.notify()
+            self._cond.notify_all()
 
     def _waiting_beyond_batch(self, job: Job) -> int:
         """How many waiting jobs, ``job`` last, would not join at the next step (lock held)."""
@@ -175,53 +190,75 @@ class Batcher:
             for job in self._waiting:
                 job.cancelled = True
             self._waiting.clear()
-            self._cond.notify()
-        self._thread.join(timeout)
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(timeout)
 
     # -- the decode thread ----------------------------------------------------------------------
 
-    def _run(self) -> None:
+    def _run(self, lane: int) -> None:
+        engine = self.engines[lane]
         rows: list[_Row] = []
-        logits = np.zeros((0, self.engine.vocab_size), dtype=np.float32)
+        logits = np.zeros((0, engine.vocab_size), dtype=np.float32)
         while True:
             with self._cond:
-                while not rows and not self._waiting and not self._closed:
+                while not rows and not self._next_is_for(lane) and not self._closed:
                     self._cond.wait()
                 if self._closed:
                     for row in rows:
                         row.job.cancelled = True
                     return
-                joining = self._take_waiting(self.max_batch - len(rows))
-                self._running_rows = len(rows) + sum(job.rows for job in joining)
-            rows, logits = self._drop(rows, logits, [i for i, r in enumerate(rows) if not r.job.cancelled])
-            joining = [job for job in joining if not job.echo or self._echo(job)]
+                self._rows[lane] = len(rows)
+                joining = self._take_waiting(lane)
+            rows, logits = self._drop(engine, rows, logits, [i for i, r in enumerate(rows) if not r.job.cancelled])
+            joining = [job for job in joining if not job.echo or self._echo(engine, job)]
             if joining:
-                rows, logits = self._join(joining, rows, logits)
-            self.stats.batch = self._running_rows = len(rows)
+                rows, logits = self._join(engine, joining, rows, logits)
+            self._set_rows(lane, len(rows))
             if not rows:
                 continue
-            self.stats.max_batch_seen = max(self.stats.max_batch_seen, len(rows))
             tokens = self._sample(rows, logits)
             running = [i for i, r in enumerate(rows) if not r.sequence.done]
-            rows, logits = self._drop(rows, logits, running)
+            rows, logits = self._drop(engine, rows, logits, running)
             tokens = [tokens[i] for i in running]
-            self.stats.batch = self._running_rows = len(rows)
+            self._set_rows(lane, len(rows))
             if not rows:
                 continue
             try:
-                logits = self.engine.step(tokens)
-                self.stats.steps += 1
+                logits = engine.step(tokens)
+                with self._cond:
+                    self.stats.steps += 1
             except Exception as exc:  # every running request fails; the server stays up
                 log.exception("decode step failed")
                 for job in {id(r.job): r.job for r in rows}.values():
                     _deliver(job, Failure(f"decode step failed: {exc}"))
-                rows, logits = self._drop(rows, logits, [])
-                self.stats.batch = self._running_rows = 0
+                rows, logits = self._drop(engine, rows, logits, [])
+                self._set_rows(lane, 0)
 
-    def _join(self, jobs: list[Job], rows: list[_Row], logits: np.ndarray) -> tuple[list[_Row], np.ndarray]:
+    def _set_rows(self, lane: int, count: int) -> None:
+        with self._cond:
+            self._rows[lane] = count
+            self.stats.batch = self._running_rows
+            self.stats.max_batch_seen = max(self.stats.max_batch_seen, self.stats.batch)
+            if self._waiting:
+                self._cond.notify_all()  # rows left: a waiting job may fit now, maybe in another lane
+
+    def _lane_for(self, job: Job) -> int:
+        """The lane a job joins (lock held): lane 0 while it keeps ``lane_rows`` or fewer, else the emptiest."""
+        if self._rows[0] + job.rows <= self.lane_rows:
+            return 0
+        return min(range(len(self._rows)), key=lambda lane: self._rows[lane])
+
+    def _next_is_for(self, lane: int) -> bool:
+        """Whether the first waiting job fits now and joins ``lane`` (lock held)."""
+        return bool(self._waiting) and self._waiting[0].rows <= self.max_batch - self._running_rows \
+            and self._lane_for(self._waiting[0]) == lane
+
+    def _join(self, engine: Engine, jobs: list[Job], rows: list[_Row], logits: np.ndarray
+              ) -> tuple[list[_Row], np.ndarray]:
         """Prefill the joining jobs' prompts together and append their rows (all fail together, the batch goes on)."""
         try:
-            new = self.engine.add([p for job in jobs for p in job.prompts], [job.options.num_samples for job in jobs for _ in job.prompts])
+            new = engine.add([p for job in jobs for p in job.prompts], [job.options.num_samples for job in jobs for _ in job.prompts])
         except Exception as exc:
             log.exception("prefill failed")
             for job in jobs:
@@ -235,16 +272,16 @@ class Batcher:
         broken = {id(r.job): r.job for r, finite in zip(rows, np.isfinite(logits).all(axis=1), strict=True) if not finite}
         for job in broken.values():  # NaN weights, or float16 overflow: nothing sensible to sample
             _deliver(job, Failure(NON_FINITE))
-        return self._drop(rows, logits, [i for i, r in enumerate(rows) if id(r.job) not in broken])
+        return self._drop(engine, rows, logits, [i for i, r in enumerate(rows) if id(r.job) not in broken])
 
-    def _echo(self, job: Job) -> bool:
+    def _echo(self, engine: Engine, job: Job) -> bool:
         """Hand ``job`` its prompts (log-probabilities from a full pass where asked); whether it goes on to decode."""
         events = []
         try:
             for p, prompt in enumerate(job.prompts):
                 logprobs = tops = None
                 if job.logprobs is not None:
-                    logits = self.engine.prompt_logits(prompt)[:, : self._vocab]
+                    logits = engine.prompt_logits(prompt)[:, : self._vocab]
                     if not np.isfinite(logits).all():
                         raise ValueError(NON_FINITE)
                     logprobs, tops = prompt_logprobs(logits, prompt, job.logprobs)
@@ -258,20 +295,23 @@ class Batcher:
         _deliver(job, events)
         return job.options.max_new_tokens > 0 and not job.cancelled
 
-    def _take_waiting(self, free: int) -> list[Job]:
-        """Pop waiting jobs, first come first served, while their rows fit in ``free`` (lock held)."""
+    def _take_waiting(self, lane: int) -> list[Job]:
+        """Pop the waiting jobs that join ``lane``, first come first served, while their rows fit (lock held)."""
         joining = []
-        while self._waiting and self._waiting[0].rows <= free:
+        while self._next_is_for(lane):
             job = self._waiting.popleft()
             joining.append(job)
-            free -= job.rows
+            self._rows[lane] += job.rows
         self.stats.queued = len(self._waiting)
+        if self._waiting:
+            self._cond.notify_all()  # the next one may be another lane's
         return joining
 
-    def _drop(self, rows: list[_Row], logits: np.ndarray, keep: list[int]) -> tuple[list[_Row], np.ndarray]:
+    @staticmethod
+    def _drop(engine: Engine, rows: list[_Row], logits: np.ndarray, keep: list[int]) -> tuple[list[_Row], np.ndarray]:
         if len(keep) == len(rows):
             return rows, logits
-        self.engine.keep(keep)
+        engine.keep(keep)
         return [rows[i] for i in keep], logits[keep]
 
     def _sample(self, rows: list[_Row], logits: np.ndarray) -> list[int]:
@@ -286,7 +326,8 @@ class Batcher:
             if row.job.logprobs is not None:
                 event.logprob, event.top_logprobs = token_logprobs(row_logits, token, row.job.logprobs)
             events.setdefault(id(row.job), (row.job, []))[1].append(event)
-        self.stats.tokens += len(tokens)
+        with self._cond:
+            self.stats.tokens += len(tokens)
         for job, job_events in events.values():
             _deliver(job, job_events)
         return tokens

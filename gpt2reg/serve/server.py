@@ -29,6 +29,7 @@ def serve(
     api_key: str | None = None,
     grace: float = 30.0,
     threads: int | None = None,
+    lanes: int | None = None,
     log_level: str = "info",
     served_model_names: Sequence[str] = (),
     cors_origins: Sequence[str] = (),
@@ -43,7 +44,8 @@ def serve(
     default: the file's or folder's name). ``cors_origins`` lets pages from those origins call the API
     from a browser; ``allowed_hosts`` answers only requests whose Host header names one of them.
     On SIGTERM the server stops accepting connections, lets requests in flight finish for up to
-    ``grace`` seconds, then exits. Raises ``Gpt2regError`` if the address cannot be listened on or
+    ``grace`` seconds, then exits. ``lanes`` decode threads split the batch of an ``.onnx`` file
+    (``Batcher``; None: 2 on a CPU of 2 or more cores, else 1). Raises ``Gpt2regError`` if the address cannot be listened on or
     the model cannot be loaded.
     """
     import uvicorn
@@ -55,9 +57,11 @@ def serve(
         model_id = Path(name).stem
 
         def load() -> LoadedModel:
-            return _load_onnx(name, provider, threads)
+            return _load_onnx(name, provider, threads, lanes)
     else:
         model_id = Path(name.rstrip("/")).name or name
+        if (lanes or 1) > 1:
+            raise InputError(f"--lanes {lanes}: lanes split the batch of an .onnx file; a torch model decodes on one")
 
         def load() -> LoadedModel:
             return _load_torch(name, provider)
@@ -99,7 +103,8 @@ def serve(
         raise Gpt2regError(f"cannot serve {name}: {failures[0]}")
 
 
-def _load_onnx(path: str, provider: str, threads: int | None) -> LoadedModel:
+def _load_onnx(path: str, provider: str, threads: int | None, lanes: int | None = None) -> LoadedModel:
+    from ..ort.providers import CPU
     from ..ort.runtime import OnnxGPT, onnx_engine  # torch-free
 
     # Threads that sleep between operators: busy-waiting ones take the cores from the event loop and the
@@ -107,7 +112,10 @@ def _load_onnx(path: str, provider: str, threads: int | None) -> LoadedModel:
     model = OnnxGPT(path, provider=provider, threads=threads, spinning=False)
     if model.provider_note:
         log.warning("%s", model.provider_note)
-    return LoadedModel(onnx_engine(model), f"onnxruntime {model.provider}", model.description.eos_token_id)
+    if lanes is None:  # on the CPU, a second lane fills the cores one lane leaves idle while it samples (docs/serving.md)
+        lanes = 2 if model.provider == CPU and (os.cpu_count() or 1) >= 2 else 1
+    return LoadedModel(onnx_engine(model), f"onnxruntime {model.provider}", model.description.eos_token_id,
+                       tuple(onnx_engine(model) for _ in range(lanes - 1)))
 
 
 def _load_torch(name: str, provider: str) -> LoadedModel:
