@@ -24,3 +24,94 @@ def tiny_config():
     from gpt2reg.config import GPTConfig
 
     return GPTConfig(**TINY)
+
+
+def _fingerprint(obj, digest, values: bool = True) -> None:
+    """Feed ``obj`` to ``digest``: tensors by dtype, device, shape and (``values``) bytes; containers item by
+    item; the rest by repr."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach()
+        digest.update(f"T{t.dtype}{t.device}{tuple(t.shape)}".encode())
+        if values:
+            digest.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, (list, tuple)):
+        digest.update(f"{type(obj).__name__}{len(obj)}(".encode())
+        for item in obj:
+            _fingerprint(item, digest, values)
+        digest.update(b")")
+    elif isinstance(obj, dict):
+        digest.update(f"dict{len(obj)}(".encode())
+        for k in sorted(obj, key=repr):
+            digest.update(repr(k).encode())
+            _fingerprint(obj[k], digest, values)
+        digest.update(b")")
+    else:
+        digest.update(repr(obj).encode())
+
+
+def _trace_key(model: torch.nn.Module, args, kwargs: dict) -> tuple:
+    """Everything ``torch.onnx.export`` reads: each submodule's name, class, attributes, parameters and
+    buffers (values included), the functions of those classes (a patched method is a new key), the example
+    inputs' dtypes and shapes and the export options. The example inputs' values are left out: gpt2reg
+    draws them at random for every export, and a graph with dynamic shapes does not depend on them (two
+    plain exports of one model are byte for byte the same)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    code = []
+    for name, module in model.named_modules():
+        digest.update(f"M{name}:{type(module).__module__}.{type(module).__qualname__}".encode())
+        # parameters, buffers, hooks, config and any other attribute (submodules come in their own turn)
+        _fingerprint({k: v for k, v in vars(module).items() if k != "_modules"}, digest)
+        for cls in type(module).__mro__:
+            if cls not in (torch.nn.Module, object):
+                code.extend((cls, key, value if _hashable(value) else id(value)) for key, value in vars(cls).items())
+    _fingerprint(args, digest, values=False)
+    _fingerprint(kwargs, digest)
+    return digest.hexdigest(), tuple(code)
+
+
+def _hashable(value) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def trace_each_model_once():
+    """Speed only: in a module using it, ``torch.onnx.export`` (tracing: 1-3 s a call on a tiny model) runs
+    once per distinct model, example inputs and options, and a repeated call gets a fresh copy of that
+    graph; gpt2reg's own steps after the trace (fusions, quantization, metadata, saving, validation) run
+    on every export as usual, and the files are byte for byte those of a new trace. The key
+    (``_trace_key``) holds the values of every parameter and buffer and the classes and methods of every
+    submodule: only for modules whose tests patch nothing else a trace reads (module-level functions of
+    the model code are not in the key). Without onnx_ir's private name counters (kept so that names given
+    after the trace are the same) every export traces, as without this fixture."""
+    import copy
+
+    import onnx_ir as ir
+    import torch.onnx
+
+    original = torch.onnx.export
+    traced: dict[tuple, tuple] = {}
+
+    def export(model, args=(), **kwargs):
+        key = _trace_key(model, args, kwargs)
+        if key not in traced:
+            program = original(model, args, **kwargs)
+            authority = getattr(program.model.graph, "_name_authority", None)
+            if authority is None:
+                return program
+            traced[key] = ir.to_proto(program.model), copy.deepcopy(authority)
+        proto, authority = traced[key]
+        onnx_model = ir.from_proto(proto)
+        onnx_model.graph._name_authority = copy.deepcopy(authority)
+        return torch.onnx.ONNXProgram(onnx_model, None)
+
+    torch.onnx.export = export
+    try:
+        yield
+    finally:
+        torch.onnx.export = original

@@ -32,6 +32,8 @@ from gpt2reg.testing import component_names
 # (batch 2, seq 3, past 5) appear nowhere in the checks below.
 SMALL = dict(n_layer=2, n_head=2, n_embd=32, block_size=128, vocab_size=101)
 DEFAULTS = {"pos": "learned", "act": "gelu_tanh", "norm": "layernorm"}
+# Exports that repeat a model (another quantization, a fusion turned off) reuse its trace (conftest.py).
+pytestmark = pytest.mark.usefixtures("trace_each_model_once")
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -18,6 +18,8 @@ from gpt2reg.ort.metadata import QUANTIZATIONS
 from gpt2reg.testing import component_names
 
 SMALL = dict(n_layer=1, n_head=2, n_embd=32, block_size=64, vocab_size=101)
+# Exports that repeat a model (another quantization, a fusion turned off) reuse its trace (conftest.py).
+pytestmark = pytest.mark.usefixtures("trace_each_model_once")
 
 
 def _lookups(path: Path, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
