@@ -116,25 +116,26 @@ def filter_logits(logits: np.ndarray, options: GenerationOptions) -> np.ndarray:
 
 
 def _outside_nucleus(row: np.ndarray, top_p: float) -> np.ndarray:
-    """Indices outside the top-p nucleus of one row of scores.
+    """Indices outside the top-p nucleus of one row of scores (ties at its edge in index order).
 
-    Sorts only the most likely ``m`` tokens, doubling ``m`` until they hold ``top_p`` of the mass:
-    exact, and far cheaper than sorting a 50k vocabulary when the nucleus is small.
+    Without sorting the vocabulary: the mass of each power-of-two band of probabilities (the float64
+    exponent bits) finds the band where the running mass from the top reaches ``top_p``; every token
+    above it is in, and only that band's tokens are sorted. Sorting the nucleus cost ~1 ms per row when
+    it held thousands of tokens.
     """
     probs = np.exp(row - row.max())
     probs /= probs.sum()
-    vocab = row.shape[0]
-    m = min(256, vocab)
-    while True:
-        top = np.argpartition(-probs, m - 1)[:m] if m < vocab else np.arange(vocab)
-        top = top[np.argsort(-probs[top], kind="stable")]
-        cumulative = np.cumsum(probs[top])
-        if cumulative[-1] >= top_p or m == vocab:
-            keep = min(int(np.searchsorted(cumulative, top_p)) + 1, m)
-            outside = np.ones(vocab, dtype=bool)
-            outside[top[:keep]] = False
-            return outside
-        m = min(2 * m, vocab)
+    band = probs.view(np.int64) >> 52  # the biased exponent: probs in [2**(band-1023), 2**(band-1022))
+    reached = np.cumsum(np.bincount(band, weights=probs)[::-1])  # from the most likely band down
+    edge_index = min(int(np.searchsorted(reached, top_p)), len(reached) - 1)
+    edge = len(reached) - 1 - edge_index
+    outside = band < edge
+    candidates = np.flatnonzero(band == edge)
+    order = candidates[np.argsort(-probs[candidates], kind="stable")]
+    mass = (reached[edge_index - 1] if edge_index else 0.0) + np.cumsum(probs[order])
+    keep = min(int(np.searchsorted(mass, top_p)) + 1, len(order))
+    outside[order[keep:]] = True
+    return outside
 
 
 def weights(logits: np.ndarray, options: GenerationOptions) -> np.ndarray:
