@@ -70,12 +70,8 @@ class Backend(Protocol):
         ``mask`` (rows, past + seq) marks left pads with 0."""
         ...
 
-    def left_pad(self, past: Any, width: int) -> Any:
-        """The cache with zero columns on the left up to ``width`` positions."""
-        ...
-
-    def concat(self, first: Any, second: Any) -> Any:
-        """Two caches of one width, rows of ``first`` then rows of ``second``."""
+    def join(self, first: Any, second: Any, width: int) -> Any:
+        """Rows of ``first`` then rows of ``second``, each cache left-padded with zeros to ``width`` positions."""
         ...
 
     def take(self, past: Any, rows: np.ndarray, start: int) -> Any:
@@ -126,7 +122,7 @@ class KVCacheEngine:
             self.mask, self.past = mask, past
             return logits
         width = max(self.width, mask.shape[1])
-        self.past = self.backend.concat(self.backend.left_pad(self.past, width), self.backend.left_pad(past, width))
+        self.past = self.backend.join(self.past, past, width)
         self.mask = np.concatenate((_pad_mask(self.mask, width), _pad_mask(mask, width)))
         return logits
 

@@ -42,12 +42,12 @@ class TorchBackend:
                                                          attention_mask=attention_mask, last_only=True)
             return logits[:, -1].float().cpu().numpy(), GrowingKV.wrap(presents, self.block_size)
 
-    def left_pad(self, past: KVCache, width: int) -> KVCache:
-        pad = width - past[0][0].shape[2]
-        return past if pad == 0 else [(F.pad(k, (0, 0, pad, 0)), F.pad(v, (0, 0, pad, 0))) for k, v in past]
+    def join(self, first: KVCache, second: KVCache, width: int) -> KVCache:
+        def pad(t: torch.Tensor) -> torch.Tensor:
+            return t if t.shape[2] == width else F.pad(t, (0, 0, width - t.shape[2], 0))
 
-    def concat(self, first: KVCache, second: KVCache) -> KVCache:
-        return [(torch.cat((k1, k2)), torch.cat((v1, v2))) for (k1, v1), (k2, v2) in zip(first, second, strict=True)]
+        return [(torch.cat((pad(k1), pad(k2))), torch.cat((pad(v1), pad(v2))))
+                for (k1, v1), (k2, v2) in zip(first, second, strict=True)]
 
     def take(self, past: KVCache, rows: np.ndarray, start: int) -> KVCache:
         index = torch.from_numpy(rows).to(self.device)

@@ -187,9 +187,9 @@ class InPlaceKV:
     so a step writes its new key/value there and copies nothing, where ``OnnxGPT.run`` copies the
     whole cache into new presents. Only for files whose ``kv_in_place`` says so (``OnnxGPT.in_place``).
 
-    ``arrays`` are the cached keys/values so far (views). The room doubles when a call needs more, so
-    copies stay proportional to the final length, and never exceeds the model's context (as
-    ``gpt2reg.model.GrowingKV`` does for torch).
+    ``arrays`` are the cached keys/values so far (views). A new cache, and one that a call outgrows,
+    gets room for twice its length (``room``), so copies stay proportional to the final length, and
+    never more than the model's context (as ``gpt2reg.model.GrowingKV`` does for torch).
     """
 
     def __init__(self, model: OnnxGPT, past: list[np.ndarray]) -> None:
@@ -197,7 +197,36 @@ class InPlaceKV:
         self.binding = model.session.io_binding()
         self.length = past[0].shape[2]
         self.buffers: list[np.ndarray] = []
-        self._fill(past, self.length)
+        self._fill(past, self.room(self.length))
+
+    @classmethod
+    def assembled(cls, model: OnnxGPT, pieces: list[tuple[list[np.ndarray], np.ndarray, int]], width: int) -> InPlaceKV:
+        """A new cache of ``width`` positions, with room to grow, from ``pieces``: (arrays, rows, start)
+        gives rows ``rows`` of ``arrays``, positions from ``start`` on, right-aligned (left pads stay 0).
+
+        Rows joining, leaving or being copied cost one copy of what is kept, straight into buffers the
+        graph then extends in place (numpy's pad, concatenate and fancy indexing, then a copy into
+        buffers with room, made four).
+        """
+        cache = cls.__new__(cls)
+        cache.model, cache.binding, cache.length = model, model.session.io_binding(), width
+        first = pieces[0][0]
+        shape = (sum(len(rows) for _, rows, _ in pieces), first[0].shape[1], cache.room(width), first[0].shape[3])
+        cache.buffers = [host_buffer(shape, first[0].dtype) for _ in first]
+        for layer, buffer in enumerate(cache.buffers):
+            out = 0
+            for arrays, rows, start in pieces:
+                source = arrays[layer]
+                pad = width - (source.shape[2] - start)
+                for row in rows.tolist():
+                    buffer[out, :, pad:width] = source[row, :, start:]
+                    out += 1
+        cache._bind()
+        return cache
+
+    def room(self, length: int) -> int:
+        """The capacity for ``length`` positions: twice that (at least 16), within the context."""
+        return max(length, min(max(2 * length, 16), self.model.block_size))
 
     @property
     def arrays(self) -> list[np.ndarray]:
@@ -215,7 +244,7 @@ class InPlaceKV:
         feed = self.model._feed(input_ids, attention_mask, self.length, logits_to_keep)
         end = self.length + seq
         if end > self.capacity:
-            self._fill(self.arrays, max(end, min(2 * self.capacity, self.model.block_size)))
+            self._fill(self.arrays, self.room(end))
         values = {name: self._value(np.ascontiguousarray(array)) for name, array in feed.items()}
         for name, value in values.items():
             self.binding.bind_ortvalue_input(name, value)
@@ -228,12 +257,17 @@ class InPlaceKV:
 
     def _fill(self, past: list[np.ndarray], capacity: int) -> None:
         """New buffers of ``capacity`` holding ``past``, bound as both past and present."""
-        n_layer = self.model.description.n_layer
         self.buffers = []
-        for array, past_name, present_name in zip(past, past_names(n_layer), present_names(n_layer), strict=True):
+        for array in past:
             buffer = host_buffer((*array.shape[:2], capacity, array.shape[3]), array.dtype)
             buffer[:, :, : array.shape[2]] = array
             self.buffers.append(buffer)
+        self._bind()
+
+    def _bind(self) -> None:
+        n_layer = self.model.description.n_layer
+        for buffer, past_name, present_name in zip(self.buffers, past_names(n_layer), present_names(n_layer),
+                                                    strict=True):
             value = self._value(buffer)
             self.binding.bind_ortvalue_input(past_name, value)
             self.binding.bind_ortvalue_output(present_name, value)
@@ -243,6 +277,9 @@ class InPlaceKV:
         from onnxruntime import OrtValue
 
         return OrtValue.ortvalue_from_numpy(array)  # shares the array's memory (the CPU's)
+
+
+Cache = list[np.ndarray] | InPlaceKV  # what a call's cache is: arrays, or buffers extended in place
 
 
 class OnnxBackend:
@@ -268,18 +305,25 @@ class OnnxBackend:
             ) -> tuple[np.ndarray, list[np.ndarray] | InPlaceKV]:
         return self.model.decode_step(ids, mask, past)
 
-    def left_pad(self, past: list[np.ndarray] | InPlaceKV, width: int) -> list[np.ndarray]:
-        return [np.pad(p, ((0, 0), (0, 0), (width - p.shape[2], 0), (0, 0))) if p.shape[2] < width else p
-                for p in _arrays(past)]
+    def join(self, first: Cache, second: Cache, width: int) -> Cache:
+        a, b = _arrays(first), _arrays(second)
+        if self.model.in_place:
+            return InPlaceKV.assembled(self.model, [(a, np.arange(len(a[0])), 0), (b, np.arange(len(b[0])), 0)], width)
+        pad = [((0, 0), (0, 0), (width - p.shape[2], 0), (0, 0)) for p in (a[0], b[0])]
+        return [np.concatenate((np.pad(x, pad[0]), np.pad(y, pad[1]))) for x, y in zip(a, b, strict=True)]
 
-    def concat(self, first: list[np.ndarray] | InPlaceKV, second: list[np.ndarray] | InPlaceKV) -> list[np.ndarray]:
-        return [np.concatenate((a, b)) for a, b in zip(_arrays(first), _arrays(second), strict=True)]
+    def take(self, past: Cache, rows: np.ndarray, start: int) -> Cache:
+        arrays = _arrays(past)
+        if self.model.in_place:
+            return InPlaceKV.assembled(self.model, [(arrays, rows, start)], arrays[0].shape[2] - start)
+        return [np.ascontiguousarray(p[rows, :, start:]) for p in arrays]
 
-    def take(self, past: list[np.ndarray] | InPlaceKV, rows: np.ndarray, start: int) -> list[np.ndarray]:
-        return [np.ascontiguousarray(p[rows, :, start:]) for p in _arrays(past)]
-
-    def repeat(self, past: list[np.ndarray] | InPlaceKV, copies: np.ndarray) -> list[np.ndarray]:
-        return [np.repeat(p, copies, axis=0) for p in _arrays(past)]
+    def repeat(self, past: Cache, copies: np.ndarray) -> Cache:
+        arrays = _arrays(past)
+        if self.model.in_place:
+            rows = np.repeat(np.arange(len(copies)), copies)
+            return InPlaceKV.assembled(self.model, [(arrays, rows, 0)], arrays[0].shape[2])
+        return [np.repeat(p, copies, axis=0) for p in arrays]
 
 
 def host_buffer(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -298,7 +342,7 @@ def host_buffer(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     return np.frombuffer(memory, dtype=dtype).reshape(shape)  # the array keeps the mapping alive
 
 
-def _arrays(past: list[np.ndarray] | InPlaceKV) -> list[np.ndarray]:
+def _arrays(past: Cache) -> list[np.ndarray]:
     return past.arrays if isinstance(past, InPlaceKV) else past
 
 
