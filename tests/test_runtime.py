@@ -176,3 +176,30 @@ def test_eval_of_an_onnx_file_works_where_torch_cannot_be_imported(exported, tmp
 
     want = evaluate(model, tmp_path / "poem.txt", device="cpu")
     assert got["tokens"] == want["tokens"] and got["loss"] == pytest.approx(want["loss"], rel=1e-5)
+
+
+def test_host_buffers_reuse_only_what_nothing_else_holds() -> None:
+    """A KV buffer handed back is reused for a similar size, but not while a view of it is alive
+    (another cache's writes would show through it), and not for a size it would waste half of."""
+    from gpt2reg.ort.runtime import HostBuffers
+
+    def address(array: np.ndarray) -> int:
+        return array.__array_interface__["data"][0]
+
+    pool = HostBuffers()
+    buffers = [pool.take((2, 3, 64, 8), np.float32)]
+    buffers[0][:] = 1.5
+    first = address(buffers[0])
+    pool.give(buffers)
+    buffers = [pool.take((2, 3, 40, 8), np.float32)]  # fits, and uses more than half of it
+    assert address(buffers[0]) == first and buffers[0].shape == (2, 3, 40, 8)
+    held = buffers[0][:, :, :4]  # a caller's view outlives the cache
+    pool.give(buffers)
+    buffers = [pool.take((2, 3, 40, 8), np.float32)]
+    assert address(buffers[0]) != first
+    buffers[0][:] = 7
+    assert (held == 1.5).all()
+    second = address(buffers[0])
+    pool.give(buffers)
+    assert address(pool.take((2, 3, 8, 8), np.float32)) != second  # 8 of 40 positions: too wasteful
+    assert address(pool.take((2, 3, 40, 8), np.float32)) == second

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import mmap
 import os
+import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -212,13 +214,14 @@ class InPlaceKV:
         cache.model, cache.binding, cache.length = model, model.session.io_binding(), width
         first = pieces[0][0]
         shape = (sum(len(rows) for _, rows, _ in pieces), first[0].shape[1], cache.room(width), first[0].shape[3])
-        cache.buffers = [host_buffer(shape, first[0].dtype) for _ in first]
+        cache.buffers = [host_buffers.take(shape, first[0].dtype) for _ in first]
         for layer, buffer in enumerate(cache.buffers):
             out = 0
             for arrays, rows, start in pieces:
                 source = arrays[layer]
                 pad = width - (source.shape[2] - start)
                 for row in rows.tolist():
+                    buffer[out, :, :pad] = 0  # a reused buffer holds another cache's values
                     buffer[out, :, pad:width] = source[row, :, start:]
                     out += 1
         cache._bind()
@@ -244,7 +247,7 @@ class InPlaceKV:
         feed = self.model._feed(input_ids, attention_mask, self.length, logits_to_keep)
         end = self.length + seq
         if end > self.capacity:
-            self._fill(self.arrays, self.room(end))
+            self._grow(self.room(end))
         values = {name: self._value(np.ascontiguousarray(array)) for name, array in feed.items()}
         for name, value in values.items():
             self.binding.bind_ortvalue_input(name, value)
@@ -257,12 +260,29 @@ class InPlaceKV:
 
     def _fill(self, past: list[np.ndarray], capacity: int) -> None:
         """New buffers of ``capacity`` holding ``past``, bound as both past and present."""
-        self.buffers = []
         for array in past:
-            buffer = host_buffer((*array.shape[:2], capacity, array.shape[3]), array.dtype)
+            buffer = host_buffers.take((*array.shape[:2], capacity, array.shape[3]), array.dtype)
             buffer[:, :, : array.shape[2]] = array
             self.buffers.append(buffer)
         self._bind()
+
+    def _grow(self, capacity: int) -> None:
+        """Move the cache into buffers of ``capacity``; the old ones go back to ``host_buffers``."""
+        old, self.buffers = self.buffers, []
+        for array in old:
+            buffer = host_buffers.take((*array.shape[:2], capacity, array.shape[3]), array.dtype)
+            buffer[:, :, : self.length] = array[:, :, : self.length]
+            self.buffers.append(buffer)
+        self._bind()
+        host_buffers.give(old)
+
+    def __del__(self) -> None:
+        try:
+            self.binding.clear_binding_inputs()  # the bound values hold the buffers too
+            self.binding.clear_binding_outputs()
+            host_buffers.give(self.buffers)
+        except Exception:  # noqa: BLE001 - a finalizer must not raise; the memory is freed as usual then
+            pass
 
     def _bind(self) -> None:
         n_layer = self.model.description.n_layer
@@ -326,20 +346,56 @@ class OnnxBackend:
         return [np.repeat(p, copies, axis=0) for p in arrays]
 
 
-def host_buffer(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """A zeroed array in its own anonymous mapping, for a KV cache that grows by reallocation.
+class HostBuffers:
+    """Memory for in-place KV caches, reused: a cache that grows, or is rebuilt when rows join or leave,
+    hands its old buffers back (``give``), and the next cache of a similar size takes one (``take``).
 
-    Not ``np.zeros``: numpy advises its large arrays ``MADV_HUGEPAGE``, and with the kernel's usual
-    ``defrag=madvise`` every first touch of such memory may then stall compacting memory for a 2 MiB
-    page (on the 2-core AMD EPYC VM, copying a 16-row 124M cache of 384 tokens into a new buffer took
-    0.1-2.0 s so, 0.2 s steadily from a plain mapping, where the kernel still uses huge pages it has at
-    hand). Outside POSIX, ``np.zeros``.
+    Fresh memory is the expensive part on a VM: every first touch of a page faults (and a VM that
+    reports free pages to its host refaults each 4 KiB page it reuses). Rebuilding a 16-row 124M cache
+    at every step (a row leaving and one joining) spent 2/3 of its CPU time in the kernel. A buffer is
+    kept only when nothing else still holds a view of it, and the spare ones are at most ``limit``
+    bytes; those too small for what is asked go first.
+
+    New buffers are plain anonymous mappings, not ``np.zeros``: numpy advises its large arrays
+    ``MADV_HUGEPAGE``, and with the kernel's usual ``defrag=madvise`` a first touch of such memory may
+    stall compacting memory for a 2 MiB page (copying a 16-row 124M cache of 384 tokens into a new
+    buffer took 0.1-2.0 s so on the 2-core AMD EPYC VM, 0.2 s steadily from a plain mapping, where the
+    kernel still uses the huge pages it has at hand).
     """
-    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    if not hasattr(mmap, "MAP_ANONYMOUS") or size == 0:
-        return np.zeros(shape, dtype=dtype)
-    memory = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    return np.frombuffer(memory, dtype=dtype).reshape(shape)  # the array keeps the mapping alive
+
+    def __init__(self, limit: int = 1 << 30) -> None:
+        self.limit = limit
+        self._spare: list[np.ndarray] = []  # 1-D uint8 arrays over whole mappings, oldest first
+        self._lock = threading.Lock()
+
+    def take(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """An array of ``shape`` whose contents are undefined (a spare buffer's, or zeros)."""
+        size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        with self._lock:
+            fits = [i for i, b in enumerate(self._spare) if size <= b.nbytes <= 2 * size]
+            if fits:
+                root = self._spare.pop(min(fits, key=lambda i: self._spare[i].nbytes))
+                return root[:size].view(dtype).reshape(shape)
+            self._spare = [b for b in self._spare if b.nbytes >= size // 2]  # too small to be asked for soon
+        if not hasattr(mmap, "MAP_ANONYMOUS") or size == 0:
+            return np.zeros(shape, dtype=dtype)
+        memory = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        return np.frombuffer(memory, dtype=np.uint8)[:size].view(dtype).reshape(shape)
+
+    def give(self, buffers: list[np.ndarray]) -> None:
+        """Take back ``buffers`` (the list is emptied): each is kept if nothing else holds a view of it."""
+        roots = [b.base for b in buffers]
+        buffers.clear()
+        with self._lock:
+            for root in roots:
+                # References now: ``roots``, ``root``, getrefcount's argument; a view elsewhere adds one.
+                if isinstance(root, np.ndarray) and root.base is not None and sys.getrefcount(root) <= 3:
+                    self._spare.append(root)
+            while sum(b.nbytes for b in self._spare) > self.limit:
+                self._spare.pop(0)
+
+
+host_buffers = HostBuffers()  # one per process: the decode threads of a server share it
 
 
 def _arrays(past: Cache) -> list[np.ndarray]:
