@@ -19,6 +19,35 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torchlib_registry():
+    """Speed only: torch's exporter rebuilds its torchlib op registry (~0.3 s) on every export; the exports
+    here share one per set of arguments (gpt2reg registers no ops of its own in it). Without the private
+    hook the tests run as they are, only slower."""
+    try:
+        from torch.onnx._internal.exporter._registration import ONNXRegistry
+    except ImportError:
+        yield
+        return
+    original = ONNXRegistry.__dict__.get("from_torchlib")
+    if not isinstance(original, classmethod):
+        yield
+        return
+    cache: dict[str, object] = {}
+
+    def from_torchlib(cls, *args, **kwargs):
+        key = repr((args, sorted(kwargs.items())))
+        if key not in cache:
+            cache[key] = original.__func__(cls, *args, **kwargs)
+        return cache[key]
+
+    ONNXRegistry.from_torchlib = classmethod(from_torchlib)
+    try:
+        yield
+    finally:
+        ONNXRegistry.from_torchlib = original
+
+
 @pytest.fixture
 def tiny_config():
     from gpt2reg.config import GPTConfig
@@ -79,11 +108,14 @@ def _hashable(value) -> bool:
     return True
 
 
+_TRACED: dict[tuple, tuple] = {}  # trace_each_model_once's graphs, shared by the modules that use it
+
+
 @pytest.fixture(scope="module")
 def trace_each_model_once():
-    """Speed only: in a module using it, ``torch.onnx.export`` (tracing: 1-3 s a call on a tiny model) runs
-    once per distinct model, example inputs and options, and a repeated call gets a fresh copy of that
-    graph; gpt2reg's own steps after the trace (fusions, quantization, metadata, saving, validation) run
+    """Speed only: in the modules using it, ``torch.onnx.export`` (tracing: 1-3 s a call on a tiny model)
+    runs once per distinct model, example inputs and options, and a repeated call gets a fresh copy of
+    that graph; gpt2reg's own steps after the trace (fusions, quantization, metadata, saving, validation) run
     on every export as usual, and the files are byte for byte those of a new trace. The key
     (``_trace_key``) holds the values of every parameter and buffer and the classes and methods of every
     submodule: only for modules whose tests patch nothing else a trace reads (module-level functions of
@@ -94,8 +126,7 @@ def trace_each_model_once():
     import onnx_ir as ir
     import torch.onnx
 
-    original = torch.onnx.export
-    traced: dict[tuple, tuple] = {}
+    original, traced = torch.onnx.export, _TRACED
 
     def export(model, args=(), **kwargs):
         key = _trace_key(model, args, kwargs)

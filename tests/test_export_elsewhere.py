@@ -46,6 +46,8 @@ VARIANTS = {  # folder name -> (build_model overrides, export options)
     "rope-int8": ({"pos": "rope"}, ["--quantize", "int8"]),
 }
 TINY_REAL_VOCAB = dict(n_layer=2, n_head=2, n_embd=32, block_size=128, vocab_size=50257, init_std=0.25)
+# Exports that repeat a model reuse its trace (conftest.py).
+pytestmark = pytest.mark.usefixtures("trace_each_model_once")
 
 
 def _export(root: Path, name: str) -> dict:

@@ -36,34 +36,6 @@ DEFAULTS = {"pos": "learned", "act": "gelu_tanh", "norm": "layernorm"}
 pytestmark = pytest.mark.usefixtures("trace_each_model_once")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torchlib_registry():
-    """Speed only: torch's exporter rebuilds its torchlib op registry (~0.3 s) on every export; the ~140
-    exports here share one. Without the private hook the tests run as they are, only slower."""
-    try:
-        from torch.onnx._internal.exporter._registration import ONNXRegistry
-    except ImportError:
-        yield
-        return
-    original = ONNXRegistry.__dict__.get("from_torchlib")
-    if not isinstance(original, classmethod):
-        yield
-        return
-    cache: dict[str, object] = {}
-
-    def from_torchlib(cls, *args, **kwargs):
-        key = repr((args, sorted(kwargs.items())))
-        if key not in cache:
-            cache[key] = original.__func__(cls, *args, **kwargs)
-        return cache[key]
-
-    ONNXRegistry.from_torchlib = classmethod(from_torchlib)
-    try:
-        yield
-    finally:
-        ONNXRegistry.from_torchlib = original
-
-
 def _combinations() -> list:
     """Every pos x act x norm combination; those outside a pairwise covering set are in the slow tier.
 

@@ -22,6 +22,8 @@ from gpt2reg.ort.runtime import OnnxGPT, load
 
 # The GPT-2 vocabulary, so text prompts encode; the rest tiny.
 CONFIG = dict(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=50257, pos="rope", init_std=0.2)
+# Exports that repeat a model reuse its trace (conftest.py).
+pytestmark = pytest.mark.usefixtures("trace_each_model_once")
 
 NO_TORCH = """
 import importlib.abc, sys

@@ -36,6 +36,8 @@ from gpt2reg.tokenizer import get_tokenizer
 
 # The GPT-2 vocabulary so text prompts encode; a long context so one request can outlast a disconnect.
 CONFIG = dict(n_layer=2, n_head=2, n_embd=32, block_size=1024, vocab_size=50257, pos="rope", init_std=0.2)
+# Exports that repeat a model reuse its trace (conftest.py).
+pytestmark = pytest.mark.usefixtures("trace_each_model_once")
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}

@@ -27,6 +27,8 @@ from gpt2reg.ort.runtime import OnnxGPT
 from gpt2reg.serve.chat import PLAIN_TEMPLATE, ChatTemplate
 from gpt2reg.tokenizer import EOT_ID, EOT_TOKEN, get_tokenizer
 
+# Exports that repeat a model reuse its trace (conftest.py).
+pytestmark = pytest.mark.usefixtures("trace_each_model_once")
 KEY = "clients-key"
 
 

@@ -22,6 +22,8 @@ from gpt2reg.cli import cli
 from gpt2reg.model import build_model
 from gpt2reg.onnx import export_onnx
 
+# Exports that repeat a model reuse its trace (conftest.py).
+pytestmark = pytest.mark.usefixtures("trace_each_model_once")
 KEY = "clé-ключ-鍵"  # not ASCII: clients send its UTF-8 bytes
 AUTH = {"Authorization": f"Bearer {KEY}".encode()}
 ORIGIN = "http://ok.example"
