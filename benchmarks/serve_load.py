@@ -6,7 +6,9 @@
 
 Starts the server (a subprocess on a free local port) and a process running ``OnnxGPT.generate``,
 then per round: ``generate`` alone (the server idle), one streaming client, and ``--clients``
-streaming clients at once, each ``--tokens`` new tokens with its own seed. Prints per-token latency at one client (server vs.
+streaming clients at once, each ``--tokens`` new tokens with its own seed (and with ``--churn S``, S
+seconds of each client sending request after request of varied lengths: rows join and leave the
+batch at almost every step). Prints per-token latency at one client (server vs.
 ``generate``: the added latency) and the throughput of the concurrent clients over one client's
 (continuous batching), medians over the rounds, with the CPU and the load. The machine may be shared:
 the ratios compare figures taken in the same run. The server's CPU time per token in each phase (from
@@ -122,7 +124,28 @@ class _Generator:
         self.proc.wait(60)
 
 
-def run(path: str, clients: int, tokens: int, rounds: int) -> dict:
+def churn(port: int, clients: int, tokens: int, seconds: float) -> float:
+    """Tokens/s when ``clients`` clients each send one streamed request after another for ``seconds``,
+    each asking for between a quarter of ``tokens`` and ``tokens`` (seeded): requests join and leave
+    the batch at almost every step, as in real serving."""
+    import random
+
+    deadline = time.perf_counter() + seconds
+
+    def client(i: int) -> int:
+        rng, produced = random.Random(i), 0
+        while time.perf_counter() < deadline:
+            produced += stream_completion(port, {"prompt": PROMPT, "max_tokens": rng.randint(tokens // 4, tokens),
+                                                 "seed": rng.randrange(2**31)})[1]
+        return produced
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        produced = sum(pool.map(client, range(clients)))
+    return produced / (time.perf_counter() - started)
+
+
+def run(path: str, clients: int, tokens: int, rounds: int, churn_seconds: float = 0) -> dict:
     load_before = os.getloadavg()
     if not os.path.isfile(path):
         raise FileNotFoundError(path)
@@ -156,6 +179,7 @@ def run(path: str, clients: int, tokens: int, rounds: int) -> dict:
             if before is not None:
                 single_cpu.append((between - before) / produced)
                 concurrent_cpu.append((after - between) / sum(n for _, n in results))
+        churn_tps = churn(port, clients, tokens, churn_seconds) if churn_seconds else None
     finally:
         server.terminate()
         server.wait(60)
@@ -170,7 +194,7 @@ def run(path: str, clients: int, tokens: int, rounds: int) -> dict:
         "added_latency": round(single_ms / generate_ms - 1, 4),
         "single_client_tokens_per_s": round(single, 1), "concurrent_tokens_per_s": round(concurrent, 1),
         "speedup": round(concurrent / single, 2),
-    } | _cpu_figures(single_cpu, concurrent_cpu)
+    } | _cpu_figures(single_cpu, concurrent_cpu) | ({"churn_tokens_per_s": round(churn_tps, 1)} if churn_tps else {})
 
 
 def _cpu_figures(single: list[float], concurrent: list[float]) -> dict:
@@ -189,8 +213,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--churn", type=float, default=0, metavar="SECONDS",
+                        help="then, for SECONDS, each client sends request after request of varied lengths")
     args = parser.parse_args(argv)
-    print(json.dumps(run(args.onnx, args.clients, args.tokens, args.rounds), indent=2))
+    print(json.dumps(run(args.onnx, args.clients, args.tokens, args.rounds, args.churn), indent=2))
 
 
 if __name__ == "__main__":

@@ -20,9 +20,10 @@ def tiny(tmp_path_factory) -> tuple[None, Path]:
 def test_bench_compares_the_server_with_generate_in_one_run(tiny) -> None:
     from benchmarks.serve_load import run
 
-    figures = run(str(tiny[1]), clients=4, tokens=8, rounds=1)
+    figures = run(str(tiny[1]), clients=4, tokens=8, rounds=1, churn_seconds=1)
     assert figures["clients"] == 4 and figures["tokens"] == 8 and figures["cpu"]
     assert figures["generate_ms_per_token"] > 0 and figures["server_ms_per_token"] > 0
     assert figures["concurrent_tokens_per_s"] > 0 and figures["speedup"] > 0  # ratios only: the machine is shared
     assert figures["server_cpu_ms_per_token_single"] >= 0 and figures["server_cpu_ms_per_token_concurrent"] >= 0
     assert figures["cpu_speedup"] is None or figures["cpu_speedup"] > 0
+    assert figures["churn_tokens_per_s"] > 0  # requests of varied lengths, one after another
