@@ -73,7 +73,7 @@ def _single_components() -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize("kind,name", _single_components(), ids=[f"{k}={n}" for k, n in _single_components()])
 def test_kv_cache_graph_of_every_component_matches_torch(tmp_path: Path, kind: str, name: str) -> None:
-    model = build_model(**SMALL, **{**DEFAULTS, kind: name}, seed=1)
+    model = build_model(**SMALL, **{**DEFAULTS, kind: name}, seed=3)  # seed 3 as below: shared traces
     path = export_onnx(model, tmp_path / "m.onnx")
     report = validate_onnx(path, model, provider="cpu", cases=10)
     seen = {(c["past"], c["seq"], c["padded"]) for c in report.cases}
@@ -212,7 +212,7 @@ def test_cuda_provider_that_cannot_load_is_an_error(rope_export, tmp_path: Path)
 
 @pytest.mark.parametrize("dtype,quantize", [("fp16", None), ("fp32", "int8"), ("fp32", "int4")])
 def test_reduced_precision_exports_validate_with_their_tolerances(tmp_path: Path, dtype: str, quantize: str | None) -> None:
-    model = build_model(**SMALL, pos="rope", seed=2)
+    model = build_model(**SMALL, pos="rope", seed=3)
     path = export_onnx(model, tmp_path / "m.onnx", dtype=dtype, quantize=quantize)
     report = validate_onnx(path, model, provider="cpu", cases=4)
     assert report.passed, report.summary()
@@ -282,7 +282,7 @@ def test_external_data_and_nothing_half_written(tmp_path: Path, monkeypatch) -> 
     import gpt2reg.onnx.export as export_module
 
     monkeypatch.setattr(export_module, "MAPPED_TENSOR_BYTES", 1024)  # a tiny model's matrices go out too
-    model = build_model(**SMALL, seed=0)
+    model = build_model(**SMALL, seed=3)
     path = export_onnx(model, tmp_path / "out" / "m.onnx", external_data=True)
     assert sorted(p.name for p in path.parent.iterdir()) == ["m.onnx", "m.onnx.data"]
     assert Path(f"{path}.data").stat().st_size > 0.8 * 4 * model.num_parameters()  # the weights are outside
