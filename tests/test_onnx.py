@@ -386,10 +386,10 @@ def test_attention_fusion_changes_no_result(tmp_path: Path, monkeypatch, pos: st
 
 
 def _calls(rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Batch 2: a left-padded prompt, then two decode steps."""
-    mask = np.ones((2, 5), np.int64)
+    """Batch 2: a left-padded prompt of 15 tokens, then two decode steps."""
+    mask = np.ones((2, 15), np.int64)
     mask[1, :2] = 0
-    calls = [(rng.integers(0, 101, (2, 5)), mask)]
+    calls = [(rng.integers(0, 101, (2, 15)), mask)]
     for _ in range(2):
         mask = np.concatenate((mask, np.ones((2, 1), np.int64)), axis=1)
         calls.append((rng.integers(0, 101, (2, 1)), mask))
@@ -440,12 +440,12 @@ def test_quantized_graph_extends_the_cache_in_place_with_the_attention_ops_resul
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
         for got, want in zip(outputs["in place"], outputs["gqa"], strict=True):
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
-    # Lengths 5, 6, 7: the room is made for the prompt, doubled (to 10) for the step, then the next
-    # step writes into the same buffers.
-    assert grown == [True, True, False] and cache.capacity == 10
+    # Lengths 15, 16, 17: a new cache has room for 16 (``room``), so the prompt and the first step are
+    # written into the same buffers; the second step outgrows them, into room for twice its length.
+    assert grown == [False, False, True] and cache.capacity == 34
     # Two rows extending the past by 3 tokens: refused before onnxruntime sees it, by both paths;
     # the file without GroupQueryAttention takes it, and so does the in-place file one row at a time.
-    ids, mask = np.ones((2, 3), np.int64), np.ones((2, 10), np.int64)
+    ids, mask = np.ones((2, 3), np.int64), np.ones((2, 20), np.int64)
     for run in (lambda: gqa.run(ids, mask, pasts["gqa"]), lambda: cache.run(ids, mask)):
         with pytest.raises(InputError, match=r"extends a past by several tokens in at most 1 row\(s\) per call, not 2"):
             run()
