@@ -18,11 +18,8 @@ activations quantized to int8 per block inside the kernel).
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import logging
 import os
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -49,6 +46,7 @@ from ..ort.metadata import (
 )
 from .fusions import fuse_attention, fuse_group_query_attention, fuse_skip_layer_norm
 from .quantize import quantize_file
+from .quiet import quiet
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
@@ -122,23 +120,6 @@ def _example_inputs(model: nn.Module, kv_cache: bool):
     # The mask length is past + seq: left to the tracer (DYNAMIC) and named afterwards.
     dynamic = ({0: b, 1: s}, {0: b, 1: torch.export.Dim.DYNAMIC}, {0: b, 1: s}, [{0: b, 2: p} for _ in pasts])
     return (ids, mask, positions, pasts), dynamic
-
-
-@contextlib.contextmanager
-def quiet():
-    """The exporter's warnings (axis renames, torchvision absent, deprecations) are not the user's business."""
-    # onnxruntime's quantizers log their advice (and MatMulNBits every node) on the root logger.
-    loggers = [logging.getLogger("torch.onnx"), logging.getLogger()]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
 
 
 def _name_total_dim(onnx_model) -> None:
@@ -409,7 +390,8 @@ def export_onnx(
             fp32 = stage.extra(f"{tmp.stem}-fp32.onnx")
             with quiet():
                 program.save(fp32)
-            quantize_file(quantize, fp32, tmp, props, external=external_data, shared_table=shared_table)
+            quantize_file(quantize, fp32, tmp, props, external=external_data, shared_table=shared_table,
+                          size_threshold=MAPPED_TENSOR_BYTES, producer=PRODUCER)
         _check_loads(tmp, opset)
         if verify is not None:
             verify(tmp)

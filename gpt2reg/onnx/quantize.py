@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .quiet import quiet
+
 
 @dataclass(frozen=True)
 class NBitsRecipe:
@@ -47,33 +49,29 @@ RECIPES: dict[str, NBitsRecipe] = {"int8": NBitsRecipe(bits=8, block=128), "int4
 
 
 def quantize_file(quantize: str, src: Path, dst: Path, props: dict[str, str], *, external: bool,
-                  shared_table: bool = True) -> None:
+                  size_threshold: int, producer: str, shared_table: bool = True) -> None:
     """Quantize the fp32 file ``src`` into ``dst`` (``RECIPES[quantize]``), with ``props`` as its metadata;
-    ``external`` puts its large tensors in ``<dst>.data`` (``export.MAPPED_TENSOR_BYTES``); ``shared_table``
+    ``external`` puts its tensors of ``size_threshold`` bytes or more in ``<dst>.data``; ``shared_table``
     stores a tied token table once (else the lookup keeps its fp32 table)."""
     import onnx
-
-    from .export import MAPPED_TENSOR_BYTES, PRODUCER, quiet
 
     model = onnx.load(str(src))
     tied = _tied_table(model.graph) if shared_table else None
     model = _quantize_nbits(RECIPES[quantize], model)
     if tied is not None:
         _share_tied_table(model.graph, *tied)
-    model.producer_name = PRODUCER
+    model.producer_name = producer
     del model.metadata_props[:]
     for key, value in props.items():
         model.metadata_props.add(key=key, value=value)
     with quiet():
         onnx.save_model(model, str(dst), save_as_external_data=external, all_tensors_to_one_file=True,
-                        location=f"{dst.name}.data", size_threshold=MAPPED_TENSOR_BYTES)
+                        location=f"{dst.name}.data", size_threshold=size_threshold)
 
 
 def _quantize_nbits(recipe: NBitsRecipe, model):
     """onnxruntime's block-wise weight-only quantization: every constant-weight MatMul -> ``MatMulNBits``."""
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
-
-    from .export import quiet
 
     weights = {t.name: t for t in model.graph.initializer}
     sizes = [weights[n.input[1]].dims[0] for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
