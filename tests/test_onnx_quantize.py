@@ -98,6 +98,7 @@ def test_weights_from_map_bytes_go_to_a_data_file_that_onnxruntime_maps(tmp_path
         two = export_onnx(model, tmp_path / "two" / "m.onnx", quantize=quantize)
         assert [p.name for p in one.parent.iterdir()] == ["m.onnx"]
         assert sorted(p.name for p in two.parent.iterdir()) == ["m.onnx", "m.onnx.data"]
+        assert Path(f"{two}.data").stat().st_mode == two.stat().st_mode  # others who can load the graph can read it
         moved = Path(f"{two}.data").stat().st_size  # the weights
         assert moved > 10_000 and one.stat().st_size - two.stat().st_size >= 0.9 * moved
         assert validate_onnx(two, model, provider="cpu", cases=2).passed

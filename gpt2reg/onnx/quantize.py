@@ -12,6 +12,7 @@ learned position table stays fp32 (it is small and only looked up).
 
 from __future__ import annotations
 
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +68,9 @@ def quantize_file(quantize: str, src: Path, dst: Path, props: dict[str, str], *,
     with quiet():
         onnx.save_model(model, str(dst), save_as_external_data=external, all_tensors_to_one_file=True,
                         location=f"{dst.name}.data", size_threshold=size_threshold)
+    data = dst.with_name(f"{dst.name}.data")
+    if data.exists():  # onnx writes it through a private temporary file (mode 0600): give it the graph's mode
+        data.chmod(stat.S_IMODE(dst.stat().st_mode))
 
 
 def _quantize_nbits(recipe: NBitsRecipe, model):
