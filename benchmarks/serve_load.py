@@ -23,6 +23,7 @@ import argparse
 import http.client
 import json
 import os
+import shlex
 import socket
 import statistics
 import subprocess
@@ -145,14 +146,15 @@ def churn(port: int, clients: int, tokens: int, seconds: float) -> float:
     return produced / (time.perf_counter() - started)
 
 
-def run(path: str, clients: int, tokens: int, rounds: int, churn_seconds: float = 0) -> dict:
+def run(path: str, clients: int, tokens: int, rounds: int, churn_seconds: float = 0,
+        server_args: tuple[str, ...] = ()) -> dict:
     load_before = os.getloadavg()
     if not os.path.isfile(path):
         raise FileNotFoundError(path)
     generate = _Generator(path)
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "gpt2reg", "serve", path, "--port", str(port), "--provider", "cpu",
-                               "--max-batch", str(clients), "--log-level", "warning"])
+                               "--max-batch", str(clients), "--log-level", "warning", *server_args])
     try:
         _wait_ready(server, port)
         body = {"prompt": PROMPT, "max_tokens": tokens}
@@ -215,8 +217,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--churn", type=float, default=0, metavar="SECONDS",
                         help="then, for SECONDS, each client sends request after request of varied lengths")
+    parser.add_argument("--server-args", default="", metavar="ARGS",
+                        help="more `gpt2reg serve` options, e.g. '--threads 1 --lanes 2'")
     args = parser.parse_args(argv)
-    print(json.dumps(run(args.onnx, args.clients, args.tokens, args.rounds, args.churn), indent=2))
+    print(json.dumps(run(args.onnx, args.clients, args.tokens, args.rounds, args.churn, tuple(shlex.split(args.server_args))),
+                     indent=2))
 
 
 if __name__ == "__main__":
