@@ -366,7 +366,7 @@ class HostBuffers:
     def __init__(self, limit: int = 1 << 30) -> None:
         self.limit = limit
         self._spare: list[np.ndarray] = []  # 1-D uint8 arrays over whole mappings, oldest first
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # give() runs from __del__, which the GC may call inside take()
 
     def take(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         """An array of ``shape`` whose contents are undefined (a spare buffer's, or zeros)."""
