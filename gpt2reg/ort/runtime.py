@@ -267,13 +267,10 @@ class InPlaceKV:
         self._bind()
 
     def _grow(self, capacity: int) -> None:
-        """Move the cache into buffers of ``capacity``; the old ones go back to ``host_buffers``."""
+        """Move the cache into buffers of ``capacity``; the old ones go back to ``host_buffers`` (after the
+        views ``_fill`` copied from are gone: a buffer with a live view is not taken back)."""
         old, self.buffers = self.buffers, []
-        for array in old:
-            buffer = host_buffers.take((*array.shape[:2], capacity, array.shape[3]), array.dtype)
-            buffer[:, :, : self.length] = array[:, :, : self.length]
-            self.buffers.append(buffer)
-        self._bind()
+        self._fill([b[:, :, : self.length] for b in old], capacity)
         host_buffers.give(old)
 
     def __del__(self) -> None:
@@ -329,8 +326,10 @@ class OnnxBackend:
         a, b = _arrays(first), _arrays(second)
         if self.model.in_place:
             return InPlaceKV.assembled(self.model, [(a, np.arange(len(a[0])), 0), (b, np.arange(len(b[0])), 0)], width)
-        pad = [((0, 0), (0, 0), (width - p.shape[2], 0), (0, 0)) for p in (a[0], b[0])]
-        return [np.concatenate((np.pad(x, pad[0]), np.pad(y, pad[1]))) for x, y in zip(a, b, strict=True)]
+        def pad(p: np.ndarray) -> np.ndarray:
+            return p if p.shape[2] == width else np.pad(p, ((0, 0), (0, 0), (width - p.shape[2], 0), (0, 0)))
+
+        return [np.concatenate((pad(x), pad(y))) for x, y in zip(a, b, strict=True)]
 
     def take(self, past: Cache, rows: np.ndarray, start: int) -> Cache:
         arrays = _arrays(past)
