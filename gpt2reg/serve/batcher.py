@@ -130,12 +130,11 @@ class Batcher:
     def __init__(self, engine: Engine | Sequence[Engine], *, max_batch: int, max_queue: int,
                  lane_rows: int = 8) -> None:
         self.engines = list(engine) if isinstance(engine, Sequence) else [engine]
-        self.engine = self.engines[0]
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.lane_rows = lane_rows
         self.stats = BatchStats()
-        self._vocab = sampling_vocab(self.engine.vocab_size)
+        self._vocab = sampling_vocab(self.engines[0].vocab_size)
         self._waiting: deque[Job] = deque()
         self._cond = threading.Condition()
         self._closed = False
