@@ -77,6 +77,8 @@ def test_an_address_that_cannot_be_listened_on_is_one_line(tiny: Path, tmp_path:
             (tiny, ["--host", "192.0.2.1"], "--host 192.0.2.1 is not an address of this machine"),
             (model, ["--host", "192.0.2.1"], "--host 192.0.2.1 is not an address of this machine"),
             (tiny, ["--port", str(taken.getsockname()[1])], "is already in use by another program"),
+            (tiny, ["--lanes", "5", "--max-batch", "4"], "--lanes 5 is more than --max-batch 4"),
+            (model, ["--lanes", "2"], "a torch model decodes on one"),
         ]:
             run = serve_cli(str(target), *args)
             lines = run.stderr.strip().splitlines()

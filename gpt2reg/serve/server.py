@@ -51,6 +51,9 @@ def serve(
     import uvicorn
 
     name = os.fspath(model)
+    if lanes is not None and lanes > max_batch:
+        raise InputError(f"--lanes {lanes} is more than --max-batch {max_batch}: each lane decodes at least one "
+                         "sequence; lower --lanes")
     if name.endswith(".onnx"):
         if not os.path.isfile(name):
             raise InputError(f"{name}: no such ONNX file")
