@@ -1006,12 +1006,9 @@ NOISY_PLUGINS = {  # dist name: (entry-point name, module source)
 
 @pytest.fixture(scope="module")
 def noisy_site(tmp_path_factory) -> Path:
-    from test_plugins import _install
+    from test_plugins import install_site
 
-    root = tmp_path_factory.mktemp("noisy_site")
-    for dist, (ep_name, source) in NOISY_PLUGINS.items():
-        _install(root, dist, ep_name, source)
-    return root
+    return install_site(tmp_path_factory.mktemp("noisy_site"), NOISY_PLUGINS)
 
 
 PLUGIN_IMPORTS = [  # (id, args, extra environment)

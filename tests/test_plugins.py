@@ -61,12 +61,16 @@ def _install(root: Path, dist: str, ep_name: str, source: str, version: str = "1
     (info / "entry_points.txt").write_text(f"[gpt2reg]\n{ep_name} = {module}\n")
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("site")
-    for dist, (ep_name, source) in FAKE_PLUGINS.items():
+def install_site(root: Path, plugins: dict[str, tuple[str, str]]) -> Path:
+    """A folder to put on sys.path holding ``plugins`` (dist name: (entry-point name, module source))."""
+    for dist, (ep_name, source) in plugins.items():
         _install(root, dist, ep_name, source)
     return root
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    return install_site(tmp_path_factory.mktemp("site"), FAKE_PLUGINS)
 
 
 def gpt2reg_cli(site: Path | None, *args: str, **env: str) -> subprocess.CompletedProcess:
