@@ -11,8 +11,9 @@ framework's arrays (torch tensors: ``gpt2reg.torch_backend``; numpy under onnxru
 is (rows, heads, width, head_dim) and ``mask`` (rows, width) marks each row's real positions, so
 position ids (the count of real tokens before each one) and attention ignore the pads. Joining rows
 are prefilled together, then their cache and mask are left-padded to the batch's width (or the
-batch's to theirs) and appended; when rows leave, any leading column no row uses any more is cut, so
-the width is always the longest row and never exceeds the context. ``FullSequenceEngine`` (a model
+batch's to theirs) and appended; when rows leave, leading columns no row uses any more are cut (the
+backend may keep them, masked, until cutting is worth its copy), so the width stays close to the
+longest row and never exceeds the context. ``FullSequenceEngine`` (a model
 without a KV cache) recomputes each row from its own tokens every step: correct, not fast.
 
 Logits cross as numpy float32 arrays (rows, vocab). This module imports neither torch nor onnxruntime.
@@ -74,8 +75,9 @@ class Backend(Protocol):
         """Rows of ``first`` then rows of ``second``, each cache left-padded with zeros to ``width`` positions."""
         ...
 
-    def take(self, past: Any, rows: np.ndarray, start: int) -> Any:
-        """The given rows, positions from ``start`` on."""
+    def take(self, past: Any, rows: np.ndarray, start: int) -> tuple[Any, int]:
+        """The given rows, positions from ``start`` on (``past`` may be reused), and the start it cut at:
+        ``start``, or 0 where cutting would copy more than the unused columns cost (they stay masked)."""
         ...
 
     def repeat(self, past: Any, copies: np.ndarray) -> Any:
@@ -140,8 +142,8 @@ class KVCacheEngine:
         index = np.asarray(rows, dtype=np.int64)
         mask = self.mask[index]
         start = int(np.argmax(mask.any(axis=0)))  # columns before it are pads in every remaining row
+        self.past, start = self.backend.take(self.past, index, start)
         self.mask = np.ascontiguousarray(mask[:, start:])
-        self.past = self.backend.take(self.past, index, start)
 
     def prompt_logits(self, prompt: list[int]) -> np.ndarray:
         return self.backend.logits(prompt)

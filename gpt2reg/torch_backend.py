@@ -49,10 +49,10 @@ class TorchBackend:
         return [(torch.cat((pad(k1), pad(k2))), torch.cat((pad(v1), pad(v2))))
                 for (k1, v1), (k2, v2) in zip(first, second, strict=True)]
 
-    def take(self, past: KVCache, rows: np.ndarray, start: int) -> KVCache:
+    def take(self, past: KVCache, rows: np.ndarray, start: int) -> tuple[KVCache, int]:
         index = torch.from_numpy(rows).to(self.device)
         return [(k.index_select(0, index)[:, :, start:].contiguous(), v.index_select(0, index)[:, :, start:].contiguous())
-                for k, v in past]
+                for k, v in past], start
 
     def repeat(self, past: KVCache, copies: np.ndarray) -> KVCache:
         counts = torch.from_numpy(copies).to(self.device)

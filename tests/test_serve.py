@@ -806,6 +806,7 @@ def test_the_engine_cache_grows_in_place_through_joins_leaves_and_copies(backend
         rows = [r + [token] for r in rows]
         check(engine.step([token] * len(rows)))
     assert in_place()  # steps write in place
+    buffers = None if backend == "torch" else engine.past.buffers
     rows += [[11, 12], [11, 12]]  # joins: one prompt, two copies
     check(engine.add([[11, 12]], [2]), first=2)  # add returns the joining rows' logits
     rows = [r + [13] for r in rows]
@@ -814,6 +815,19 @@ def test_the_engine_cache_grows_in_place_through_joins_leaves_and_copies(backend
     rows = [rows[1] + [14], rows[2] + [14]]
     check(engine.step([14, 14]))
     assert in_place()
+    if buffers is not None:  # the joining rows went into the room after the others, the leaving ones' places were filled
+        assert all(a is b for a, b in zip(engine.past.buffers, buffers, strict=True))
+    rows += [[15, 16, 17, 18, 19, 20, 21, 22]]  # one row one position shorter than the batch
+    check(engine.add([rows[-1]], [1]), first=2)
+    width = engine.width
+    engine.keep([1, 2])  # a leading column no row uses: cutting it would move the whole cache
+    rows = [rows[1] + [23], rows[2] + [23]]
+    check(engine.step([23, 23]))
+    assert engine.width == (width + 1 if backend != "torch" else width)  # torch's copy cuts it anyway
+    engine.keep([0])  # the longest row leaves: half the columns go
+    rows = [rows[0] + [24]]
+    check(engine.step([24]))
+    assert engine.width == len(rows[0]) and in_place()
 
 
 def test_the_servers_onnxruntime_threads_sleep_between_operators(tiny) -> None:
