@@ -838,6 +838,19 @@ def test_the_servers_onnxruntime_threads_sleep_between_operators(tiny) -> None:
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
+def test_the_server_opens_a_lane_per_16_sequences_on_a_multicore_cpu(tiny, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Up to 16 rows are cheapest as one batch (every step streams the weights), more get lanes of their own."""
+    from gpt2reg.serve.server import _load_onnx
+
+    def lanes(max_batch: int) -> int:
+        return 1 + len(_load_onnx(str(tiny[1]), "cpu", None, None, max_batch).lanes)
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert [lanes(b) for b in (1, 16, 17, 32, 33)] == [1, 1, 2, 2, 3]
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)  # one core: nothing to overlap
+    assert lanes(32) == 1
+
+
 def test_an_export_without_kv_cache_is_served_too(tiny, tmp_path: Path) -> None:
     from gpt2reg.checkpoints import load_model
 

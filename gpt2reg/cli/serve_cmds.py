@@ -27,8 +27,8 @@ from .options import Real
 @click.option("--threads", type=click.IntRange(min=1), help="onnxruntime intra-op threads.  [default: all cores]")
 @click.option("--lanes", type=click.IntRange(min=1),
               help="Decode threads, each with its own part of the batch, over one onnxruntime session: one "
-                   "lane's model call keeps the cores busy while another samples.  [default: 2 for an .onnx "
-                   "file on a CPU of 2 or more cores, else 1]")
+                   "lane's model call keeps the cores busy while another samples or prefills.  [default: one "
+                   "per 16 sequences of --max-batch for an .onnx file on a CPU of 2 or more cores, else 1]")
 @click.option("--served-model-name", "served_model_names", multiple=True, metavar="NAME",
               help="A name clients may ask for; repeat for aliases (responses give the first).  "
                    "[default: the file's or folder's name]")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..errors import Gpt2regError, InputError
 from .app import LoadedModel, ServerOptions, create_app
+from .batcher import LANE_ROWS
 from .chat import find_chat_template
 from .listen import MAX_HEADER_BYTES, http_protocol, listen
 
@@ -45,7 +46,7 @@ def serve(
     from a browser; ``allowed_hosts`` answers only requests whose Host header names one of them.
     On SIGTERM the server stops accepting connections, lets requests in flight finish for up to
     ``grace`` seconds, then exits. ``lanes`` decode threads split the batch of an ``.onnx`` file
-    (``Batcher``; None: 2 on a CPU of 2 or more cores, else 1). Raises ``Gpt2regError`` if the address cannot be listened on or
+    (``Batcher``; None: one per ``LANE_ROWS`` rows of ``max_batch`` on a CPU of 2 or more cores, else 1). Raises ``Gpt2regError`` if the address cannot be listened on or
     the model cannot be loaded.
     """
     import uvicorn
@@ -60,7 +61,7 @@ def serve(
         model_id = Path(name).stem
 
         def load() -> LoadedModel:
-            return _load_onnx(name, provider, threads, lanes)
+            return _load_onnx(name, provider, threads, lanes, max_batch)
     else:
         model_id = Path(name.rstrip("/")).name or name
         if (lanes or 1) > 1:
@@ -106,7 +107,8 @@ def serve(
         raise Gpt2regError(f"cannot serve {name}: {failures[0]}")
 
 
-def _load_onnx(path: str, provider: str, threads: int | None, lanes: int | None = None) -> LoadedModel:
+def _load_onnx(path: str, provider: str, threads: int | None, lanes: int | None = None,
+               max_batch: int = 16) -> LoadedModel:
     from ..ort.providers import CPU
     from ..ort.runtime import OnnxGPT, onnx_engine  # torch-free
 
@@ -115,8 +117,8 @@ def _load_onnx(path: str, provider: str, threads: int | None, lanes: int | None 
     model = OnnxGPT(path, provider=provider, threads=threads, spinning=False)
     if model.provider_note:
         log.warning("%s", model.provider_note)
-    if lanes is None:  # on the CPU, a second lane fills the cores one lane leaves idle while it samples (docs/serving.md)
-        lanes = 2 if model.provider == CPU and (os.cpu_count() or 1) >= 2 else 1
+    if lanes is None:  # on the CPU, a lane per LANE_ROWS rows: one of 16 beats two of 8 (batcher.py)
+        lanes = -(-max_batch // LANE_ROWS) if model.provider == CPU and (os.cpu_count() or 1) >= 2 else 1
     return LoadedModel(onnx_engine(model), f"onnxruntime {model.provider}", model.description.eos_token_id,
                        tuple(onnx_engine(model) for _ in range(lanes - 1)))
 
