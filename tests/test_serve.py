@@ -851,6 +851,32 @@ def test_the_server_opens_a_lane_per_16_sequences_on_a_multicore_cpu(tiny, monke
     assert lanes(32) == 1
 
 
+def test_the_mailbox_wakes_the_loop_once_for_what_was_posted_before_it_ran() -> None:
+    import asyncio
+
+    from gpt2reg.serve.app import Mailbox
+
+    loop = asyncio.new_event_loop()
+    wakeups = []
+    call_soon_threadsafe = loop.call_soon_threadsafe
+    loop.call_soon_threadsafe = lambda *args: (wakeups.append(args), call_soon_threadsafe(*args))[1]
+    mailbox, queues = Mailbox(loop), [asyncio.Queue() for _ in range(3)]
+    try:
+        poster = threading.Thread(target=lambda: [mailbox.post(queues[i % 3], i) for i in range(30)])
+        poster.start()
+        poster.join()
+        assert len(wakeups) == 1  # 30 items, one wake-up
+        loop.run_until_complete(asyncio.sleep(0))
+        assert [[q.get_nowait() for _ in range(q.qsize())] for q in queues] == [list(range(k, 30, 3)) for k in range(3)]
+        mailbox.post(queues[0], "next step")  # delivered: the next post wakes it again
+        loop.run_until_complete(asyncio.sleep(0))
+        assert len(wakeups) == 2 and queues[0].get_nowait() == "next step"
+    finally:
+        loop.close()
+    with pytest.raises(RuntimeError):  # the loop is gone: the poster hears it (the batcher then cancels the job)
+        mailbox.post(queues[0], "too late")
+
+
 def test_an_export_without_kv_cache_is_served_too(tiny, tmp_path: Path) -> None:
     from gpt2reg.checkpoints import load_model
 

@@ -2,7 +2,7 @@
 
 The model loads on a thread after the server starts, so ``/health`` answers 503 ("loading") at once
 and 200 when requests can be served. Each completion request becomes a ``Job``; the decode thread
-hands its tokens back through ``loop.call_soon_threadsafe`` into the request's own queue. A client
+hands its tokens back through the ``Mailbox`` (one loop wake-up per step) into the request's own queue. A client
 that goes away (a closed stream, or a dropped connection while waiting for a whole response) cancels
 its job, so its rows leave the batch at the next step.
 
@@ -105,6 +105,35 @@ class _ClientGone(Exception):
     """The client went away before its request was read; nobody is left to answer."""
 
 
+class Mailbox:
+    """Hands items from decode threads to asyncio queues on the event loop, one wake-up for all the items
+    posted before the loop gets to them: a step's tokens for 16 requests wake it once, not 16 times (each
+    wake-up is a write to the loop's self-pipe in the decode thread and a pass of the loop)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._pending: list[tuple[asyncio.Queue, Any]] = []
+
+    def post(self, queue: asyncio.Queue, item: Any) -> None:
+        """Put ``item`` on ``queue`` soon, from any thread; raises RuntimeError once the loop is closed."""
+        with self._lock:
+            self._pending.append((queue, item))
+            if len(self._pending) > 1:
+                return  # the wake-up already asked for delivers this one too
+            try:
+                self._loop.call_soon_threadsafe(self._deliver)
+            except RuntimeError:
+                self._pending.clear()  # nobody will deliver them: each poster hears it
+                raise
+
+    def _deliver(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for queue, item in pending:
+            queue.put_nowait(item)
+
+
 class _Server:
     def __init__(self, load: Callable[[], LoadedModel], model_names: tuple[str, ...], options: ServerOptions,
                  on_fatal: Callable[[str], None]) -> None:
@@ -120,6 +149,7 @@ class _Server:
         self._load, self._on_fatal = load, on_fatal
         self._loader = threading.Thread(target=self._load_model, name="gpt2reg-load", daemon=True)
         self._stopping = False
+        self._mailbox: Mailbox | None = None  # made on the event loop, at startup
         self._parser = ThreadPoolExecutor(2, thread_name_prefix="gpt2reg-parse")
         routes = [
             Route("/", self.index, methods=["GET"]),
@@ -147,6 +177,7 @@ class _Server:
 
     @asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        self._mailbox = Mailbox(asyncio.get_running_loop())
         self._loader.start()
         yield
         # A load still under way is waited for: leaving while a native library initialises aborts the process.
@@ -233,11 +264,11 @@ class _Server:
                         prepare: Callable[[Any], _Reply]) -> Response:
         reply = await self._parse(request, prepare)
         req = reply.request
-        loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         seed = req.options.seed if req.options.seed is not None else int(np.random.SeedSequence().entropy)
+        mailbox = self._mailbox
         job = Job(req.prompts, replace(req.options, seed=seed, eos_token_id=model.eos_token_id),
-                  lambda events: loop.call_soon_threadsafe(queue.put_nowait, events),
+                  lambda events: mailbox.post(queue, events),
                   logprobs=req.logprobs, echo=req.echo)
         try:
             batcher.submit(job)
