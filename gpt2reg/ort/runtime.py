@@ -224,8 +224,9 @@ class InPlaceKV:
         cache.buffers = [host_buffers.take(shape, first[0].dtype) for _ in first]
         out = 0
         for arrays, rows, start in pieces:
-            cache._write(out, [a[rows, :, start:] for a in arrays])
-            out += len(rows)
+            for row in rows.tolist():  # row by row: a view each, never a fancy-indexed copy of the whole cache
+                cache._write(out, [a[row : row + 1, :, start:] for a in arrays])
+                out += 1
         cache._bind()
         return cache
 
@@ -363,7 +364,7 @@ class OnnxBackend:
 
     def join(self, first: Cache, second: Cache, width: int) -> Cache:
         a, b = _arrays(first), _arrays(second)
-        if isinstance(first, InPlaceKV) and first.length == width and first.append(b):
+        if isinstance(first, InPlaceKV) and first.append(b):
             return first  # the joining rows written after the others, in the room left for them
         if self.model.in_place:
             return InPlaceKV.assembled(self.model, [(a, np.arange(len(a[0])), 0), (b, np.arange(len(b[0])), 0)], width)
