@@ -453,11 +453,10 @@ def test_quantized_graph_extends_the_cache_in_place_with_the_attention_ops_resul
     gqa.run(ids[:1], mask[:1], [p[:1] for p in pasts["gqa"]])
 
 
-def test_quantized_export_fuses_residual_add_and_layer_norm(tmp_path: Path) -> None:
+def test_quantized_export_keeps_residual_add_and_layer_norm_standard(tmp_path: Path) -> None:
+    # onnxruntime's SkipLayerNormalization is ~5x slower than the pair on the CPU at 16 rows (fusions.py).
     model = build_model(**SMALL, pos="learned", seed=3)
     graph = onnx.load(str(export_onnx(model, tmp_path / "m.onnx", quantize="int8"))).graph
     ops = [n.op_type for n in graph.node]
     # Every norm reads a residual sum: embeddings + positions, then attention and MLP outputs.
-    assert ops.count("SkipLayerNormalization") == 2 * SMALL["n_layer"] + 1 and "LayerNormalization" not in ops
-    fp32 = onnx.load(str(export_onnx(model, tmp_path / "fp32.onnx"))).graph
-    assert "SkipLayerNormalization" not in [n.op_type for n in fp32.node]  # fp32 stays standard ONNX
+    assert ops.count("LayerNormalization") == 2 * SMALL["n_layer"] + 1 and "SkipLayerNormalization" not in ops

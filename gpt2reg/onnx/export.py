@@ -44,7 +44,7 @@ from ..ort.metadata import (
     past_names,
     present_names,
 )
-from .fusions import fuse_attention, fuse_group_query_attention, fuse_skip_layer_norm
+from .fusions import fuse_attention, fuse_group_query_attention
 from .quantize import quantize_file
 from .quiet import quiet
 
@@ -353,8 +353,7 @@ def export_onnx(
     in_place = False
     if quantize is None:  # quantization wants the head's own transposed copy (see the module docstring)
         _store_tied_once(program.model, {name for name, _ in wrapper.named_parameters()})
-    else:  # contrib ops: only in files that need onnxruntime anyway
-        fuse_skip_layer_norm(program.model)
+    else:  # a contrib op: only in files that need onnxruntime anyway
         in_place = kv_cache and fuse_group_query_attention(program.model) == n_layer
     description = OnnxDescription(
         graph=GRAPH_KV if kv_cache else GRAPH_FULL,
