@@ -797,9 +797,12 @@ def test_the_engine_cache_grows_in_place_through_joins_leaves_and_copies(backend
         def in_place() -> bool:
             return isinstance(engine.past, InPlaceKV)
     rows = [[1, 2, 3], [4, 5, 6, 7, 8]]
+    # int8 MatMulNBits rounds its activations to int8: the ~1e-7 a batch's float kernels differ by can
+    # flip one rounding and move logits by ~1e-2; a wrong row, position or pad moves them by ~1.
+    atol = 1e-5 if backend == "torch" else 5e-2
 
     def check(logits: np.ndarray, first: int = 0) -> None:  # rows from ``first`` on, each alone, no cache
-        np.testing.assert_allclose(logits, np.stack([alone(r) for r in rows[first:]]), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(logits, np.stack([alone(r) for r in rows[first:]]), rtol=1e-5, atol=atol)
 
     check(engine.add([rows[0], rows[1]], [1, 1]))
     for token in (9, 10):
